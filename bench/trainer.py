@@ -1,0 +1,101 @@
+"""Trainer overhead: vitsearch's `train()` against a plain timm loop, same model, data, batch, precision.
+
+    python bench/trainer.py [--model vit_micro] [--image-size 16] [--batch 64] [--epochs 3] [--rounds 3]
+                            [--device auto] [--precision fp32]
+
+Both train the same timm ViT on the same in-memory digits tensors with augmentation off: the plain loop
+is AdamW + cross-entropy + clip_grad_norm_ + a cosine LambdaLR, nothing else. The two alternate for
+`--rounds` rounds (the machine is shared and noisy) and the median images/s of each is compared.
+Prints images/s of each and the ratio vitsearch / plain (>= 1.0 means the trainer costs no speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vitsearch.augment import normalize
+from vitsearch.config import TrainConfig
+from vitsearch.data import load_data
+from vitsearch.model import build_model
+from vitsearch.train import resolve_device, resolve_precision, train
+
+
+def plain_loop(cfg: TrainConfig, data, device: torch.device, dtype: torch.dtype) -> float:
+    """The loop a user writes from timm's docs; returns training images/s (evaluation excluded)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.channels, data.image_size, data.num_classes).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.scaled_lr, weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda")
+    steps = len(data.train_y) // cfg.batch_size
+    total = cfg.epochs * steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    x_all, y_all = data.train_x.to(device), data.train_y.to(device)
+    images, seconds = 0, 0.0
+    for _ in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(len(y_all), device=device)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = torch.nn.functional.cross_entropy(model(normalize(x_all[idx])), y_all[idx],
+                                                         label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+        loss.item()  # the plain loop's one sync per epoch, as the trainer's
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - t0
+        images += steps * cfg.batch_size
+    return images / seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="vit_micro")
+    ap.add_argument("--data", default="digits")
+    ap.add_argument("--image-size", type=int, default=16)
+    ap.add_argument("--patch-size", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="fp32")
+    args = ap.parse_args()
+    cfg = TrainConfig.from_dict(dict(model=args.model, data=args.data, image_size=args.image_size,
+                                     patch_size=args.patch_size, batch_size=args.batch, epochs=args.epochs,
+                                     warmup_epochs=0, aug_strength=0.0, drop_path=0.0,
+                                     precision=args.precision, micro_batch_size=args.batch))
+    device = resolve_device(args.device)
+    dtype = resolve_precision(cfg.precision, device)
+    data = load_data(cfg)
+    ours, plain = [], []
+    for _ in range(args.rounds):
+        history = train(cfg, data=data, device=args.device)["history"]
+        ours.append(sum(h["images_per_s"] for h in history) / len(history))
+        plain.append(plain_loop(cfg, data, device, dtype))
+    ours_med, plain_med = statistics.median(ours), statistics.median(plain)
+    print(f"device {device.type}, {args.model} {args.image_size}px patch {args.patch_size}, batch {args.batch}, "
+          f"{args.precision}, {args.epochs} epochs x {args.rounds} rounds, threads {torch.get_num_threads()}")
+    print(f"vitsearch trainer : {ours_med:9.0f} img/s   (rounds: {', '.join(f'{v:.0f}' for v in ours)})")
+    print(f"plain timm loop   : {plain_med:9.0f} img/s   (rounds: {', '.join(f'{v:.0f}' for v in plain)})")
+    print(f"ratio vitsearch/plain: {ours_med / plain_med:.3f}")
+    print(json.dumps({"vitsearch_img_s": round(ours_med, 1), "plain_img_s": round(plain_med, 1),
+                      "ratio": round(ours_med / plain_med, 3)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from vitsearch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""`python main.py train` end to end in a subprocess: outputs, resume, one-line errors with exit code 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = ["--set", "model=vit_micro", "--set", "image_size=16", "--set", "patch_size=4", "--set", "batch_size=64",
+         "--set", "warmup_epochs=0", "--set", "data_subset=300"]
+
+
+def run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_train_writes_epochs_checkpoint_and_config_then_resumes(tmp_path):
+    proc = run("train", *MICRO, "--set", "epochs=2", "--out", str(tmp_path), "--name", "r")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "r"
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    assert list(epochs["epoch"]) == [1, 2] and {"val_acc", "train_loss", "grad_norm"} <= set(epochs.columns)
+    assert (run_dir / "checkpoint.pt").is_file()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"] == "vit_micro"
+    assert "best val_acc" in proc.stdout
+    # The same run continued: the saved config is reused, 2 more epochs are impossible (epochs is part of
+    # the config), so resuming a finished run trains nothing and keeps both rows.
+    again = run("train", "--resume", str(run_dir))
+    assert again.returncode == 0, again.stderr
+    assert list(pd.read_parquet(run_dir / "epochs.parquet")["epoch"]) == [1, 2]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "lr=-1"], "invalid value for 'lr': -1.0"),
+    (["--set", "modle=vit_micro"], "unknown config key 'modle'; valid keys"),
+    (["--config", "/nonexistent.yaml"], "does not exist"),
+    (["--set", "data=imagefolder:/nonexistent"], "does not exist"),
+    (["--resume", "/tmp"], "is not a train run folder"),
+    (["--set", "batch_size=100000"], "must be <= the"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    proc = run("train", *args, "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.parquet"))

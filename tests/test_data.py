@@ -1,0 +1,86 @@
+"""Dataset specs on real files, split determinism, and missing-data messages."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import micro_config
+
+from vitsearch.data import load_data
+from vitsearch.errors import DataError
+
+
+def test_digits_shape_and_classes():
+    data = load_data(micro_config(image_size=None))
+    assert data.image_size == 8 and data.channels == 1 and data.num_classes == 10
+    assert len(data.train_y) + len(data.val_y) == 1797
+    assert data.train_x.dtype == torch.uint8 and int(data.train_x.max()) == 255
+
+
+def test_split_is_deterministic_from_the_seed_and_disjoint():
+    a, b, c = (load_data(micro_config(seed=s)) for s in (0, 0, 1))
+    assert torch.equal(a.val_x, b.val_x) and torch.equal(a.train_y, b.train_y)
+    assert not torch.equal(a.val_x, c.val_x)
+    train_rows = {row.numpy().tobytes() for row in a.train_x.flatten(1)}
+    overlap = sum(row.numpy().tobytes() in train_rows for row in a.val_x.flatten(1))
+    assert overlap < 0.05 * len(a.val_y)  # digits holds a few exact duplicate images, no more
+
+
+def test_fashion_mnist_from_idx_files(fashion_mnist_dir):
+    data = load_data(micro_config(data=f"fashion_mnist:{fashion_mnist_dir}", image_size=None, data_subset=200))
+    assert data.image_size == 28 and data.channels == 1 and data.num_classes == 10
+    assert len(data.train_y) == 200
+    assert data.train_x.float().std() > 10  # real pictures, not blank
+
+
+def test_image_folder_reads_pngs_and_jpegs(image_folder):
+    data = load_data(micro_config(data=f"imagefolder:{image_folder}", image_size=None))
+    assert data.image_size == 20 and data.num_classes == 10
+    assert data.channels == 3  # saved as RGB
+    assert len(data.train_y) + len(data.val_y) == 120
+    resized = load_data(micro_config(data=f"imagefolder:{image_folder}", image_size=16))
+    assert resized.image_size == 16
+
+
+def test_cifar10_archive_and_folder(cifar10_archive, tmp_path):
+    data = load_data(micro_config(data=f"cifar10:{cifar10_archive}", image_size=None))
+    assert (data.image_size, data.channels, data.num_classes) == (32, 3, 10)
+    assert len(data.train_y) + len(data.val_y) == 100 and data.classes[0] == "airplane"
+    import tarfile
+    with tarfile.open(cifar10_archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    again = load_data(micro_config(data=f"cifar10:{tmp_path / 'cifar-10-batches-py'}", image_size=None))
+    assert torch.equal(again.train_x, data.train_x)
+
+
+def test_cifar_refuses_pickled_code(tmp_path):
+    import pickle
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"]}))
+    for b in range(1, 6):
+        (folder / f"data_batch_{b}").write_bytes(pickle.dumps(np.random.RandomState))  # a global, not data
+    with pytest.raises(DataError, match="not allowed in a CIFAR batch"):
+        load_data(micro_config(data=f"cifar10:{folder}"))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("fashion_mnist:/nonexistent/fm", "apt-get install dataset-fashion-mnist"),
+    ("imagefolder:/nonexistent/images", "does not exist"),
+    ("cifar10:/nonexistent/cifar.tar.gz", "cs.toronto.edu"),
+])
+def test_missing_data_says_how_to_get_it(spec, message):
+    with pytest.raises(DataError, match=message):
+        load_data(micro_config(data=spec))
+
+
+def test_non_image_file_in_image_folder(image_folder, tmp_path):
+    import shutil
+    root = tmp_path / "mixed"
+    shutil.copytree(image_folder, root)
+    (root / "class_0" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match="notes.txt.*is not an image"):
+        load_data(micro_config(data=f"imagefolder:{root}"))
+    (root / "class_0" / "notes.txt").unlink()
+    (root / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DataError, match="cannot read image .*broken.png"):
+        load_data(micro_config(data=f"imagefolder:{root}"))

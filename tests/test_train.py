@@ -1,0 +1,90 @@
+"""The shared trainer through its public entry point `train(cfg, report)`."""
+
+import pytest
+import torch
+from conftest import micro_config
+
+from vitsearch.augment import normalize
+from vitsearch.data import load_data
+from vitsearch.errors import NonFiniteLossError
+from vitsearch.model import build_model
+from vitsearch.train import CHECKPOINT_NAME, evaluate, seed_everything, train
+
+METRICS = {"epoch", "train_loss", "val_loss", "val_acc", "lr", "grad_norm", "images_per_s"}
+
+
+def test_learns_digits_and_reports_every_epoch():
+    reports = []
+    result = train(micro_config(epochs=8, aug_strength=0.0, lr=2e-3, batch_size=32), reports.append)
+    assert [r["epoch"] for r in reports] == list(range(1, 9))
+    assert METRICS <= set(reports[0])
+    assert result["val_acc"] > 0.6  # chance is 0.1
+    assert reports[-1]["train_loss"] < reports[0]["train_loss"]
+
+
+def test_validation_is_never_augmented():
+    cfg = micro_config(aug_strength=1.0)
+    data = load_data(cfg)
+    model = build_model(cfg, data.channels, data.image_size, data.num_classes)
+    torch.manual_seed(1)
+    loss_a, acc_a = evaluate(model, data.val_x, data.val_y, 64, torch.float32)
+    torch.manual_seed(2)
+    loss_b, acc_b = evaluate(model, data.val_x, data.val_y, 64, torch.float32)
+    with torch.no_grad():
+        direct = torch.nn.functional.cross_entropy(model.eval()(normalize(data.val_x)), data.val_y).item()
+    assert (loss_a, acc_a) == (loss_b, acc_b) and loss_a == pytest.approx(direct, rel=1e-5)
+
+
+def test_accumulation_matches_one_big_batch(tmp_path):
+    # 4 micro-batches of 16 must give the same updates as one batch of 64 (no augmentation, no drop-path).
+    states = []
+    for micro in (16, 64):
+        cfg = micro_config(epochs=1, micro_batch_size=micro, aug_strength=0.0, drop_path=0.0, data_subset=320)
+        train(cfg, checkpoint_dir=tmp_path / str(micro))
+        states.append(torch.load(tmp_path / str(micro) / CHECKPOINT_NAME, weights_only=True)["model"])
+    seed_everything(0)
+    initial = build_model(micro_config(drop_path=0.0), 1, 16, 10).state_dict()
+    for key in states[0]:
+        moved = (states[1][key] - initial[key]).abs().max()
+        assert moved > 1e-3, key  # every tensor was updated...
+        assert (states[0][key] - states[1][key]).abs().max() <= 0.01 * moved, key  # ...the same way (float noise)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_paths_run_on_cpu(precision):
+    result = train(micro_config(epochs=1, precision=precision, data_subset=128, batch_size=32))
+    assert torch.isfinite(torch.tensor([result["train_loss"], result["val_loss"]])).all()
+
+
+def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path):
+    cfg = micro_config(epochs=4, aug_strength=0.6, data_subset=400)  # RandAugment, Mixup and erasing all on
+    full = train(cfg)["history"]
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(metrics):
+        if metrics["epoch"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, stop_after_two, checkpoint_dir=tmp_path)
+    resumed_reports = []
+    resumed = train(cfg, resumed_reports.append, checkpoint_dir=tmp_path, resume_from=tmp_path)["history"]
+    assert [r["epoch"] for r in resumed_reports] == [3, 4]
+    for a, b in zip(full, resumed):
+        assert (a["epoch"], a["train_loss"], a["val_loss"], a["val_acc"]) == \
+            (b["epoch"], b["train_loss"], b["val_loss"], b["val_acc"])
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    from vitsearch.errors import UserError
+    train(micro_config(epochs=1, data_subset=128), checkpoint_dir=tmp_path)
+    with pytest.raises(UserError, match="'epochs' is 1 there and 3 here"):
+        train(micro_config(epochs=3, data_subset=128), resume_from=tmp_path)
+
+
+def test_non_finite_loss_raises_the_dedicated_error():
+    cfg = micro_config(epochs=2, lr=1e30, grad_clip=0.0, data_subset=256, batch_size=32)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, between optimizer steps 1 and \d+"):
+        train(cfg)

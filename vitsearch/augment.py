@@ -1,0 +1,121 @@
+"""`aug_strength` in [0, 1] -> a concrete augmentation, after AugReg's ladder (Steiner et al. 2021).
+
+AugReg varies RandAugment (2 layers, magnitude m) and Mixup alpha together; DeiT adds CutMix (alpha
+1.0 beside Mixup 0.8) and random erasing 0.25. `aug_strength` walks that ladder; between two rungs
+every number is interpolated linearly, so more strength never means less augmentation.
+
+| strength | rung | RandAugment layers, magnitude | Mixup alpha | CutMix alpha | erasing p |
+|---|---|---|---|---|---|
+| 0     | none    | off  | 0   | 0     | 0    |
+| 1/6   | light1  | 2, 0  | 0   | 0     | 0    |
+| 2/6   | light2  | 2, 10 | 0.2 | 0.25  | 0    |
+| 3/6   | medium1 | 2, 15 | 0.2 | 0.25  | 0.1  |
+| 4/6   | medium2 | 2, 15 | 0.5 | 0.625 | 0.15 |
+| 5/6   | strong1 | 2, 20 | 0.5 | 0.625 | 0.2  |
+| 1     | strong2 | 2, 20 | 0.8 | 1.0   | 0.25 |
+
+Magnitudes are on a 0..20 scale (torchvision's RandAugment with 21 bins: 20 = its full range, e.g.
+30 degrees rotation). CutMix alpha is 1.25 x Mixup alpha (DeiT's 1.0 : 0.8); when both are on, each
+batch uses one of them with probability 0.5 (timm's `Mixup`). All pieces are torchvision's/timm's:
+`torchvision.transforms.v2.RandAugment` (per image, on uint8 pixels), `timm.data.RandomErasing` and
+`timm.data.Mixup` (per batch, on normalised floats). Validation images are never augmented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# (strength, rung, RandAugment magnitude, Mixup alpha, erasing probability)
+LADDER = [
+    (0.0, "none", 0, 0.0, 0.0),
+    (1 / 6, "light1", 0, 0.0, 0.0),
+    (2 / 6, "light2", 10, 0.2, 0.0),
+    (3 / 6, "medium1", 15, 0.2, 0.1),
+    (4 / 6, "medium2", 15, 0.5, 0.15),
+    (5 / 6, "strong1", 20, 0.5, 0.2),
+    (1.0, "strong2", 20, 0.8, 0.25),
+]
+RANDAUG_LAYERS = 2
+RANDAUG_BINS = 21
+CUTMIX_PER_MIXUP = 1.25
+MEAN, STD = 0.5, 0.5
+
+
+@dataclass(frozen=True)
+class AugmentPlan:
+    """The numbers `aug_strength` maps to."""
+
+    strength: float
+    rung: str
+    randaug_layers: int
+    randaug_magnitude: int
+    mixup_alpha: float
+    cutmix_alpha: float
+    erasing_prob: float
+
+
+def plan(strength: float) -> AugmentPlan:
+    """Interpolate the ladder at `strength` (see the module table)."""
+    strength = min(max(float(strength), 0.0), 1.0)
+    rung = [r for s, r, *_ in LADDER if s <= strength + 1e-9][-1]
+    for (s0, _, m0, a0, e0), (s1, _, m1, a1, e1) in zip(LADDER, LADDER[1:]):
+        if strength <= s1:
+            t = (strength - s0) / (s1 - s0)
+            mixup = a0 + t * (a1 - a0)
+            return AugmentPlan(strength, rung, RANDAUG_LAYERS if strength > 0 else 0, round(m0 + t * (m1 - m0)),
+                               mixup, mixup * CUTMIX_PER_MIXUP, e0 + t * (e1 - e0))
+    raise AssertionError("unreachable: strength is clamped to [0, 1]")
+
+
+class BatchAugment:
+    """Turns a uint8 training batch into normalised floats and (soft) targets, per `AugmentPlan`."""
+
+    def __init__(self, strength: float, num_classes: int, label_smoothing: float):
+        from timm.data import Mixup
+        from timm.data.random_erasing import RandomErasing
+        from timm.loss import SoftTargetCrossEntropy
+        from torchvision.transforms import v2
+
+        self.plan = plan(strength)
+        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+        p = self.plan
+        self.randaug = (v2.RandAugment(num_ops=p.randaug_layers, magnitude=p.randaug_magnitude,
+                                       num_magnitude_bins=RANDAUG_BINS) if p.randaug_layers else None)
+        self.erasing = RandomErasing(p.erasing_prob, mode="pixel", device="cpu") if p.erasing_prob > 0 else None
+        self.mixup = (Mixup(mixup_alpha=p.mixup_alpha, cutmix_alpha=p.cutmix_alpha, label_smoothing=label_smoothing,
+                            num_classes=num_classes) if p.mixup_alpha > 0 else None)
+        self.train_loss: nn.Module = (SoftTargetCrossEntropy() if self.mixup
+                                      else nn.CrossEntropyLoss(label_smoothing=label_smoothing))
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.randaug is not None:
+            images = torch.stack([self.randaug(img) for img in images])
+        x = normalize(images)
+        if self.erasing is not None:
+            self.erasing.device = x.device
+            x = self.erasing(x)
+        if self.mixup is None:
+            return x, labels
+        return self._mix(x, labels)
+
+    def _mix(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from timm.data.mixup import mixup_target
+
+        # timm's Mixup pairs images within the batch and needs an even count; an odd last image
+        # keeps its own (smoothed) label.
+        even = len(x) - len(x) % 2
+        if even == 0:
+            return x, mixup_target(labels, self.num_classes, 1.0, self.label_smoothing)
+        if even == len(x):
+            return self.mixup(x, labels)
+        mixed, soft = self.mixup(x[:even], labels[:even])
+        last = mixup_target(labels[even:], self.num_classes, 1.0, self.label_smoothing)
+        return torch.cat([mixed, x[even:]]), torch.cat([soft, last])
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> floats in [-1, 1] (mean 0.5, std 0.5 per channel, as in ViT/AugReg)."""
+    return images.float().div_(255.0).sub_(MEAN).div_(STD)

@@ -1,0 +1,115 @@
+"""Command-line front end: `python main.py train|search ...`. Parses, prints, and calls the library.
+
+User errors (`UserError`: bad config, space, data path, results folder) print one line on stderr and
+exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import NonFiniteLossError, UserError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: one line, exit code 2
+        err_console.print(f"[red]error:[/] {message} (see `{self.prog} --help`)", highlight=False)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="main.py", description="Hyperparameter search for Vision Transformer training.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    tr = sub.add_parser("train", help="train one config with the shared trainer")
+    tr.add_argument("--config", help="TrainConfig YAML (for example a search's best_config.yaml)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    tr.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    tr.add_argument("--out", default="results", help="parent folder of the run folder")
+    tr.add_argument("--name", help="run folder name (default: train-<time>)")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return cmd_train(args)
+    except UserError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .config import load_config
+    from .data import load_data
+    from .files import write_parquet, write_yaml
+    from .model import auto_patch_size
+    from .train import CHECKPOINT_NAME, train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / CHECKPOINT_NAME).is_file():
+            raise UserError(f"--resume {args.resume!r} is not a train run folder (no {CHECKPOINT_NAME} in it)")
+        cfg = load_config(args.config or run_dir / "config.yaml", args.set)
+    else:
+        cfg = load_config(args.config, args.set)
+        run_dir = Path(args.out) / (args.name or time.strftime("train-%Y%m%d-%H%M%S"))
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(f"run folder {str(run_dir)!r} already exists; pick another --name or use --resume")
+    data = load_data(cfg)
+    console.print(f"[bold]train[/] {cfg.model} on {data.name}: {len(data.train_y)} train / {len(data.val_y)} val "
+                  f"images, {data.image_size}px x{data.channels}, {data.num_classes} classes, patch "
+                  f"{cfg.patch_size or auto_patch_size(data.image_size)}, batch {cfg.batch_size}, "
+                  f"lr {cfg.scaled_lr:.3g} ({cfg.lr:g} at {cfg.lr_base_batch}, {cfg.lr_scaling} scaling)",
+                  highlight=False)
+    rows: list[dict] = []
+    if args.resume and (run_dir / "epochs.parquet").is_file():
+        rows = pd.read_parquet(run_dir / "epochs.parquet").to_dict("records")
+
+    def report(metrics: dict) -> None:
+        if not rows:  # written with the first epoch's results, so a run that fails to start leaves nothing
+            write_yaml(cfg.to_dict(), run_dir / "config.yaml")
+        rows.append(metrics)
+        write_parquet(pd.DataFrame(rows), run_dir / "epochs.parquet")
+        console.print(f"epoch {metrics['epoch']:>3}/{cfg.epochs}  train_loss {metrics['train_loss']:.4f}  "
+                      f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}  "
+                      f"lr {metrics['lr']:.2e}  grad_norm {metrics['grad_norm']:.3f}  "
+                      f"{metrics['images_per_s']:.0f} img/s", highlight=False)
+
+    try:
+        result = train(cfg, report, data=data, device=args.device, checkpoint_dir=run_dir,
+                       resume_from=run_dir if args.resume else None)
+    except NonFiniteLossError as exc:
+        err_console.print(f"[red]diverged:[/] {exc}; metrics of earlier epochs are in {run_dir}/epochs.parquet",
+                          highlight=False)
+        return 1
+    rows[:] = result["history"]
+    write_parquet(pd.DataFrame(rows), run_dir / "epochs.parquet")
+    table = Table(title=f"{run_dir}")
+    for col in ("final val_acc", "best val_acc", "best epoch", "final val_loss", "img/s"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{result['val_acc']:.4f}", f"{result['best_val_acc']:.4f}", str(result["best_epoch"]),
+                  f"{result['val_loss']:.4f}", f"{result['images_per_s']:.0f}")
+    console.print(table)
+    console.print(f"wrote {run_dir}/epochs.parquet, {run_dir}/{CHECKPOINT_NAME}, {run_dir}/config.yaml",
+                  highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""`TrainConfig`: every training knob, its recommended default and where that default comes from.
+
+The config is a frozen dataclass; `TrainConfig.from_dict` / `load_config` are the only ways user
+input becomes one, and they reject unknown keys (naming the valid ones) and invalid values (naming
+key, value and rule). This module imports no torch, so loading a config or a search space is cheap.
+
+Learning-rate scaling rule: `lr` is the peak learning rate *at an effective batch of
+`lr_base_batch`* (512). The rate actually used is `lr * batch_size / lr_base_batch` for
+`lr_scaling: linear` (Goyal et al. 2017; DeiT's `5e-4 * batch / 512`), `lr * sqrt(batch_size /
+lr_base_batch)` for `sqrt` (the square-root rule for Adam-type optimizers, Malladi et al. 2022), or
+`lr` unchanged for `none`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+# Short model names -> (timm architecture, overrides). Any timm name of the form
+# vit_{tiny,small,base,large}_patch<P>_<S> is accepted as well.
+MODEL_FAMILIES: dict[str, tuple[str, dict[str, int]]] = {
+    # Explicit micro size for tests and laptops: ~0.2 M parameters.
+    "vit_micro": ("vit_tiny_patch16_224", {"embed_dim": 64, "depth": 4, "num_heads": 4}),
+    "vit_tiny": ("vit_tiny_patch16_224", {}),  # DeiT-Ti: width 192, depth 12, 3 heads
+    "vit_small": ("vit_small_patch16_224", {}),  # ViT-S / DeiT-S: width 384, depth 12, 6 heads
+    "vit_base": ("vit_base_patch16_224", {}),  # ViT-B: width 768, depth 12, 12 heads
+}
+TIMM_VIT_NAME = re.compile(r"^vit_(tiny|small|base|large)_patch\d+_\d+$")
+
+DATA_SCHEMES = ("digits", "fashion_mnist", "imagefolder", "cifar10", "cifar100")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LR_SCALINGS = ("linear", "sqrt", "none")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults are the recommended ViT recipe; each comment names its source."""
+
+    # --- model ---
+    model: str = "vit_tiny"  # DeiT-Ti (Touvron et al. 2021): the smallest standard ViT
+    embed_dim: int | None = None  # None: the family's width
+    depth: int | None = None  # None: the family's depth
+    num_heads: int | None = None  # None: the family's head count
+    patch_size: int | None = None  # None: rule in model.auto_patch_size (>= 7 tokens per side)
+    image_size: int | None = None  # None: the dataset's native size
+    drop_path: float = 0.1  # stochastic depth 0.1: DeiT-S/Ti recipe
+
+    # --- data ---
+    data: str = "digits"  # digits | fashion_mnist[:PATH] | imagefolder:PATH | cifar10:PATH | cifar100:PATH
+    data_subset: int | None = None  # use only this many training images (None: all)
+    val_fraction: float = 0.1  # held-out share of the training files, split from `seed`
+
+    # --- optimisation ---
+    epochs: int = 100  # budget; DeiT trains 300 on ImageNet, small-data ViTs 100-300 (CCT, SL-ViT)
+    batch_size: int = 512  # effective batch; ViT/DeiT recipes use 512-4096
+    micro_batch_size: int | None = None  # None: 256 on CPU, probed on GPU; accumulation fills the rest
+    lr: float = 1e-3  # peak AdamW lr at batch 512 (DeiT: 5e-4 at 512 for 300 ep; ViT-S/AugReg: 1e-3)
+    lr_base_batch: int = 512  # batch at which `lr` is quoted
+    lr_scaling: str = "linear"  # linear rule (Goyal et al. 2017, DeiT); see module docstring
+    min_lr: float = 1e-5  # cosine floor: DeiT
+    warmup_epochs: float = 5.0  # linear warmup: DeiT (5 epochs)
+    weight_decay: float = 0.05  # AdamW decoupled wd: DeiT; not on biases, norms, pos-embed, CLS token
+    label_smoothing: float = 0.1  # Szegedy et al. 2016, DeiT
+    grad_clip: float = 1.0  # global-norm clipping at 1: ViT (Dosovitskiy et al. 2021); 0 turns it off
+    aug_strength: float = 0.5  # AugReg ladder position (augment.LADDER): 0.5 = "medium"
+
+    # --- numerics ---
+    precision: str = "auto"  # auto: bf16 on GPUs that support it, else fp32 (half is slow on CPUs)
+    seed: int = 0  # seeds model init, data split, shuffling and augmentation
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build a validated config; unknown keys and invalid values raise `ConfigError`."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
+        valid = cls.field_names()
+        for key in values:
+            if key not in valid:
+                raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
+        kinds = {f.name: f.type for f in fields(cls)}
+        coerced = {key: _coerce(key, value, kinds[key]) for key, value in values.items()}
+        cfg = cls(**coerced)
+        cfg.validate()
+        return cfg
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Check every value against its rule; raise `ConfigError` naming key, value and rule."""
+        for key, value, ok, rule in _rules(self):
+            if value is not None and not ok(value):
+                raise ConfigError(f"invalid value for {key!r}: {value!r} ({rule})")
+
+    @property
+    def scaled_lr(self) -> float:
+        """The peak lr used for `batch_size`, from `lr` at `lr_base_batch` (see module docstring)."""
+        ratio = self.batch_size / self.lr_base_batch
+        if self.lr_scaling == "linear":
+            return self.lr * ratio
+        if self.lr_scaling == "sqrt":
+            return self.lr * math.sqrt(ratio)
+        return self.lr
+
+    @property
+    def data_scheme(self) -> str:
+        return self.data.split(":", 1)[0]
+
+    @property
+    def data_path(self) -> str | None:
+        return self.data.split(":", 1)[1] if ":" in self.data else None
+
+
+# Keys whose value shapes the loaded data: a search loads data once, so these cannot be searched.
+DATA_KEYS = ("data", "data_subset", "val_fraction", "image_size", "seed")
+
+
+def _valid_model(name: str) -> bool:
+    return name in MODEL_FAMILIES or bool(TIMM_VIT_NAME.match(name))
+
+
+def _valid_data(spec: str) -> bool:
+    scheme, _, path = spec.partition(":")
+    if scheme not in DATA_SCHEMES:
+        return False
+    if scheme in ("imagefolder", "cifar10", "cifar100"):
+        return bool(path)
+    return scheme != "digits" or not path
+
+
+def _rules(c: TrainConfig):
+    positive_int = "must be an integer >= 1"
+    return [
+        ("model", c.model, _valid_model,
+         f"must be one of {', '.join(MODEL_FAMILIES)} or a timm name like vit_small_patch16_224"),
+        ("embed_dim", c.embed_dim, lambda v: v >= 1, positive_int),
+        ("depth", c.depth, lambda v: v >= 1, positive_int),
+        ("num_heads", c.num_heads, lambda v: v >= 1, positive_int),
+        ("patch_size", c.patch_size, lambda v: v >= 1, positive_int),
+        ("image_size", c.image_size, lambda v: v >= 1, positive_int),
+        ("drop_path", c.drop_path, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+        ("data", c.data, _valid_data,
+         "must be digits, fashion_mnist[:PATH], imagefolder:PATH, cifar10:PATH or cifar100:PATH"),
+        ("data_subset", c.data_subset, lambda v: v >= 1, positive_int),
+        ("val_fraction", c.val_fraction, lambda v: 0.0 < v < 1.0, "must be in (0, 1)"),
+        ("epochs", c.epochs, lambda v: v >= 1, positive_int),
+        ("batch_size", c.batch_size, lambda v: v >= 1, positive_int),
+        ("micro_batch_size", c.micro_batch_size, lambda v: v >= 1, positive_int),
+        ("lr", c.lr, lambda v: v > 0 and math.isfinite(v), "must be a finite number > 0"),
+        ("lr_base_batch", c.lr_base_batch, lambda v: v >= 1, positive_int),
+        ("lr_scaling", c.lr_scaling, lambda v: v in LR_SCALINGS, f"must be one of {', '.join(LR_SCALINGS)}"),
+        ("min_lr", c.min_lr, lambda v: 0 <= v <= c.lr, "must be >= 0 and <= lr"),
+        ("warmup_epochs", c.warmup_epochs, lambda v: 0 <= v < c.epochs, "must be >= 0 and < epochs"),
+        ("weight_decay", c.weight_decay, lambda v: v >= 0, "must be >= 0"),
+        ("label_smoothing", c.label_smoothing, lambda v: 0 <= v < 1, "must be in [0, 1)"),
+        ("grad_clip", c.grad_clip, lambda v: v >= 0, "must be >= 0 (0 turns clipping off)"),
+        ("aug_strength", c.aug_strength, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+        ("precision", c.precision, lambda v: v in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+        ("seed", c.seed, lambda v: v >= 0, "must be an integer >= 0"),
+    ]
+
+
+def _coerce(key: str, value: Any, kind: str) -> Any:
+    """Accept YAML's natural types (an int where a float is expected); reject the rest by name."""
+    optional = "None" in kind
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"invalid value for {key!r}: None (a value is required)")
+    base = kind.replace(" | None", "")
+    if base == "float" and isinstance(value, str):
+        # PyYAML reads `1e-3` (no dot) as a string; accept any numeric spelling for float keys.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if base == "str" and isinstance(value, str):
+        return value
+    raise ConfigError(f"invalid value for {key!r}: {value!r} (must be {'an' if base == 'int' else 'a'} {base})")
+
+
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """Load a YAML file with the safe loader; errors become one-line `ConfigError`s."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {str(path)!r} does not exist") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} file {str(path)!r}: {exc.__class__.__name__}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{what} file {str(path)!r} is not valid YAML{where}: {problem}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a config YAML (or the defaults when `path` is None) and apply `key=value` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        loaded = read_yaml(path)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+        values.update(loaded or {})
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} must have the form key=value")
+        try:
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            values[key.strip()] = raw
+    return TrainConfig.from_dict(values)

@@ -1,0 +1,240 @@
+"""Dataset registry: dataset spec string -> `ImageData` (uint8 image tensors in memory + labels).
+
+Specs (the `data` config key):
+
+| spec | source |
+|---|---|
+| `digits` | scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), always available |
+| `fashion_mnist[:PATH]` | Fashion-MNIST IDX files (`*-idx3-ubyte[.gz]`), default /usr/share/datasets/fashion-mnist |
+| `imagefolder:PATH` | a folder of class sub-folders of images (any format Pillow reads) |
+| `cifar10:PATH`, `cifar100:PATH` | the Python-format archive (`.tar.gz`) or its extracted folder |
+
+Train/validation split: the training files are shuffled with a generator seeded by `seed` and the
+last `val_fraction` becomes validation (test files of Fashion-MNIST/CIFAR are not used, so that
+they stay untouched by a search). The model's image size, channels and classes come from the data.
+Images stay uint8 (N, C, H, W) so that augmentation sees real pixel values; normalisation happens
+per batch in the trainer. CIFAR's format is a Python pickle: it is read with a restricted unpickler
+that only admits the NumPy array types the format needs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .errors import DataError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                         "sneaker", "bag", "ankle-boot"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+@dataclass
+class ImageData:
+    """A loaded, split dataset: uint8 images (N, C, H, W) and int64 labels."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[-1])
+
+
+def load_data(cfg: TrainConfig) -> ImageData:
+    """Load `cfg.data`, resize to `cfg.image_size` if set, subset and split from `cfg.seed`."""
+    scheme, path = cfg.data_scheme, cfg.data_path
+    if scheme == "digits":
+        images, labels, classes = _digits()
+    elif scheme == "fashion_mnist":
+        images, labels, classes = _fashion_mnist(Path(path or FASHION_MNIST_DIR))
+    elif scheme == "imagefolder":
+        images, labels, classes = _image_folder(Path(path), cfg.image_size)
+    else:
+        images, labels, classes = _cifar(Path(path), 100 if scheme == "cifar100" else 10)
+    if cfg.image_size is not None and images.shape[-1] != cfg.image_size:
+        images = resize(images, cfg.image_size)
+    return split(cfg.data, images, labels, classes, cfg.seed, cfg.val_fraction, cfg.data_subset)
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear (antialiased when shrinking) resize of uint8 images, done once at load time."""
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=size < images.shape[-1])
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def split(name: str, images: torch.Tensor, labels: torch.Tensor, classes: list[str], seed: int,
+          val_fraction: float, subset: int | None) -> ImageData:
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(len(order) * val_fraction))
+    train_idx, val_idx = order[:-n_val], order[-n_val:]
+    if subset is not None:
+        train_idx = train_idx[:subset]
+    if len(train_idx) < 2:
+        raise DataError(f"dataset {name!r} leaves {len(train_idx)} training images after the split; need >= 2")
+    return ImageData(name, images[train_idx].contiguous(), labels[train_idx].contiguous(),
+                     images[val_idx].contiguous(), labels[val_idx].contiguous(), classes)
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).mul(255.0 / 16.0).round().to(torch.uint8).unsqueeze(1)
+    return images, torch.from_numpy(digits.target).long(), [str(i) for i in range(10)]
+
+
+def _fashion_mnist(folder: Path):
+    how = ("install it with `apt-get install dataset-fashion-mnist` (Debian) or download the four "
+           "*-ubyte.gz files from github.com/zalandoresearch/fashion-mnist into a folder and use "
+           "data: fashion_mnist:FOLDER")
+    if not folder.is_dir():
+        raise DataError(f"Fashion-MNIST folder {str(folder)!r} does not exist; {how}")
+    images = _read_idx(_find(folder, "train-images-idx3-ubyte", how))
+    labels = _read_idx(_find(folder, "train-labels-idx1-ubyte", how))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"Fashion-MNIST files in {str(folder)!r} have mismatched shapes "
+                        f"{tuple(images.shape)} and {tuple(labels.shape)}")
+    return (torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
+            list(FASHION_MNIST_CLASSES))
+
+
+def _find(folder: Path, stem: str, how: str) -> Path:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"Fashion-MNIST file {stem}[.gz] not found in {str(folder)!r}; {how}")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (LeCun's format: magic, dims, big-endian sizes, uint8 payload)."""
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+            raise ValueError("not an unsigned-byte IDX file")
+        ndim = raw[3]
+        shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        payload = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        return payload.reshape(shape)
+    except (OSError, EOFError, ValueError) as exc:
+        raise DataError(f"cannot read IDX file {str(path)!r}: {exc}") from None
+
+
+def _image_folder(root: Path, image_size: int | None):
+    from PIL import Image, UnidentifiedImageError
+
+    if not root.is_dir():
+        raise DataError(f"image folder {str(root)!r} does not exist; point imagefolder: at a folder "
+                        "holding one sub-folder of images per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir())
+             if f.is_file() and not f.name.startswith(".")]
+    if len(classes) < 2 or not files:
+        raise DataError(f"image folder {str(root)!r} needs >= 2 class sub-folders holding images; "
+                        f"found {len(classes)} class folder(s) and {len(files)} file(s)")
+    pictures = []
+    for path, _ in files:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"{str(path)!r} is not an image (suffix {path.suffix!r}); image folders may "
+                            f"only hold {', '.join(sorted(IMAGE_SUFFIXES))} files")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                pictures.append(img.copy())
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise DataError(f"cannot read image {str(path)!r}: {exc}; remove or replace the file") from None
+    gray = all(p.mode in ("1", "L", "I;16", "I") for p in pictures)
+    size = image_size or int(np.median([min(p.size) for p in pictures]))
+    arrays = [np.asarray(_square(p.convert("L" if gray else "RGB"), size)) for p in pictures]
+    stacked = np.stack(arrays)
+    images = torch.from_numpy(stacked[:, None] if gray else stacked.transpose(0, 3, 1, 2).copy())
+    return images.contiguous(), torch.tensor([i for _, i in files]), classes
+
+
+def _square(img, size: int):
+    """Resize the shorter side to `size`, then centre-crop to size x size."""
+    from PIL import Image
+
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickled dicts of NumPy arrays; refuse every other global."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def _cifar(path: Path, num_classes: int):
+    names = (["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"], "batches.meta",
+             b"label_names", b"labels") if num_classes == 10 else (["train"], "meta", b"fine_label_names",
+                                                                    b"fine_labels")
+    batch_names, meta_name, class_key, label_key = names
+    how = (f"download cifar-{num_classes}-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+           f"and pass the archive or its extracted folder: cifar{num_classes}:PATH")
+    members = _cifar_members(path, how)
+    try:
+        batches = [_unpickle(members[n]) for n in batch_names]
+        meta = _unpickle(members[meta_name])
+    except KeyError as exc:
+        raise DataError(f"CIFAR-{num_classes} file {exc.args[0]} is missing from {str(path)!r}; {how}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise DataError(f"cannot read CIFAR-{num_classes} data in {str(path)!r}: {exc}") from None
+    try:
+        data = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([np.asarray(b[label_key]) for b in batches]).astype(np.int64)
+        classes = [c.decode() for c in meta[class_key]]
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"CIFAR-{num_classes} data in {str(path)!r} is malformed: {exc!r}") from None
+    return torch.from_numpy(np.ascontiguousarray(data)), torch.from_numpy(labels), classes
+
+
+def _cifar_members(path: Path, how: str) -> dict[str, bytes]:
+    if path.is_dir():
+        inner = next((p for p in path.rglob("batches.meta")), None) or next(path.rglob("meta"), None)
+        folder = inner.parent if inner else path
+        return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    if path.is_file():
+        try:
+            with tarfile.open(path) as tar:
+                return {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise DataError(f"cannot read CIFAR archive {str(path)!r}: {exc}") from None
+    raise DataError(f"CIFAR path {str(path)!r} does not exist; {how}")
+
+
+def _unpickle(raw: bytes):
+    return _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()

@@ -1,0 +1,278 @@
+"""The shared ViT trainer: `train(cfg, report) -> dict`. Imports neither Ray nor Optuna.
+
+One call trains one config: AdamW (no weight decay on biases, norms, position embedding, CLS token),
+linear warmup then cosine decay per optimizer step (timm's scheduler), gradient accumulation up to
+the effective batch, global-norm clipping, autocast in bf16/fp16 (fp16 with dynamic loss scaling).
+After every epoch it writes a checkpoint (when given a folder) and then calls `report(metrics)` once;
+whoever called `train` decides what a report means (a progress line, a Ray Tune result).
+A non-finite loss raises `NonFiniteLossError`; the caller decides what to do with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .augment import BatchAugment, normalize
+from .config import TrainConfig
+from .data import ImageData, load_data
+from .errors import ConfigError, NonFiniteLossError, UserError
+from .model import build_model
+
+Report = Callable[[dict[str, Any]], None]
+CPU_MICRO_BATCH = 256  # the CPU default for the largest micro-batch; accumulation makes up the rest
+CHECK_EVERY_STEPS = 25  # loss finiteness is checked this often (each check is a host-device sync)
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"invalid device {device!r} (must be auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for, but no CUDA GPU is available (use --device cpu)")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on GPUs that support it; fp32 on CPUs, where half-precision autocast is ~8x slower."""
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def seed_everything(seed: int) -> None:
+    """Model init, dropout/drop-path, shuffling, RandAugment (torch), Mixup (NumPy), erasing (random)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | None = None, device: str = "auto",
+          checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None) -> dict[str, Any]:
+    """Train `cfg`; call `report` once per epoch; return the final metrics, the best and the history."""
+    dev = resolve_device(device)
+    seed_everything(cfg.seed)
+    data = data if data is not None else load_data(cfg)
+    if cfg.batch_size > len(data.train_y):
+        raise ConfigError(f"invalid value for 'batch_size': {cfg.batch_size} (must be <= the "
+                          f"{len(data.train_y)} training images of {data.name!r})")
+    model = build_model(cfg, data.channels, data.image_size, data.num_classes).to(dev)
+    dtype = resolve_precision(cfg.precision, dev)
+    micro = cfg.micro_batch_size or _default_micro_batch(model, cfg.batch_size, data, dev, dtype)
+    optimizer = _optimizer(model, cfg, dev)
+    steps_per_epoch = len(data.train_y) // cfg.batch_size
+    scheduler = _scheduler(optimizer, cfg, steps_per_epoch)
+    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
+    augment = BatchAugment(cfg.aug_strength, data.num_classes, cfg.label_smoothing)
+    train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
+    val_x, val_y = data.val_x.to(dev), data.val_y.to(dev)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume_from is not None:
+        start_epoch, history = load_checkpoint(resume_from, cfg, model, optimizer, scheduler, scaler)
+
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        stats = train_one_epoch(model, optimizer, scheduler, scaler, augment, train_x, train_y, cfg.batch_size,
+                                micro, dtype, cfg.grad_clip, epoch, steps_per_epoch)
+        _sync(dev)
+        train_time = time.perf_counter() - t0
+        val_loss, val_acc = evaluate(model, val_x, val_y, 2 * micro, dtype)
+        metrics = {"epoch": epoch, "train_loss": stats["loss"], "val_loss": val_loss, "val_acc": val_acc,
+                   "lr": optimizer.param_groups[0]["lr"], "grad_norm": stats["grad_norm"],
+                   "grad_norm_max": stats["grad_norm_max"], "images_per_s": stats["images"] / train_time,
+                   "epoch_time_s": time.perf_counter() - t0, "micro_batch_size": micro}
+        history.append(metrics)
+        if checkpoint_dir is not None:
+            save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, cfg, model, optimizer, scheduler, scaler,
+                            epoch, history)
+        if report is not None:
+            report(dict(metrics))
+    best = max(history, key=lambda m: m["val_acc"]) if history else {}
+    return {**(history[-1] if history else {}), "best_val_acc": best.get("val_acc"),
+            "best_epoch": best.get("epoch"), "history": history}
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
+                    augment: BatchAugment, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                    micro_batch: int, dtype: torch.dtype, grad_clip: float, epoch: int,
+                    steps: int) -> dict[str, float]:
+    model.train()
+    dev = images.device
+    order = torch.randperm(len(labels)).to(dev)
+    loss_sum = torch.zeros((), device=dev)
+    grad_sum = torch.zeros((), device=dev)
+    grad_max = torch.zeros((), device=dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip = grad_clip if grad_clip > 0 else math.inf
+    first_step = (epoch - 1) * steps + 1
+    checked = first_step - 1
+    for i in range(steps):
+        batch = order[i * batch_size:(i + 1) * batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        for chunk in batch.split(micro_batch):
+            x, y = augment(images[chunk], labels[chunk])
+            with _autocast(dev, dtype):
+                # Weighted by its share of the batch: k micro-batches sum to the batch's mean loss.
+                loss = augment.train_loss(model(x), y) * (len(chunk) / len(batch))
+            scaler.scale(loss).backward()
+            loss_sum += loss.detach().float()
+        scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        scaler.step(optimizer)
+        scaler.update()
+        step = first_step + i
+        scheduler.step_update(step)
+        grad_sum += norm.detach()
+        grad_max = torch.maximum(grad_max, norm.detach())
+        if step - checked >= CHECK_EVERY_STEPS or i == steps - 1:
+            if not torch.isfinite(loss_sum):  # host-device sync, once per CHECK_EVERY_STEPS steps
+                raise NonFiniteLossError(epoch, checked + 1, step)
+            checked = step
+    return {"loss": loss_sum.item() / steps, "grad_norm": grad_sum.item() / steps,
+            "grad_norm_max": grad_max.item(), "images": steps * batch_size}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+             dtype: torch.dtype) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on un-augmented images."""
+    model.eval()
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device)
+    for start in range(0, len(labels), batch_size):
+        x, y = normalize(images[start:start + batch_size]), labels[start:start + batch_size]
+        with _autocast(images.device, dtype):
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    return loss_sum.item() / len(labels), correct.item() / len(labels)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    from timm.optim import create_optimizer_v2
+
+    # filter_bias_and_bn: no weight decay on 1-d parameters (biases, norms) nor on the names the model
+    # lists in no_weight_decay() (pos_embed, cls_token).
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return create_optimizer_v2(model, "adamw", lr=cfg.scaled_lr, weight_decay=cfg.weight_decay,
+                               filter_bias_and_bn=True, **extra)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    from timm.scheduler import CosineLRScheduler
+
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    peak = cfg.scaled_lr
+    return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=min(cfg.min_lr, peak),
+                             warmup_t=warmup, warmup_lr_init=min(1e-6, peak), warmup_prefix=True,
+                             t_in_epochs=False)
+
+
+def _default_micro_batch(model: nn.Module, batch_size: int, data: ImageData, device: torch.device,
+                         dtype: torch.dtype) -> int:
+    """CPU: a fixed limit. GPU: the largest power-of-two share of the batch whose step fits in memory."""
+    if device.type != "cuda":
+        return min(batch_size, CPU_MICRO_BATCH)
+    micro = batch_size
+    x = torch.zeros(1, data.channels, data.image_size, data.image_size, device=device)
+    while micro > 1:
+        try:
+            with _autocast(device, dtype):
+                model(x.expand(micro, -1, -1, -1)).float().sum().backward()
+            model.zero_grad(set_to_none=True)
+            return micro
+        except torch.OutOfMemoryError:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            micro //= 2
+    return 1
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, cfg: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, epoch: int,
+                    history: list[dict[str, Any]]) -> None:
+    """Write atomically: a temporary file renamed over the old one, so a crash leaves the previous one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"config": cfg.to_dict(), "epoch": epoch, "history": history, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict(), "rng": _rng_state()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, cfg: TrainConfig, model: nn.Module, optimizer, scheduler,
+                    scaler) -> tuple[int, list[dict[str, Any]]]:
+    """Restore a run saved by `save_checkpoint`; the config must match. Returns (epoch, history)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {str(path)!r} does not exist") from None
+    except Exception as exc:  # truncated or foreign files raise many different errors
+        raise UserError(f"checkpoint {str(path)!r} cannot be read ({exc.__class__.__name__}); "
+                        "it is truncated or not a vitsearch checkpoint") from None
+    saved = state.get("config", {}) if isinstance(state, dict) else {}
+    diffs = [k for k, v in cfg.to_dict().items() if saved.get(k) != v]
+    if diffs:
+        key = diffs[0]
+        raise UserError(f"checkpoint {str(path)!r} was written for a different config: {key!r} is "
+                        f"{saved.get(key)!r} there and {getattr(cfg, key)!r} here")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"])
+    return int(state["epoch"]), list(state["history"])
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+             "numpy_pos": int(pos), "numpy_has_gauss": int(has_gauss), "numpy_cached": float(cached),
+             "python": list(py_state), "python_version": version, "python_gauss": gauss_next}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_cached"]))
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
