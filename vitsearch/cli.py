@@ -37,13 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default="results", help="parent folder of the run folder")
     tr.add_argument("--name", help="run folder name (default: train-<time>)")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
+
+    from .search_cli import add_search_parser
+
+    add_search_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return cmd_train(args)
+        if args.command == "train":
+            return cmd_train(args)
+        from .search_cli import cmd_search
+
+        return cmd_search(args)
     except UserError as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2

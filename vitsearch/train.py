@@ -276,3 +276,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def measure_throughput(cfg: TrainConfig, data: ImageData, device: str = "auto", steps: int = 3) -> float:
+    """Training images/s of `cfg` over a few real optimizer steps (after one warm-up step)."""
+    dev = resolve_device(device)
+    seed_everything(cfg.seed)
+    model = build_model(cfg, data.channels, data.image_size, data.num_classes).to(dev)
+    dtype = resolve_precision(cfg.precision, dev)
+    batch = min(cfg.batch_size, len(data.train_y))
+    micro = cfg.micro_batch_size or _default_micro_batch(model, batch, data, dev, dtype)
+    optimizer = _optimizer(model, cfg, dev)
+    scheduler = _scheduler(optimizer, cfg, steps + 1)
+    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
+    augment = BatchAugment(cfg.aug_strength, data.num_classes, cfg.label_smoothing)
+    n = min(len(data.train_y), batch * (steps + 1))
+    images, labels = data.train_x[:n].to(dev), data.train_y[:n].to(dev)
+    args = (model, optimizer, scheduler, scaler, augment, images, labels, batch, micro, dtype, cfg.grad_clip, 1)
+    train_one_epoch(*args, 1)
+    _sync(dev)
+    t0 = time.perf_counter()
+    done = train_one_epoch(*args, max(1, n // batch - 1))["images"]
+    _sync(dev)
+    return done / (time.perf_counter() - t0)

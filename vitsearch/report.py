@@ -1,0 +1,183 @@
+"""Search reports: `trials.parquet`, `epochs.parquet`, `best_config.yaml` and the terminal summary.
+
+Imports no Ray. Inputs are the experiment folder's `epochs.jsonl` (every epoch result, appended as it
+arrives), one `TrialOutcome` per trial (config, last result, error) and the stored Optuna study.
+Schemas are documented in the README ("Reports") and tested.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.table import Table
+
+from .config import TrainConfig
+from .files import write_parquet, write_yaml
+from .space import SearchSpace
+
+STATUSES = ("completed", "stopped_early", "diverged", "failed", "unfinished")
+EPOCH_COLUMNS = {  # column -> dtype, in order
+    "trial_id": "string", "epoch": "int64", "train_loss": "float64", "val_loss": "float64", "val_acc": "float64",
+    "lr": "float64", "grad_norm": "float64", "grad_norm_max": "float64", "images_per_s": "float64",
+    "epoch_time_s": "float64", "micro_batch_size": "int64", "time_total_s": "float64", "node_id": "string",
+}
+TRIAL_COLUMNS = {
+    "trial_id": "string", "optuna_number": "Int64", "is_defaults": "bool", "status": "string", "reason": "string",
+    "epochs_run": "int64", "final_val_acc": "float64", "best_val_acc": "float64", "final_val_loss": "float64",
+    "best_val_loss": "float64", "final_train_loss": "float64", "best_epoch": "Int64", "wall_time_s": "float64",
+    "images_per_s": "float64", "node_id": "string",
+}
+
+
+@dataclass
+class TrialOutcome:
+    trial_id: str
+    config: dict[str, Any]
+    last_result: dict[str, Any]
+    error: str | None = None
+
+
+def read_epoch_log(path: Path) -> pd.DataFrame:
+    """Every recorded epoch; a resumed trial's re-run epochs replace the earlier rows; torn lines skipped."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # the last line of a killed driver's log
+    rows = [r for r in rows if not r.get("diverged") and not r.get("failed") and "epoch" in r and r["epoch"] > 0]
+    df = pd.DataFrame(rows, columns=list(EPOCH_COLUMNS))
+    df = df.drop_duplicates(["trial_id", "epoch"], keep="last").sort_values(["trial_id", "epoch"])
+    return df.astype(EPOCH_COLUMNS).reset_index(drop=True)
+
+
+def trial_status(outcome: TrialOutcome, max_epochs: int) -> tuple[str, str]:
+    last = outcome.last_result or {}
+    if outcome.error:
+        return "failed", outcome.error
+    if last.get("failed"):
+        return "failed", str(last.get("reason", ""))
+    if last.get("diverged"):
+        return "diverged", str(last.get("reason", ""))
+    epoch = int(last.get("epoch", 0) or 0)
+    if epoch >= max_epochs:
+        return "completed", ""
+    if not last:
+        return "unfinished", "no epoch finished"
+    return "stopped_early", f"ASHA stopped it after epoch {epoch}"
+
+
+def trials_frame(space: SearchSpace, outcomes: list[TrialOutcome], epochs: pd.DataFrame,
+                 optuna_numbers: dict[str, int]) -> pd.DataFrame:
+    defaults = space.defaults_point()
+    rows = []
+    for o in outcomes:
+        status, reason = trial_status(o, space.max_epochs)
+        mine = epochs[epochs["trial_id"] == o.trial_id]
+        best = mine.loc[mine[space.metric].idxmax() if space.mode == "max" else mine[space.metric].idxmin()] \
+            if len(mine) else None
+        final = mine.iloc[-1] if len(mine) else None
+        cfg = TrainConfig.from_dict({**space.base_config(), **o.config}).to_dict()
+        rows.append({
+            "trial_id": o.trial_id, "optuna_number": optuna_numbers.get(o.trial_id),
+            "is_defaults": all(o.config.get(k) == v for k, v in defaults.items()),
+            "status": status, "reason": reason, "epochs_run": len(mine),
+            "final_val_acc": _get(final, "val_acc"), "best_val_acc": mine["val_acc"].max() if len(mine) else math.nan,
+            "final_val_loss": _get(final, "val_loss"),
+            "best_val_loss": mine["val_loss"].min() if len(mine) else math.nan,
+            "final_train_loss": _get(final, "train_loss"),
+            "best_epoch": int(best["epoch"]) if best is not None else None,
+            "wall_time_s": float(o.last_result.get("time_total_s", math.nan) or math.nan),
+            "images_per_s": mine["images_per_s"].mean() if len(mine) else math.nan,
+            "node_id": str(final["node_id"]) if final is not None else "",
+            **cfg,
+        })
+    df = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS) + TrainConfig.field_names())
+    return df.astype({**TRIAL_COLUMNS, **config_dtypes()}).sort_values("optuna_number").reset_index(drop=True)
+
+
+def config_dtypes() -> dict[str, str]:
+    kinds = {"int": "int64", "int | None": "Int64", "float": "float64", "float | None": "float64", "str": "string"}
+    return {f.name: kinds[f.type] for f in fields(TrainConfig)}
+
+
+def _get(row, key: str) -> float:
+    return float(row[key]) if row is not None else math.nan
+
+
+def best_trial(trials: pd.DataFrame, space: SearchSpace) -> pd.Series | None:
+    """The best trial among those that reached the full budget, by its final metric."""
+    done = trials[trials["status"] == "completed"]
+    if done.empty:
+        return None
+    column = f"final_{space.metric}"
+    return done.loc[done[column].idxmax() if space.mode == "max" else done[column].idxmin()]
+
+
+def write_reports(exp_dir: Path, space: SearchSpace, outcomes: list[TrialOutcome],
+                  optuna_numbers: dict[str, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    epochs = read_epoch_log(exp_dir / "epochs.jsonl")
+    trials = trials_frame(space, outcomes, epochs, optuna_numbers)
+    write_parquet(epochs, exp_dir / "epochs.parquet")
+    write_parquet(trials, exp_dir / "trials.parquet")
+    best = best_trial(trials, space)
+    if best is not None:
+        cfg = {k: _plain(best[k]) for k in TrainConfig.field_names()}
+        header = (f"# Best of search {exp_dir.name}: trial {best['trial_id']} (Optuna #{best['optuna_number']}),\n"
+                  f"# final {space.metric} {best[f'final_{space.metric}']:.4f} after {best['epochs_run']} epochs.\n"
+                  f"# python main.py train --config {exp_dir}/best_config.yaml\n")
+        write_yaml(cfg, exp_dir / "best_config.yaml", header)
+    return trials, epochs
+
+
+def _plain(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 5) -> Table:
+    """Top trials by final metric (full budget only), plus the recommended-defaults trial."""
+    column = f"final_{space.metric}"
+    done = trials[trials["status"] == "completed"].sort_values(column, ascending=space.mode == "min")
+    shown = done.head(top)
+    defaults = trials[trials["is_defaults"]]
+    if len(defaults) and defaults.index[0] not in shown.index:
+        shown = pd.concat([shown, defaults.head(1)])
+    table = Table(title=f"top trials by final {space.metric} (full budget: {space.max_epochs} epochs)")
+    for name in ("trial", "status", "epochs", column, *space.search):
+        table.add_column(name, justify="right")
+    for _, row in shown.iterrows():
+        label = f"#{row['optuna_number']}" + (" defaults" if row["is_defaults"] else "")
+        table.add_row(label, row["status"], str(row["epochs_run"]), _fmt(row[column]),
+                      *(_fmt(row[k]) for k in space.search))
+    return table
+
+
+def comparison_line(trials: pd.DataFrame, space: SearchSpace) -> str:
+    best = best_trial(trials, space)
+    defaults = trials[trials["is_defaults"]]
+    column = f"final_{space.metric}"
+    counts = trials["status"].value_counts().to_dict()
+    parts = [", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if counts.get(s))]
+    if best is not None:
+        parts.append(f"best #{best['optuna_number']}: {space.metric} {best[column]:.4f}")
+    if len(defaults):
+        d = defaults.iloc[0]
+        parts.append(f"recommended defaults (#{d['optuna_number']}, {d['status']}): {space.metric} "
+                     f"{_fmt(d[column])}")
+        if best is not None and d["status"] == "completed":
+            parts.append(f"difference {best[column] - d[column]:+.4f}")
+    return "; ".join(parts)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,280 @@
+"""The only Ray-aware module: Tuner + Optuna's TPE (seeded) + ASHA around the shared trainer.
+
+Flow: `run_search(space, exp_dir)` starts (or joins) Ray, puts the dataset in the object store once,
+and runs a `tune.Tuner` whose trainable (`_trial`) turns the sampled dict into a `TrainConfig` and
+calls `train()`; the trainer's per-epoch report becomes `tune.report(metrics, checkpoint=...)`.
+Actors are reused between trials, so a trial starts without a new process, imports or data.
+
+Optuna is told the truth about stopped trials (`BudgetAwareOptunaSearch`): Ray's stock
+`OptunaSearch` records an ASHA-stopped trial as COMPLETE with its low-budget value; here it is PRUNED
+at its last epoch, a diverged trial is COMPLETE with the worst value, a crashed one FAIL. The study
+lives in `<experiment>/study.db` (SQLite), so `optuna.load_study` and optuna-dashboard open it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+from .errors import NonFiniteLossError, UserError
+from .space import SearchSpace
+
+STUDY_FILE = "study.db"
+RAY_DIR = "ray"
+EPOCHS_LOG = "epochs.jsonl"
+SPACE_FILE = "space.yaml"
+RUN_FILE = "run.json"
+
+# Ray's per-trial JSON/CSV/TensorBoard loggers duplicate what epochs.jsonl records; skip their cost.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "100")
+
+
+def study_storage(exp_dir: Path) -> str:
+    return f"sqlite:///{(exp_dir / STUDY_FILE).resolve()}"
+
+
+# --- the trial adapter ---------------------------------------------------------------------------
+
+def _trial(config: dict[str, Any], data=None, base: dict[str, Any] | None = None, device: str = "auto",
+           threads: int = 1, metric: str = "val_acc", worst: float = 0.0) -> None:
+    """Ray Tune trainable: sampled dict -> TrainConfig -> train(), one report per epoch."""
+    import ray
+    import torch
+    from ray import tune
+
+    from .train import CHECKPOINT_NAME, train
+
+    torch.set_num_threads(max(1, threads))
+    node_id = ray.get_runtime_context().get_node_id()
+    checkpoint = tune.get_checkpoint()
+    with tempfile.TemporaryDirectory(prefix="vitsearch-") as work:
+        resume = None
+        if checkpoint is not None:
+            with checkpoint.as_directory() as saved:
+                shutil.copy(Path(saved) / CHECKPOINT_NAME, Path(work) / CHECKPOINT_NAME)
+            resume = work
+
+        def report(metrics: dict[str, Any]) -> None:
+            tune.report({**metrics, "diverged": 0, "failed": 0, "reason": "", "node_id": node_id},
+                        checkpoint=tune.Checkpoint.from_directory(work))
+
+        try:
+            cfg = TrainConfig.from_dict({**(base or {}), **config})
+            train(cfg, report, data=data, device=device, checkpoint_dir=work, resume_from=resume)
+        except NonFiniteLossError as exc:
+            tune.report({"epoch": exc.epoch, metric: worst, "diverged": 1, "failed": 0, "reason": str(exc)})
+        except UserError as exc:  # a config the data cannot take (e.g. batch > training images): no retry helps
+            tune.report({"epoch": 0, metric: worst, "diverged": 0, "failed": 1, "reason": str(exc)})
+
+
+# --- Optuna, told the truth ----------------------------------------------------------------------
+
+def _searcher_class():
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class BudgetAwareOptunaSearch(OptunaSearch):
+        """OptunaSearch that tells PRUNED for trials ASHA stopped before `max_epochs`."""
+
+        def __init__(self, *args, max_epochs: int, worst: float, defaults: dict[str, Any],
+                     defaults_inside: set[str], **kwargs):
+            self.max_epochs, self.worst, self.defaults = max_epochs, worst, defaults
+            self.defaults_inside = defaults_inside
+            self._last: dict[str, dict] = {}
+            super().__init__(*args, **kwargs)
+
+        def suggest(self, trial_id: str):
+            if self.defaults is not None:
+                return self._suggest_defaults(trial_id)
+            params = super().suggest(trial_id)
+            if params is not None:
+                self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+            return params
+
+        def _suggest_defaults(self, trial_id: str) -> dict[str, Any]:
+            """The recommended-defaults trial, first. Values inside the space become its Optuna params
+            (TPE learns from them); values outside it (e.g. batch 512 when the space offers 32-128) are
+            kept as user attributes, since an Optuna param must lie inside its distribution."""
+            point, self.defaults = self.defaults, None
+            inside = {k: v for k, v in point.items() if k in self.defaults_inside}
+            self._ot_study.enqueue_trial(inside)
+            ot_trial = self._ot_study.ask(fixed_distributions={k: self._space[k] for k in inside})
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+            ot_trial.set_user_attr("recommended_defaults", True)
+            for key, value in point.items():
+                if key not in inside:
+                    ot_trial.set_user_attr(f"outside_space.{key}", value)
+            self._ot_trials[trial_id] = ot_trial
+            return dict(point)
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            self._last[trial_id] = result
+            if result.get("diverged") or result.get("failed") or trial_id in self._completed_trials:
+                return
+            self._ot_trials[trial_id].report(result[self.metric], step=int(result["epoch"]))
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            result = result or self._last.get(trial_id) or {}
+            ot_trial = self._ot_trials[trial_id]
+            state, value = optuna.trial.TrialState.COMPLETE, result.get(self.metric)
+            if error or result.get("failed") or value is None:
+                state, value = optuna.trial.TrialState.FAIL, None
+                ot_trial.set_user_attr("status", "failed")
+            elif result.get("diverged"):
+                value = self.worst  # scored as worst: TPE learns that this region diverges
+                ot_trial.set_user_attr("status", "diverged")
+            elif int(result.get("epoch", 0)) < self.max_epochs:
+                state, value = optuna.trial.TrialState.PRUNED, None  # at its last reported epoch
+                ot_trial.set_user_attr("status", "stopped_early")
+            else:
+                ot_trial.set_user_attr("status", "completed")
+            if result.get("reason"):
+                ot_trial.set_user_attr("reason", str(result["reason"])[:500])
+            self._ot_study.tell(ot_trial, value, state=state)
+            self._completed_trials.add(trial_id)
+
+    return BudgetAwareOptunaSearch
+
+
+# --- recording and progress ----------------------------------------------------------------------
+
+def _callbacks(exp_dir: Path, live):
+    from ray.tune import Callback
+
+    class Recorder(Callback):
+        """Appends every epoch result to epochs.jsonl (flushed: a killed driver loses nothing reported)."""
+
+        def __init__(self, path, view):
+            self.path, self.live, self.file = path, view, None
+
+        def __getstate__(self):  # Tune pickles its callbacks with the experiment state
+            return {"path": self.path, "live": None, "file": None}
+
+        def _show(self, trials, trial, result=None):
+            if self.live is not None:
+                self.live.update(trials, trial, result)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if self.file is None:
+                self.file = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed on_experiment_end)
+            row = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
+            row["trial_id"] = trial.trial_id
+            self.file.write(json.dumps(row) + "\n")
+            self._show(trials, trial, result)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._show(trials, trial)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._show(trials, trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._show(trials, trial)
+
+        def on_experiment_end(self, trials, **info):
+            if self.file is not None:
+                self.file.close()
+
+    return [Recorder(exp_dir / EPOCHS_LOG, live)]
+
+
+# --- the search ----------------------------------------------------------------------------------
+
+def init_ray(address: str | None, verbose: bool, space: SearchSpace) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose,
+                                  logging_level=logging.INFO if verbose else logging.ERROR,
+                                  configure_logging=True)
+    if not verbose:
+        logging.getLogger("ray").setLevel(logging.ERROR)
+        logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(**kwargs)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        where = f"--address {address!r}" if address else "a local Ray instance"
+        raise UserError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
+                        "check that `ray start --head` runs there and the address is HOST:PORT") from None
+
+
+def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto", address: str | None = None,
+               storage: str | None = None, verbose: bool = False, resume: bool = False, live=None):
+    """Run (or, with `resume`, continue) the search; returns Ray's ResultGrid."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    init_ray(address, verbose, space)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    ray_root = storage or str(exp_dir.resolve())
+    threads = max(1, int(space.cpu))
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, data=data, base=space.base_config(), device=device, threads=threads,
+                             metric=space.metric, worst=space.worst),
+        {"cpu": space.cpu, "gpu": space.gpu})
+    callbacks = _callbacks(exp_dir, live)
+    if resume:
+        tuner = tune.Tuner.restore(_join(ray_root, RAY_DIR), trainable, resume_unfinished=True, resume_errored=True)
+        # callbacks are not part of the saved state; put ours back
+        tuner._local_tuner._run_config.callbacks = callbacks
+    else:
+        defaults = space.defaults_point()
+        searcher = _searcher_class()(
+            space={k: d.to_optuna() for k, d in space.search.items()}, metric=space.metric, mode=space.mode,
+            sampler=optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=startup_trials(space.num_samples)),
+            study_name=exp_dir.name, storage=optuna.storages.RDBStorage(study_storage(exp_dir)),
+            max_epochs=space.max_epochs, worst=space.worst, defaults=defaults,
+            defaults_inside={k for k, v in defaults.items() if space.search[k].contains(v)})
+        scheduler = ASHAScheduler(time_attr="epoch", metric=space.metric, mode=space.mode,
+                                  max_t=space.max_epochs, grace_period=space.grace_period,
+                                  reduction_factor=space.reduction_factor)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.num_samples,
+                                        max_concurrent_trials=space.max_concurrent, reuse_actors=True,
+                                        trial_dirname_creator=lambda t: t.trial_id),
+            run_config=tune.RunConfig(
+                name=RAY_DIR, storage_path=ray_root, verbose=0, callbacks=callbacks,
+                failure_config=tune.FailureConfig(max_failures=space.retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    return tuner.fit()
+
+
+def startup_trials(num_samples: int) -> int:
+    """Random trials before TPE models the results. Optuna's 10 suits 100+ trials; with 16 it would
+    leave TPE only 6, so a quarter of the budget is used (at least 4, at most 10)."""
+    return min(10, max(4, num_samples // 4))
+
+
+def _join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}" if "://" in root else str(Path(root) / name)
+
+
+def expected_trial_epochs(space: SearchSpace) -> float:
+    """Trial-epochs ASHA runs if each rung keeps 1/reduction_factor of the trials reaching it."""
+    rungs, rung = [], space.grace_period
+    while rung < space.max_epochs:
+        rungs.append(rung)
+        rung *= space.reduction_factor
+    total, reached, previous = 0.0, float(space.num_samples), 0
+    for rung in rungs:
+        total += reached * (rung - previous)
+        reached, previous = max(1.0, reached / space.reduction_factor), rung
+    return total + reached * (space.max_epochs - previous)

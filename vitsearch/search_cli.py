@@ -1,0 +1,188 @@
+"""`python main.py search`: validate everything, estimate the cost, run with a live view, write reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .errors import UserError
+
+console = Console()
+
+
+def add_search_parser(sub) -> None:
+    se = sub.add_parser("search", help="run a hyperparameter search (Ray Tune + Optuna TPE + ASHA)")
+    se.add_argument("--space", help="search-space YAML, or a name in search_spaces/ (e.g. quickstart)")
+    se.add_argument("--resume", metavar="EXPERIMENT_DIR", help="continue an interrupted search")
+    se.add_argument("--data", help="dataset spec replacing the space's fixed data (e.g. fashion_mnist)")
+    se.add_argument("--device", default="auto", help="auto | cpu | cuda (per trial)")
+    se.add_argument("--out", default="results", help="parent folder of the experiment folder")
+    se.add_argument("--name", help="experiment folder name (default: <space name>-<time>)")
+    se.add_argument("--address", help="join an existing Ray cluster: HOST:PORT or auto")
+    se.add_argument("--storage", help="shared path or URI for Ray's trial checkpoints (multi-node runs)")
+    se.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+
+
+class LiveView:
+    """A rich live table: every trial's status, epoch and metric; overall progress and time estimate."""
+
+    def __init__(self, space, expected_epochs: float):
+        self.space, self.expected_epochs = space, expected_epochs
+        self.start = time.time()
+        self.rows: dict[str, dict] = {}
+        self.live = Live(console=console, auto_refresh=False, transient=False)
+
+    def __enter__(self):
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.live.__exit__(*exc)
+
+    def update(self, trials, trial, result) -> None:
+        for t in trials:
+            row = self.rows.setdefault(t.trial_id, {"epoch": 0, "metric": None, "order": len(self.rows)})
+            row["status"] = t.status
+        if result is not None:
+            row = self.rows[trial.trial_id]
+            row["epoch"] = max(row["epoch"], int(result.get("epoch", 0)))
+            row["metric"] = result.get(self.space.metric)
+            row["diverged"] = result.get("diverged")
+        self.live.update(self.render(), refresh=True)
+
+    def render(self):
+        epochs_done = sum(r["epoch"] for r in self.rows.values())
+        finished = sum(r["status"] in ("TERMINATED", "ERROR") for r in self.rows.values())
+        elapsed = time.time() - self.start
+        remaining = max(0.0, self.expected_epochs - epochs_done)
+        eta = f"~{remaining * elapsed / epochs_done:.0f}s left" if epochs_done else "estimating"
+        head = Text(f"{finished}/{self.space.num_samples} trials finished, {epochs_done} trial-epochs, "
+                    f"{elapsed:.0f}s elapsed, {eta}")
+        table = Table(box=None, pad_edge=False)
+        for col in ("trial", "status", "epoch", self.space.metric):
+            table.add_column(col, justify="right")
+        running = [k for k, r in self.rows.items() if r["status"] == "RUNNING"]
+        recent = sorted(self.rows, key=lambda k: self.rows[k]["order"])[-8:]
+        for key in dict.fromkeys(running + recent):
+            r = self.rows[key]
+            status = "diverged" if r.get("diverged") else r["status"].lower()
+            metric = "-" if r["metric"] is None else f"{r['metric']:.4f}"
+            table.add_row(key, status, f"{r['epoch']}/{self.space.max_epochs}", metric)
+        return Group(head, table)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .config import read_yaml
+    from .data import load_data
+    from .files import write_yaml
+    from .search import RAY_DIR, RUN_FILE, SPACE_FILE
+    from .space import load_space, parse_space
+
+    if bool(args.space) == bool(args.resume):
+        raise UserError("give exactly one of --space NAME (a new search) or --resume EXPERIMENT_DIR")
+    if args.resume:
+        exp_dir = Path(args.resume)
+        if not (exp_dir / SPACE_FILE).is_file() or not (exp_dir / RUN_FILE).is_file():
+            raise UserError(f"--resume {args.resume!r} is not a vitsearch experiment folder "
+                            f"(no {SPACE_FILE} and {RUN_FILE} in it)")
+        space = parse_space(read_yaml(exp_dir / SPACE_FILE, "search space"), origin=str(exp_dir / SPACE_FILE))
+        run = json.loads((exp_dir / RUN_FILE).read_text())
+        device, storage = args.device if args.device != "auto" else run["device"], args.storage or run["storage"]
+        ray_root = storage or str(exp_dir.resolve())
+        if not (Path(ray_root) / RAY_DIR).exists() and "://" not in ray_root:
+            raise UserError(f"--resume {args.resume!r}: Ray's experiment state ({ray_root}/{RAY_DIR}) is missing")
+    else:
+        space = load_space(args.space)
+        if args.data:
+            space = space.with_data(args.data)
+        exp_dir = Path(args.out) / (args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if exp_dir.exists() and any(exp_dir.iterdir()):
+            raise UserError(f"experiment folder {str(exp_dir)!r} already exists; use --resume or another --name")
+        device, storage = args.device, args.storage
+
+    base = space.trial_config({})
+    data = load_data(base)  # once per search; every trial shares it through Ray's object store
+    _print_plan(space, data, device)
+    if not args.resume:
+        write_yaml(space.source, exp_dir / SPACE_FILE)
+        (exp_dir / RUN_FILE).write_text(json.dumps({"device": device, "storage": storage}))
+    return _run_and_report(space, exp_dir, data, device, args, storage)
+
+
+def _print_plan(space, data, device: str) -> None:
+    from .search import expected_trial_epochs
+    from .train import measure_throughput
+
+    console.print(f"[bold]search[/] {space.name}: {space.num_samples} trials x <= {space.max_epochs} epochs, "
+                  f"ASHA grace {space.grace_period} / factor {space.reduction_factor}, metric {space.metric} "
+                  f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val", highlight=False)
+    # Honest cost estimate: a few real steps of the most expensive configuration in the space.
+    largest = {k: max(d.choices) if d.kind == "choice" else d.high for k, d in space.search.items()
+               if k in ("batch_size",)}
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(space.cpu)))
+    try:
+        ips = measure_throughput(space.trial_config(largest), data, device)
+    finally:
+        torch.set_num_threads(threads)
+    import ray
+
+    slots = max(1, int((ray.available_resources().get("CPU", 0) if ray.is_initialized() else _cpus()) // space.cpu))
+    if space.max_concurrent:
+        slots = min(slots, space.max_concurrent)
+    epochs = expected_trial_epochs(space)
+    seconds = epochs * (len(data.train_y) + len(data.val_y) / 3) / ips / slots
+    console.print(f"probe: {ips:,.0f} training images/s per trial ({int(space.cpu)} CPU thread(s), "
+                  f"device {device}); ~{epochs:.0f} trial-epochs with ASHA, {slots} at a time -> "
+                  f"estimated {_duration(seconds)} (all {space.num_samples * space.max_epochs} trial-epochs: "
+                  f"{_duration(seconds * space.num_samples * space.max_epochs / epochs)})", highlight=False)
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _run_and_report(space, exp_dir: Path, data, device: str, args, storage) -> int:
+    import optuna
+
+    from .report import TrialOutcome, comparison_line, summary_table, write_reports
+    from .search import expected_trial_epochs, run_search, study_storage
+
+    t0 = time.time()
+    with LiveView(space, expected_trial_epochs(space)) as live:
+        results = run_search(space, exp_dir, data=data, device=device, address=args.address, storage=storage,
+                             verbose=args.verbose, resume=bool(args.resume), live=live)
+    outcomes = []
+    for r in results:
+        trial_id = Path(r.path).name
+        error = str(r.error).strip().splitlines()[-1][:300] if r.error else None
+        outcomes.append(TrialOutcome(trial_id, dict(r.config), dict(r.metrics or {}), error))
+    study = optuna.load_study(study_name=exp_dir.name, storage=study_storage(exp_dir))
+    numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in study.trials}
+    trials, epochs = write_reports(exp_dir, space, outcomes, numbers)
+    console.print(summary_table(trials, space))
+    console.print(comparison_line(trials, space), highlight=False)
+    console.print(f"{len(trials)} trials, {len(epochs)} trial-epochs in {time.time() - t0:.0f} s; wrote "
+                  f"{exp_dir}/trials.parquet, epochs.parquet" +
+                  (", best_config.yaml" if (exp_dir / "best_config.yaml").is_file() else "") +
+                  f"; Optuna study: {study_storage(exp_dir)} (name {exp_dir.name!r})", highlight=False)
+    return 0

@@ -1,0 +1,268 @@
+"""Search-space YAML -> validated `SearchSpace`. Strict: every mistake is a one-line `SpaceError`.
+
+```yaml
+name: quickstart                 # experiment name prefix
+metric: val_acc                  # val_acc (max) | val_loss (min) | train_loss (min)
+mode: max                        # must match the metric's direction
+num_samples: 16                  # trials, the recommended-defaults trial included
+seed: 0                          # seeds Optuna's TPE sampler
+scheduler: {max_epochs: 20, grace_period: 2, reduction_factor: 3}   # ASHA, in epochs
+resources: {cpu: 1, gpu: 0}      # per trial; gpu may be fractional
+max_concurrent: 2                # optional cap on trials at once (default: what resources allow)
+retries: 1                       # re-runs of a crashed trial from its last checkpoint
+fixed: {model: vit_micro, ...}   # TrainConfig values held constant
+search:                          # TrainConfig values Optuna samples
+  lr:            {loguniform: [1.0e-4, 3.0e-2]}
+  warmup_epochs: {int: [0, 5]}
+  weight_decay:  {loguniform: [0.01, 0.3]}
+  aug_strength:  {uniform: [0.0, 1.0]}
+  batch_size:    {choice: [32, 64, 128, 512]}
+```
+Distributions: `loguniform`, `uniform`, `int`, `int-log` take `[low, high]` with low < high;
+`choice` takes a non-empty list of distinct values. A key is fixed or searched, never both; keys
+that shape the loaded data (`data`, `data_subset`, `val_fraction`, `image_size`, `seed`) and
+`epochs` (it is `scheduler.max_epochs`) cannot be searched, because data is loaded once per search.
+TrainConfig's recommended defaults are always evaluated first, as the recommended-defaults trial,
+even where a default lies outside the searched range (it is then not an Optuna parameter of that
+trial, but a user attribute `outside_space.<key>`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import DATA_KEYS, TrainConfig, read_yaml
+from .errors import ConfigError, SpaceError
+
+# metric -> (direction, worst value: what a diverged or failed trial scores)
+METRICS = {"val_acc": ("max", 0.0), "val_loss": ("min", math.inf), "train_loss": ("min", math.inf)}
+DISTRIBUTIONS = ("loguniform", "uniform", "int", "int-log", "choice")
+TOP_KEYS = {"name", "metric", "mode", "num_samples", "seed", "scheduler", "resources", "max_concurrent", "retries",
+            "fixed", "search"}
+SCHEDULER_KEYS = {"max_epochs", "grace_period", "reduction_factor"}
+RESOURCE_KEYS = {"cpu", "gpu"}
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@dataclass(frozen=True)
+class Distribution:
+    kind: str
+    low: Any = None
+    high: Any = None
+    choices: tuple = ()
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "choice":
+            return value in self.choices
+        if self.kind in ("int", "int-log") and not float(value).is_integer():
+            return False
+        return self.low <= value <= self.high
+
+    def describe(self) -> str:
+        return f"choice {list(self.choices)}" if self.kind == "choice" else f"{self.kind} [{self.low}, {self.high}]"
+
+    def to_optuna(self):
+        import optuna.distributions as od
+
+        if self.kind == "choice":
+            return od.CategoricalDistribution(list(self.choices))
+        if self.kind in ("int", "int-log"):
+            return od.IntDistribution(self.low, self.high, log=self.kind == "int-log")
+        return od.FloatDistribution(self.low, self.high, log=self.kind == "loguniform")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    metric: str
+    mode: str
+    num_samples: int
+    seed: int
+    max_epochs: int
+    grace_period: int
+    reduction_factor: int
+    cpu: float
+    gpu: float
+    max_concurrent: int | None
+    retries: int
+    fixed: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Distribution] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)  # the YAML as loaded, for the experiment folder
+
+    @property
+    def worst(self) -> float:
+        return METRICS[self.metric][1]
+
+    def base_config(self) -> dict[str, Any]:
+        """Fixed values plus the budget: what every trial's TrainConfig starts from."""
+        return {**self.fixed, "epochs": self.max_epochs}
+
+    def defaults_point(self) -> dict[str, Any]:
+        """TrainConfig's recommended value for every searched key: the first trial."""
+        defaults = TrainConfig()
+        point = {}
+        for key, dist in self.search.items():
+            value = getattr(defaults, key)
+            point[key] = int(value) if dist.kind in ("int", "int-log") and float(value).is_integer() else value
+        return point
+
+    def trial_config(self, sampled: dict[str, Any]) -> TrainConfig:
+        return TrainConfig.from_dict({**self.base_config(), **sampled})
+
+    def with_data(self, data: str) -> SearchSpace:
+        """The same space on another dataset spec (the CLI's --data)."""
+        source = {**self.source, "fixed": {**self.source.get("fixed", {}), "data": data}}
+        return parse_space(source, origin=f"{self.name} with --data {data}")
+
+
+def resolve_space_path(name: str) -> Path:
+    """`--space` takes a path, or a name found in search_spaces/ (with or without .yaml)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (SPACES_DIR / name, SPACES_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    available = ", ".join(sorted(p.name for p in SPACES_DIR.glob("*.yaml")))
+    raise SpaceError(f"search space {name!r} not found (not a file, nor in search_spaces/: {available})")
+
+
+def load_space(name: str) -> SearchSpace:
+    path = resolve_space_path(name)
+    try:
+        raw = read_yaml(path, "search space")
+    except ConfigError as exc:
+        raise SpaceError(str(exc)) from None
+    return parse_space(raw, origin=str(path))
+
+
+def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
+    def fail(message: str):
+        raise SpaceError(f"{origin}: {message}")
+
+    if not isinstance(raw, dict):
+        fail("must be a mapping with keys " + ", ".join(sorted(TOP_KEYS)))
+    for key in raw:
+        if key not in TOP_KEYS:
+            fail(f"unknown key {key!r}; valid keys: {', '.join(sorted(TOP_KEYS))}")
+    metric = raw.get("metric", "val_acc")
+    if metric not in METRICS:
+        fail(f"unknown metric {metric!r}; the trainer reports {', '.join(METRICS)}")
+    mode = raw.get("mode", METRICS[metric][0])
+    if mode != METRICS[metric][0]:
+        fail(f"mode {mode!r} does not fit metric {metric!r} (must be {METRICS[metric][0]!r})")
+
+    def integer(section: dict, key: str, default: Any, minimum: int, where: str = "") -> Any:
+        value = section.get(key, default)
+        if value is None and default is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            fail(f"{where}{key} is {value!r}, but must be an integer >= {minimum}")
+        return value
+
+    num_samples = integer(raw, "num_samples", 16, 1)
+    seed = integer(raw, "seed", 0, 0)
+    retries = integer(raw, "retries", 1, 0)
+    max_concurrent = integer(raw, "max_concurrent", None, 1)
+    scheduler = _section(raw, "scheduler", SCHEDULER_KEYS, fail)
+    max_epochs = integer(scheduler, "max_epochs", 20, 1, "scheduler.")
+    grace = integer(scheduler, "grace_period", 1, 1, "scheduler.")
+    factor = integer(scheduler, "reduction_factor", 3, 2, "scheduler.")
+    if grace > max_epochs:
+        fail(f"scheduler.grace_period is {grace}, but must be <= scheduler.max_epochs ({max_epochs})")
+    resources = _section(raw, "resources", RESOURCE_KEYS, fail)
+    cpu, gpu = resources.get("cpu", 1), resources.get("gpu", 0)
+    for key, value in (("cpu", cpu), ("gpu", gpu)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            fail(f"resources.{key} is {value!r}, but must be a number >= 0")
+    if cpu == 0 and gpu == 0:
+        fail("resources: a trial needs cpu > 0 or gpu > 0")
+
+    fixed = _section(raw, "fixed", None, fail)
+    search_raw = _section(raw, "search", None, fail)
+    if not search_raw:
+        fail("search: is empty; name at least one TrainConfig key to sample")
+    valid = TrainConfig.field_names()
+    if "epochs" in fixed:
+        fail("fixed.epochs: the budget is scheduler.max_epochs; remove fixed.epochs")
+    for key in fixed:
+        if key not in valid:
+            fail(f"fixed.{key} is not a TrainConfig key; valid keys: {', '.join(valid)}")
+    search: dict[str, Distribution] = {}
+    for key, spec in search_raw.items():
+        if key in fixed:
+            fail(f"{key!r} is both fixed and searched; keep it in one of fixed: or search:")
+        if key not in valid:
+            fail(f"search.{key} is not a TrainConfig key; valid keys: {', '.join(valid)}")
+        if key in DATA_KEYS or key == "epochs":
+            fail(f"search.{key} cannot be searched: {'the budget is scheduler.max_epochs' if key == 'epochs' else 'data is loaded once per search'}")
+        search[key] = _distribution(key, spec, fail)
+
+    try:
+        base = TrainConfig.from_dict({**fixed, "epochs": max_epochs})
+    except ConfigError as exc:
+        fail(f"fixed: {exc}")
+    for key, dist in search.items():
+        for bound in (dist.choices if dist.kind == "choice" else (dist.low, dist.high)):
+            try:
+                base.replace(**{key: bound})
+            except ConfigError as exc:
+                fail(f"search.{key}: {exc}")
+    name = raw.get("name", Path(origin).stem)
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        fail(f"name {name!r} must be letters, digits, '-' and '_'")
+    return SearchSpace(name, metric, mode, num_samples, seed, max_epochs, grace, factor, float(cpu), float(gpu),
+                       max_concurrent, retries, dict(fixed), search, dict(raw))
+
+
+def _number(value: Any) -> Any:
+    """PyYAML reads `1e-4` (no dot) as a string; accept numeric spellings for float bounds."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _section(raw: dict, key: str, allowed: set[str] | None, fail) -> dict:
+    section = raw.get(key) or {}
+    if not isinstance(section, dict):
+        fail(f"{key}: must be a mapping, got {section!r}")
+    if allowed is not None:
+        for sub in section:
+            if sub not in allowed:
+                fail(f"unknown key {key}.{sub}; valid keys: {', '.join(sorted(allowed))}")
+    return section
+
+
+def _distribution(key: str, spec: Any, fail) -> Distribution:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        fail(f"search.{key} must be one distribution like {{loguniform: [1.0e-4, 1.0e-2]}}; "
+             f"one of {', '.join(DISTRIBUTIONS)}")
+    (kind, args), = spec.items()
+    if kind not in DISTRIBUTIONS:
+        fail(f"search.{key}: unknown distribution {kind!r}; valid: {', '.join(DISTRIBUTIONS)}")
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            fail(f"search.{key}.choice is {args!r}, but must be a non-empty list")
+        if len(set(map(repr, args))) != len(args):
+            fail(f"search.{key}.choice {args!r} repeats a value")
+        return Distribution(kind, choices=tuple(args))
+    if not isinstance(args, list) or len(args) != 2:
+        fail(f"search.{key}.{kind} is {args!r}, but must be [low, high]")
+    low, high = (_number(v) if kind in ("loguniform", "uniform") else v for v in args)
+    numeric = (int,) if kind in ("int", "int-log") else (int, float)
+    for bound in (low, high):
+        if isinstance(bound, bool) or not isinstance(bound, numeric):
+            fail(f"search.{key}.{kind} bound {bound!r} must be {'an integer' if numeric == (int,) else 'a number'}")
+    if not low < high:
+        fail(f"search.{key}.{kind} is [{low}, {high}], but must have low < high (empty or inverted range)")
+    if kind in ("loguniform", "int-log") and low <= 0:
+        fail(f"search.{key}.{kind} low is {low}, but must be > 0 for a log scale")
+    if kind in ("loguniform", "uniform"):
+        low, high = float(low), float(high)
+    return Distribution(kind, low, high)
