@@ -165,7 +165,7 @@ def _rules(c: TrainConfig):
         ("lr_base_batch", c.lr_base_batch, lambda v: v >= 1, positive_int),
         ("lr_scaling", c.lr_scaling, lambda v: v in LR_SCALINGS, f"must be one of {', '.join(LR_SCALINGS)}"),
         ("min_lr", c.min_lr, lambda v: 0 <= v <= c.lr, "must be >= 0 and <= lr"),
-        ("warmup_epochs", c.warmup_epochs, lambda v: 0 <= v < c.epochs, "must be >= 0 and < epochs"),
+        ("warmup_epochs", c.warmup_epochs, lambda v: v >= 0, "must be >= 0; a warmup longer than the run is cut to it"),
         ("weight_decay", c.weight_decay, lambda v: v >= 0, "must be >= 0"),
         ("label_smoothing", c.label_smoothing, lambda v: 0 <= v < 1, "must be in [0, 1)"),
         ("grad_clip", c.grad_clip, lambda v: v >= 0, "must be >= 0 (0 turns clipping off)"),

@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +89,7 @@ def _searcher_class():
             self.max_epochs, self.worst, self.defaults = max_epochs, worst, defaults
             self.defaults_inside = defaults_inside
             self._last: dict[str, dict] = {}
+            self._reported: dict[str, set[int]] = {}
             super().__init__(*args, **kwargs)
 
         def suggest(self, trial_id: str):
@@ -120,14 +120,21 @@ def _searcher_class():
             self._last[trial_id] = result
             if result.get("diverged") or result.get("failed") or trial_id in self._completed_trials:
                 return
-            self._ot_trials[trial_id].report(result[self.metric], step=int(result["epoch"]))
+            step, reported = int(result["epoch"]), self._reported.setdefault(trial_id, set())
+            if step not in reported:  # a resumed trial re-reports epochs after its checkpoint
+                self._ot_trials[trial_id].report(result[self.metric], step=step)
+                reported.add(step)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
-            result = result or self._last.get(trial_id) or {}
+            result = result or self._last.pop(trial_id, None) or {}
             ot_trial = self._ot_trials[trial_id]
             state, value = optuna.trial.TrialState.COMPLETE, result.get(self.metric)
+            # Tune hands the result that made ASHA stop a trial only to on_trial_complete: record it as
+            # the trial's last intermediate value, the value Optuna keeps for a PRUNED trial.
+            if value is not None and not (result.get("diverged") or result.get("failed")):
+                self.on_trial_result(trial_id, result)
             if error or result.get("failed") or value is None:
                 state, value = optuna.trial.TrialState.FAIL, None
                 ot_trial.set_user_attr("status", "failed")
@@ -278,3 +285,12 @@ def expected_trial_epochs(space: SearchSpace) -> float:
         total += reached * (rung - previous)
         reached, previous = max(1.0, reached / space.reduction_factor), rung
     return total + reached * (space.max_epochs - previous)
+
+
+def preload() -> None:
+    """Ray worker set-up hook: import the trainer's heavy modules while the driver is still busy, so a
+    trial actor starts with torch and timm already imported (~5 s per process on a 2-core CPU)."""
+    import timm  # noqa: F401
+    import torch  # noqa: F401
+
+    from . import train  # noqa: F401

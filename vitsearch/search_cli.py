@@ -122,7 +122,8 @@ def _print_plan(space, data, device: str) -> None:
 
     console.print(f"[bold]search[/] {space.name}: {space.num_samples} trials x <= {space.max_epochs} epochs, "
                   f"ASHA grace {space.grace_period} / factor {space.reduction_factor}, metric {space.metric} "
-                  f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val", highlight=False)
+                  f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val",
+                  highlight=False)
     # Honest cost estimate: a few real steps of the most expensive configuration in the space.
     largest = {k: max(d.choices) if d.kind == "choice" else d.high for k, d in space.search.items()
                if k in ("batch_size",)}

@@ -7,7 +7,7 @@ mode: max                        # must match the metric's direction
 num_samples: 16                  # trials, the recommended-defaults trial included
 seed: 0                          # seeds Optuna's TPE sampler
 scheduler: {max_epochs: 20, grace_period: 2, reduction_factor: 3}   # ASHA, in epochs
-resources: {cpu: 1, gpu: 0}      # per trial; gpu may be fractional
+resources: {cpu: 1, gpu: 0}      # per trial; gpu may be fractional, or auto (1 if there is one)
 max_concurrent: 2                # optional cap on trials at once (default: what resources allow)
 retries: 1                       # re-runs of a crashed trial from its last checkpoint
 fixed: {model: vit_micro, ...}   # TrainConfig values held constant
@@ -175,6 +175,8 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
         fail(f"scheduler.grace_period is {grace}, but must be <= scheduler.max_epochs ({max_epochs})")
     resources = _section(raw, "resources", RESOURCE_KEYS, fail)
     cpu, gpu = resources.get("cpu", 1), resources.get("gpu", 0)
+    if gpu == "auto":
+        gpu = _gpus_available()
     for key, value in (("cpu", cpu), ("gpu", gpu)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             fail(f"resources.{key} is {value!r}, but must be a number >= 0")
@@ -198,7 +200,8 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
         if key not in valid:
             fail(f"search.{key} is not a TrainConfig key; valid keys: {', '.join(valid)}")
         if key in DATA_KEYS or key == "epochs":
-            fail(f"search.{key} cannot be searched: {'the budget is scheduler.max_epochs' if key == 'epochs' else 'data is loaded once per search'}")
+            why = "the budget is scheduler.max_epochs" if key == "epochs" else "data is loaded once per search"
+            fail(f"search.{key} cannot be searched: {why}")
         search[key] = _distribution(key, spec, fail)
 
     try:
@@ -216,6 +219,13 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
         fail(f"name {name!r} must be letters, digits, '-' and '_'")
     return SearchSpace(name, metric, mode, num_samples, seed, max_epochs, grace, factor, float(cpu), float(gpu),
                        max_concurrent, retries, dict(fixed), search, dict(raw))
+
+
+def _gpus_available() -> float:
+    """`gpu: auto`: one GPU per trial where this machine has one, else none (CPU-only trials)."""
+    import torch
+
+    return 1.0 if torch.cuda.is_available() else 0.0
 
 
 def _number(value: Any) -> Any:

@@ -1,0 +1,161 @@
+"""The search end to end through `python main.py search`, with real Ray, real Optuna storage, real timm."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from vitsearch.config import TrainConfig, load_config
+from vitsearch.report import EPOCH_COLUMNS, TRIAL_COLUMNS, config_dtypes
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "name": "tiny", "metric": "val_acc", "mode": "max", "num_samples": 8, "seed": 0,
+    "scheduler": {"max_epochs": 4, "grace_period": 1, "reduction_factor": 2},
+    "resources": {"cpu": 1, "gpu": 0},
+    "fixed": {"model": "vit_micro", "data": "digits", "image_size": 8, "patch_size": 2, "data_subset": 400,
+              "val_fraction": 0.2, "lr_scaling": "none", "grad_clip": 0.0},
+    "search": {
+        "lr": {"loguniform": [1.0e-4, 1.0e6]},  # the top of this range diverges (non-finite loss)
+        "warmup_epochs": {"uniform": [0.0, 1.0]},
+        "weight_decay": {"loguniform": [0.01, 0.3]},
+        "aug_strength": {"uniform": [0.0, 0.5]},
+        "batch_size": {"choice": [32, 64]},
+    },
+}
+
+
+def search(*args, **kwargs):
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), "search", *args], capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_search(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    (root / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    proc = search("--space", str(root / "tiny.yaml"), "--out", str(root), "--name", "exp")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "exp", proc
+
+
+def test_reports_have_the_documented_schema(tiny_search):
+    exp, proc = tiny_search
+    trials = pd.read_parquet(exp / "trials.parquet")
+    epochs = pd.read_parquet(exp / "epochs.parquet")
+    assert list(trials.columns) == list(TRIAL_COLUMNS) + TrainConfig.field_names()
+    assert {c: str(t) for c, t in trials.dtypes.items()} == {**TRIAL_COLUMNS, **config_dtypes()}
+    assert list(epochs.columns) == list(EPOCH_COLUMNS)
+    assert {c: str(t) for c, t in epochs.dtypes.items()} == EPOCH_COLUMNS
+    assert len(trials) == 8 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"completed", "stopped_early", "diverged", "failed"}
+    # every trial's epochs_run matches its rows in epochs.parquet
+    counts = epochs.groupby("trial_id").size()
+    for _, row in trials.iterrows():
+        assert row["epochs_run"] == counts.get(row["trial_id"], 0)
+    assert "top trials by final val_acc" in proc.stdout
+
+
+def test_stopped_trials_are_pruned_in_the_stored_study(tiny_search):
+    exp, _ = tiny_search
+    trials = pd.read_parquet(exp / "trials.parquet")
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{exp / 'study.db'}")
+    states = {t.number: t.state for t in study.trials}
+    expected = {"completed": optuna.trial.TrialState.COMPLETE, "stopped_early": optuna.trial.TrialState.PRUNED,
+                "diverged": optuna.trial.TrialState.COMPLETE, "failed": optuna.trial.TrialState.FAIL}
+    assert len(study.trials) == 8
+    for _, row in trials.iterrows():
+        assert states[row["optuna_number"]] == expected[row["status"]], row["trial_id"]
+    assert (trials["status"] == "stopped_early").any()
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert all(max(t.intermediate_values) < 4 for t in pruned)  # pruned at its last epoch, before the budget
+
+
+def test_diverged_trials_are_recorded_and_scored_worst(tiny_search):
+    exp, _ = tiny_search
+    trials = pd.read_parquet(exp / "trials.parquet")
+    diverged = trials[trials["status"] == "diverged"]
+    assert len(diverged) >= 1 and (diverged["lr"] > 10).all()
+    assert diverged["reason"].str.contains("non-finite loss").all()
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{exp / 'study.db'}")
+    for number in diverged["optuna_number"]:
+        assert study.trials[number].value == 0.0  # val_acc's worst
+
+
+def test_defaults_trial_is_first_and_flagged(tiny_search):
+    exp, _ = tiny_search
+    trials = pd.read_parquet(exp / "trials.parquet")
+    flagged = trials[trials["is_defaults"]]
+    assert len(flagged) == 1
+    row = flagged.iloc[0]
+    defaults = TrainConfig()
+    assert row["optuna_number"] == 0
+    for key in TINY["search"]:
+        assert row[key] == getattr(defaults, key), key
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{exp / 'study.db'}")
+    first = study.trials[0]
+    assert first.user_attrs["recommended_defaults"] is True
+    assert first.user_attrs["outside_space.batch_size"] == 512  # outside [32, 64]: an attribute, not a param
+
+
+def test_best_config_is_the_best_full_budget_trial_and_trains(tiny_search, tmp_path):
+    exp, _ = tiny_search
+    trials = pd.read_parquet(exp / "trials.parquet")
+    full = trials[trials["status"] == "completed"]
+    best = full.loc[full["final_val_acc"].idxmax()]
+    cfg = load_config(exp / "best_config.yaml")
+    assert cfg.lr == pytest.approx(best["lr"]) and cfg.batch_size == best["batch_size"] and cfg.epochs == 4
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", "--config", str(exp / "best_config.yaml"),
+                           "--set", "epochs=1", "--set", "warmup_epochs=0", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_resume_after_a_killed_search_loses_and_reruns_nothing(tmp_path):
+    space = {**TINY, "num_samples": 6, "scheduler": {"max_epochs": 6, "grace_period": 6, "reduction_factor": 2}}
+    space["fixed"] = {**TINY["fixed"], "data_subset": 1000}
+    space["search"] = {**TINY["search"], "lr": {"loguniform": [1.0e-4, 1.0e-2]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
+    exp = tmp_path / "exp"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "search", "--space", str(tmp_path / "s.yaml"),
+                             "--out", str(tmp_path), "--name", "exp"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log = exp / "epochs.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once two trials have finished and others are mid-way
+        rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+        if sum(r["epoch"] == 6 for r in rows) >= 2 and len(rows) >= 15:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    finished_before = {r["trial_id"] for r in before if r["epoch"] == 6}
+    assert len(finished_before) >= 2
+
+    resumed = search("--resume", str(exp))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = [json.loads(line) for line in log.read_text().splitlines() if line.strip()][len(before):]
+    assert not {r["trial_id"] for r in after} & finished_before  # completed trials were not rerun
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert len(trials) == 6 and trials["trial_id"].is_unique
+    assert (trials["status"] == "completed").sum() == 6
+    epochs = pd.read_parquet(exp / "epochs.parquet")
+    assert len(epochs) == 36 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    # unfinished trials continued from their checkpoint: their first epoch after the restart is not 1
+    restarted = {r["trial_id"] for r in after}
+    first_after = {t: min(r["epoch"] for r in after if r["trial_id"] == t) for t in restarted}
+    assert any(epoch > 1 for epoch in first_after.values()) or not restarted
+
+
+def test_resume_of_a_folder_that_is_no_experiment(tmp_path):
+    proc = search("--resume", str(tmp_path))
+    assert proc.returncode == 2 and "is not a vitsearch experiment folder" in proc.stderr

@@ -1,0 +1,99 @@
+"""Search-space files: strict loading, one-line errors naming key, value and rule."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vitsearch.errors import SpaceError
+from vitsearch.space import load_space, parse_space
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = {
+    "name": "t", "metric": "val_acc", "mode": "max", "num_samples": 4, "seed": 0,
+    "scheduler": {"max_epochs": 4, "grace_period": 1, "reduction_factor": 2},
+    "fixed": {"model": "vit_micro", "data": "digits"},
+    "search": {"lr": {"loguniform": [1e-4, 1e-2]}, "batch_size": {"choice": [32, 64]}},
+}
+
+
+def variant(**changes):
+    space = yaml.safe_load(yaml.safe_dump(GOOD))
+    for dotted, value in changes.items():
+        *path, last = dotted.split("__")
+        node = space
+        for part in path:
+            node = node[part]
+        if value is ...:
+            del node[last]
+        else:
+            node[last] = value
+    return space
+
+
+BAD = [
+    (variant(typo_key=1), "unknown key 'typo_key'; valid keys"),
+    (variant(metric="accuracy"), "unknown metric 'accuracy'; the trainer reports val_acc"),
+    (variant(mode="min"), "mode 'min' does not fit metric 'val_acc'"),
+    (variant(num_samples=0), "num_samples is 0, but must be an integer >= 1"),
+    (variant(scheduler__reduction_factor=1), "scheduler.reduction_factor is 1, but must be an integer >= 2"),
+    (variant(scheduler__grace_period=9), "grace_period is 9, but must be <= scheduler.max_epochs"),
+    (variant(scheduler__patience=3), "unknown key scheduler.patience"),
+    (variant(fixed__lr=1e-3), "'lr' is both fixed and searched"),
+    (variant(search__learning_rate={"uniform": [0.1, 0.2]}), "search.learning_rate is not a TrainConfig key"),
+    (variant(search__lr={"loguniform": [1e-2, 1e-4]}), "must have low < high (empty or inverted range)"),
+    (variant(search__lr={"uniform": [0.1, 0.1]}), "must have low < high (empty or inverted range)"),
+    (variant(search__lr={"gaussian": [0, 1]}), "unknown distribution 'gaussian'"),
+    (variant(search__lr={"loguniform": [0, 1]}), "must be > 0 for a log scale"),
+    (variant(search__batch_size={"choice": []}), "must be a non-empty list"),
+    (variant(search__batch_size={"choice": [32, 32]}), "repeats a value"),
+    (variant(search__batch_size={"choice": [0, 32]}), "invalid value for 'batch_size': 0"),
+    (variant(search__warmup_epochs={"int": [0, 2.5]}), "must be an integer"),
+    (variant(fixed__model="resnet50"), "fixed: invalid value for 'model'"),
+    (variant(fixed__epochs=5), "the budget is scheduler.max_epochs"),
+    (variant(search__seed={"int": [0, 5]}), "data is loaded once per search"),
+    (variant(search={}), "search: is empty"),
+    (variant(resources={"cpu": -1}), "resources.cpu is -1, but must be a number >= 0"),
+]
+
+
+@pytest.mark.parametrize("raw, message", BAD, ids=[m[:40] for _, m in BAD])
+def test_bad_spaces_are_rejected_with_the_rule(raw, message):
+    with pytest.raises(SpaceError) as caught:
+        parse_space(raw, origin="bad.yaml")
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_good_space_and_defaults_point():
+    space = parse_space(GOOD)
+    assert space.defaults_point() == {"lr": 1e-3, "batch_size": 512}  # 512 lies outside: still the first trial
+    assert space.trial_config({"lr": 3e-4, "batch_size": 32}).epochs == 4
+
+
+def test_shipped_spaces_load_by_name():
+    for name in ("quickstart", "vit_tiny", "vit_small.yaml"):
+        space = load_space(name)
+        assert {"lr", "warmup_epochs", "weight_decay", "aug_strength", "batch_size"} <= set(space.search)
+    assert load_space("vit_small").fixed["model"] == "vit_small"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("name: t\nsearch: {lr: {loguniform: [1e-4, 1e-2]}\n", "is not valid YAML at line"),
+    ("- a list\n", "must be a mapping"),
+])
+def test_cli_reports_bad_space_files_in_one_line(tmp_path, content, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(content)
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--space", str(path), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_space_name_lists_the_shipped_ones():
+    with pytest.raises(SpaceError, match="quickstart.yaml"):
+        load_space("no_such_space")
