@@ -21,7 +21,7 @@ TINY = {
     "name": "tiny", "metric": "val_acc", "mode": "max", "num_samples": 8, "seed": 0,
     "scheduler": {"max_epochs": 4, "grace_period": 1, "reduction_factor": 2},
     "resources": {"cpu": 1, "gpu": 0},
-    "fixed": {"model": "vit_micro", "data": "digits", "image_size": 8, "patch_size": 2, "data_subset": 400,
+    "fixed": {"model": "vit_micro", "data": "digits", "image_size": 8, "patch_size": 2, "data_subset": 600,
               "val_fraction": 0.2, "lr_scaling": "none", "grad_clip": 0.0},
     "search": {
         "lr": {"loguniform": [1.0e-4, 1.0e6]},  # the top of this range diverges (non-finite loss)
@@ -120,7 +120,8 @@ def test_best_config_is_the_best_full_budget_trial_and_trains(tiny_search, tmp_p
 
 
 def test_resume_after_a_killed_search_loses_and_reruns_nothing(tmp_path):
-    space = {**TINY, "num_samples": 6, "scheduler": {"max_epochs": 6, "grace_period": 6, "reduction_factor": 2}}
+    space = {**TINY, "num_samples": 6, "scheduler": {"max_epochs": 6, "grace_period": 6, "reduction_factor": 2},
+             "checkpoint_every_s": 0}
     space["fixed"] = {**TINY["fixed"], "data_subset": 1000}
     space["search"] = {**TINY["search"], "lr": {"loguniform": [1.0e-4, 1.0e-2]}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def study_storage(exp_dir: Path) -> str:
 # --- the trial adapter ---------------------------------------------------------------------------
 
 def _trial(config: dict[str, Any], data=None, base: dict[str, Any] | None = None, device: str = "auto",
-           threads: int = 1, metric: str = "val_acc", worst: float = 0.0) -> None:
+           threads: int = 1, metric: str = "val_acc", worst: float = 0.0, checkpoint_every_s: float = 0.0) -> None:
     """Ray Tune trainable: sampled dict -> TrainConfig -> train(), one report per epoch."""
     import ray
     import torch
@@ -62,9 +63,17 @@ def _trial(config: dict[str, Any], data=None, base: dict[str, Any] | None = None
                 shutil.copy(Path(saved) / CHECKPOINT_NAME, Path(work) / CHECKPOINT_NAME)
             resume = work
 
+        last_saved = [time.monotonic()]
+
         def report(metrics: dict[str, Any]) -> None:
+            # The trainer writes its checkpoint locally every epoch (milliseconds); handing it to Ray
+            # (a copy into the experiment's storage) is paced by checkpoint_every_s, and always done
+            # at the last epoch.
+            due = (time.monotonic() - last_saved[0] >= checkpoint_every_s or metrics["epoch"] == cfg.epochs)
+            if due:
+                last_saved[0] = time.monotonic()
             tune.report({**metrics, "diverged": 0, "failed": 0, "reason": "", "node_id": node_id},
-                        checkpoint=tune.Checkpoint.from_directory(work))
+                        checkpoint=tune.Checkpoint.from_directory(work) if due else None)
 
         try:
             cfg = TrainConfig.from_dict({**(base or {}), **config})
@@ -198,7 +207,7 @@ def _callbacks(exp_dir: Path, live):
 
 # --- the search ----------------------------------------------------------------------------------
 
-def init_ray(address: str | None, verbose: bool, space: SearchSpace) -> None:
+def init_ray(address: str | None, verbose: bool) -> None:
     import ray
 
     if ray.is_initialized():
@@ -209,6 +218,8 @@ def init_ray(address: str | None, verbose: bool, space: SearchSpace) -> None:
     if not verbose:
         logging.getLogger("ray").setLevel(logging.ERROR)
         logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    if address and address != "auto":
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -220,6 +231,20 @@ def init_ray(address: str | None, verbose: bool, space: SearchSpace) -> None:
                         "check that `ray start --head` runs there and the address is HOST:PORT") from None
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes (ray.init retries an unreachable GCS for a long time)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address!r} must be HOST:PORT (e.g. 127.0.0.1:6379) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"cannot start or reach --address {address!r}: {exc.strerror or exc}; check that "
+                        "`ray start --head` runs there and the port is open") from None
+
+
 def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto", address: str | None = None,
                storage: str | None = None, verbose: bool = False, resume: bool = False, live=None):
     """Run (or, with `resume`, continue) the search; returns Ray's ResultGrid."""
@@ -228,13 +253,13 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
     from ray.tune.schedulers import ASHAScheduler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    init_ray(address, verbose, space)
+    init_ray(address, verbose)
     exp_dir.mkdir(parents=True, exist_ok=True)
     ray_root = storage or str(exp_dir.resolve())
     threads = max(1, int(space.cpu))
     trainable = tune.with_resources(
         tune.with_parameters(_trial, data=data, base=space.base_config(), device=device, threads=threads,
-                             metric=space.metric, worst=space.worst),
+                             metric=space.metric, worst=space.worst, checkpoint_every_s=space.checkpoint_every_s),
         {"cpu": space.cpu, "gpu": space.gpu})
     callbacks = _callbacks(exp_dir, live)
     if resume:

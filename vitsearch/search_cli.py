@@ -37,7 +37,9 @@ class LiveView:
         self.space, self.expected_epochs = space, expected_epochs
         self.start = time.time()
         self.rows: dict[str, dict] = {}
-        self.live = Live(console=console, auto_refresh=False, transient=False)
+        # Rendering happens on rich's own thread, 4 times a second: Tune waits for its callbacks before a
+        # trial may continue, so drawing on every result would slow every epoch.
+        self.live = Live(console=console, auto_refresh=True, refresh_per_second=4, transient=False)
 
     def __enter__(self):
         self.live.__enter__()
@@ -55,7 +57,7 @@ class LiveView:
             row["epoch"] = max(row["epoch"], int(result.get("epoch", 0)))
             row["metric"] = result.get(self.space.metric)
             row["diverged"] = result.get("diverged")
-        self.live.update(self.render(), refresh=True)
+        self.live.update(self.render(), refresh=False)
 
     def render(self):
         epochs_done = sum(r["epoch"] for r in self.rows.values())
@@ -82,7 +84,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .config import read_yaml
     from .data import load_data
     from .files import write_yaml
-    from .search import RAY_DIR, RUN_FILE, SPACE_FILE
+    from .search import RAY_DIR, RUN_FILE, SPACE_FILE, init_ray
     from .space import load_space, parse_space
 
     if bool(args.space) == bool(args.resume):
@@ -107,6 +109,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise UserError(f"experiment folder {str(exp_dir)!r} already exists; use --resume or another --name")
         device, storage = args.device, args.storage
 
+    init_ray(args.address, args.verbose)  # before anything is written: an unreachable cluster leaves no trace
     base = space.trial_config({})
     data = load_data(base)  # once per search; every trial shares it through Ray's object store
     _print_plan(space, data, device)

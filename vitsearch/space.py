@@ -10,6 +10,8 @@ scheduler: {max_epochs: 20, grace_period: 2, reduction_factor: 3}   # ASHA, in e
 resources: {cpu: 1, gpu: 0}      # per trial; gpu may be fractional, or auto (1 if there is one)
 max_concurrent: 2                # optional cap on trials at once (default: what resources allow)
 retries: 1                       # re-runs of a crashed trial from its last checkpoint
+checkpoint_every_s: 10           # a trial's checkpoint goes to storage at most this often (0: every
+                                 # epoch) and always at its last epoch; a resumed trial restarts there
 fixed: {model: vit_micro, ...}   # TrainConfig values held constant
 search:                          # TrainConfig values Optuna samples
   lr:            {loguniform: [1.0e-4, 3.0e-2]}
@@ -41,7 +43,7 @@ from .errors import ConfigError, SpaceError
 METRICS = {"val_acc": ("max", 0.0), "val_loss": ("min", math.inf), "train_loss": ("min", math.inf)}
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "int-log", "choice")
 TOP_KEYS = {"name", "metric", "mode", "num_samples", "seed", "scheduler", "resources", "max_concurrent", "retries",
-            "fixed", "search"}
+            "checkpoint_every_s", "fixed", "search"}
 SCHEDULER_KEYS = {"max_epochs", "grace_period", "reduction_factor"}
 RESOURCE_KEYS = {"cpu", "gpu"}
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -88,6 +90,7 @@ class SearchSpace:
     gpu: float
     max_concurrent: int | None
     retries: int
+    checkpoint_every_s: float
     fixed: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Distribution] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)  # the YAML as loaded, for the experiment folder
@@ -167,6 +170,10 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
     seed = integer(raw, "seed", 0, 0)
     retries = integer(raw, "retries", 1, 0)
     max_concurrent = integer(raw, "max_concurrent", None, 1)
+    checkpoint_every_s = raw.get("checkpoint_every_s", 10)
+    if isinstance(checkpoint_every_s, bool) or not isinstance(checkpoint_every_s, (int, float)) \
+            or checkpoint_every_s < 0:
+        fail(f"checkpoint_every_s is {checkpoint_every_s!r}, but must be a number of seconds >= 0")
     scheduler = _section(raw, "scheduler", SCHEDULER_KEYS, fail)
     max_epochs = integer(scheduler, "max_epochs", 20, 1, "scheduler.")
     grace = integer(scheduler, "grace_period", 1, 1, "scheduler.")
@@ -218,7 +225,7 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         fail(f"name {name!r} must be letters, digits, '-' and '_'")
     return SearchSpace(name, metric, mode, num_samples, seed, max_epochs, grace, factor, float(cpu), float(gpu),
-                       max_concurrent, retries, dict(fixed), search, dict(raw))
+                       max_concurrent, retries, float(checkpoint_every_s), dict(fixed), search, dict(raw))
 
 
 def _gpus_available() -> float:
