@@ -42,8 +42,13 @@ class TrialOutcome:
     error: str | None = None
 
 
-def read_epoch_log(path: Path) -> pd.DataFrame:
-    """Every recorded epoch; a resumed trial's re-run epochs replace the earlier rows; torn lines skipped."""
+CHECKPOINT_OF = "_checkpoint_of"  # config key of a trial re-issued after a killed driver (see search.py)
+
+
+def read_epoch_log(path: Path, aliases: dict[str, str] | None = None) -> pd.DataFrame:
+    """Every recorded epoch; a resumed trial's re-run epochs replace the earlier rows; torn lines skipped.
+    `aliases` maps the id of a trial lost with a killed driver to the trial that continued it."""
+    aliases = aliases or {}
     rows = []
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -52,6 +57,8 @@ def read_epoch_log(path: Path) -> pd.DataFrame:
             except json.JSONDecodeError:
                 continue  # the last line of a killed driver's log
     rows = [r for r in rows if not r.get("diverged") and not r.get("failed") and "epoch" in r and r["epoch"] > 0]
+    for r in rows:
+        r["trial_id"] = aliases.get(r["trial_id"], r["trial_id"])
     df = pd.DataFrame(rows, columns=list(EPOCH_COLUMNS))
     df = df.drop_duplicates(["trial_id", "epoch"], keep="last").sort_values(["trial_id", "epoch"])
     return df.astype(EPOCH_COLUMNS).reset_index(drop=True)
@@ -83,9 +90,11 @@ def trials_frame(space: SearchSpace, outcomes: list[TrialOutcome], epochs: pd.Da
         best = mine.loc[mine[space.metric].idxmax() if space.mode == "max" else mine[space.metric].idxmin()] \
             if len(mine) else None
         final = mine.iloc[-1] if len(mine) else None
-        cfg = TrainConfig.from_dict({**space.base_config(), **o.config}).to_dict()
+        sampled = {k: v for k, v in o.config.items() if k != CHECKPOINT_OF}
+        cfg = TrainConfig.from_dict({**space.base_config(), **sampled}).to_dict()
+        number = optuna_numbers.get(o.trial_id, optuna_numbers.get(o.config.get(CHECKPOINT_OF)))
         rows.append({
-            "trial_id": o.trial_id, "optuna_number": optuna_numbers.get(o.trial_id),
+            "trial_id": o.trial_id, "optuna_number": number,
             "is_defaults": all(o.config.get(k) == v for k, v in defaults.items()),
             "status": status, "reason": reason, "epochs_run": len(mine),
             "final_val_acc": _get(final, "val_acc"), "best_val_acc": mine["val_acc"].max() if len(mine) else math.nan,
@@ -122,7 +131,8 @@ def best_trial(trials: pd.DataFrame, space: SearchSpace) -> pd.Series | None:
 
 def write_reports(exp_dir: Path, space: SearchSpace, outcomes: list[TrialOutcome],
                   optuna_numbers: dict[str, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    epochs = read_epoch_log(exp_dir / "epochs.jsonl")
+    aliases = {o.config[CHECKPOINT_OF]: o.trial_id for o in outcomes if o.config.get(CHECKPOINT_OF)}
+    epochs = read_epoch_log(exp_dir / "epochs.jsonl", aliases)
     trials = trials_frame(space, outcomes, epochs, optuna_numbers)
     write_parquet(epochs, exp_dir / "epochs.parquet")
     write_parquet(trials, exp_dir / "trials.parquet")

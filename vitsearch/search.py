@@ -2,7 +2,8 @@
 
 Flow: `run_search(space, exp_dir)` starts (or joins) Ray, puts the dataset in the object store once,
 and runs a `tune.Tuner` whose trainable (`_trial`) turns the sampled dict into a `TrainConfig` and
-calls `train()`; the trainer's per-epoch report becomes `tune.report(metrics, checkpoint=...)`.
+calls `train()`; the trainer's per-epoch report becomes `tune.report(metrics)`, and its checkpoint goes
+to `TrialCheckpoints`, from where a restarted trial (retry, lost node, resumed search) continues.
 Actors are reused between trials, so a trial starts without a new process, imports or data.
 
 Optuna is told the truth about stopped trials (`BudgetAwareOptunaSearch`): Ray's stock
@@ -29,6 +30,11 @@ from .space import SearchSpace
 STUDY_FILE = "study.db"
 RAY_DIR = "ray"
 EPOCHS_LOG = "epochs.jsonl"
+ENDS_LOG = "trial_ends.jsonl"  # one line per finished trial: what a resumed search must not rerun
+RAY_RESULT_KEYS = {"done", "training_iteration", "trial_id", "timestamp", "date", "time_this_iter_s", "time_total_s",
+                   "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore",
+                   "checkpoint_dir_name", "should_checkpoint", "experiment_tag", "config"}
+CHECKPOINT_OF = "_checkpoint_of"  # config key: a re-issued trial continues this earlier Ray trial
 SPACE_FILE = "space.yaml"
 RUN_FILE = "run.json"
 
@@ -42,10 +48,57 @@ def study_storage(exp_dir: Path) -> str:
     return f"sqlite:///{(exp_dir / STUDY_FILE).resolve()}"
 
 
+# --- per-trial checkpoints ------------------------------------------------------------------------
+
+class TrialCheckpoints:
+    """`<root>/checkpoints/<trial_id>/checkpoint.pt`, where root is a local or shared path or a pyarrow
+    URI (s3://, gs://, ...). Written by the trial (upload of the trainer's file, then a rename), read
+    by the same trial when Ray restarts it (retry, lost node, resumed search). Ray's own checkpoint
+    mechanism is not used: its experiment snapshot lags behind the trials, and a restored trial could
+    point at a checkpoint Ray had already deleted."""
+
+    def __init__(self, root: str):
+        from pyarrow import fs
+
+        if "://" in root:
+            self.fs, base = fs.FileSystem.from_uri(root)
+        else:
+            self.fs, base = fs.LocalFileSystem(), str(Path(root).resolve())
+        self.base = f"{base.rstrip('/')}/checkpoints"
+
+    def _path(self, trial_id: str) -> str:
+        return f"{self.base}/{trial_id}/checkpoint.pt"
+
+    def upload(self, local_file: Path, trial_id: str) -> None:
+        final = self._path(trial_id)
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        tmp = final + ".uploading"
+        with open(local_file, "rb") as src, self.fs.open_output_stream(tmp) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        self.fs.move(tmp, final)
+
+    def download(self, trial_id: str, local_file: Path) -> bool:
+        from pyarrow import fs
+
+        if self.fs.get_file_info(self._path(trial_id)).type != fs.FileType.File:
+            return False
+        with self.fs.open_input_stream(self._path(trial_id)) as src, open(local_file, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        return True
+
+    def delete(self, trial_id: str) -> None:
+        from pyarrow import fs
+
+        folder = f"{self.base}/{trial_id}"
+        if self.fs.get_file_info(folder).type == fs.FileType.Directory:
+            self.fs.delete_dir(folder)
+
+
 # --- the trial adapter ---------------------------------------------------------------------------
 
 def _trial(config: dict[str, Any], data=None, base: dict[str, Any] | None = None, device: str = "auto",
-           threads: int = 1, metric: str = "val_acc", worst: float = 0.0, checkpoint_every_s: float = 0.0) -> None:
+           threads: int = 1, metric: str = "val_acc", worst: float = 0.0, checkpoint_root: str = "",
+           checkpoint_every_s: float = 0.0, finished: dict[str, dict] | None = None) -> None:
     """Ray Tune trainable: sampled dict -> TrainConfig -> train(), one report per epoch."""
     import ray
     import torch
@@ -55,28 +108,38 @@ def _trial(config: dict[str, Any], data=None, base: dict[str, Any] | None = None
 
     torch.set_num_threads(max(1, threads))
     node_id = ray.get_runtime_context().get_node_id()
-    checkpoint = tune.get_checkpoint()
+    config = dict(config)
+    trial_id = config.pop(CHECKPOINT_OF, None) or tune.get_context().get_trial_id()
+    if trial_id in (finished or {}):
+        # Finished before the driver was killed, after Tune's last snapshot: hand back the recorded
+        # final result instead of training again.
+        tune.report(finished[trial_id])
+        return
+    store = TrialCheckpoints(checkpoint_root)
     with tempfile.TemporaryDirectory(prefix="vitsearch-") as work:
-        resume = None
-        if checkpoint is not None:
-            with checkpoint.as_directory() as saved:
-                shutil.copy(Path(saved) / CHECKPOINT_NAME, Path(work) / CHECKPOINT_NAME)
-            resume = work
-
-        last_saved = [time.monotonic()]
+        local = Path(work) / CHECKPOINT_NAME
+        resume = work if store.download(trial_id, local) else None
+        last_upload = [time.monotonic()]
+        resumed_history: list[dict] = []
 
         def report(metrics: dict[str, Any]) -> None:
-            # The trainer writes its checkpoint locally every epoch (milliseconds); handing it to Ray
-            # (a copy into the experiment's storage) is paced by checkpoint_every_s, and always done
-            # at the last epoch.
-            due = (time.monotonic() - last_saved[0] >= checkpoint_every_s or metrics["epoch"] == cfg.epochs)
-            if due:
-                last_saved[0] = time.monotonic()
-            tune.report({**metrics, "diverged": 0, "failed": 0, "reason": "", "node_id": node_id},
-                        checkpoint=tune.Checkpoint.from_directory(work) if due else None)
+            # The trainer has just written this epoch's checkpoint locally (milliseconds); its upload to
+            # the store is paced by checkpoint_every_s and always done at the last epoch.
+            if time.monotonic() - last_upload[0] >= checkpoint_every_s or metrics["epoch"] == cfg.epochs:
+                store.upload(local, trial_id)
+                last_upload[0] = time.monotonic()
+            tune.report({**metrics, "diverged": 0, "failed": 0, "reason": "", "node_id": node_id})
 
         try:
             cfg = TrainConfig.from_dict({**(base or {}), **config})
+            if resume:
+                # A kill between a checkpoint upload and its report loses that epoch's report: repeat it.
+                from .train import peek_history
+
+                resumed_history = peek_history(local)
+                if resumed_history:
+                    tune.report({**resumed_history[-1], "diverged": 0, "failed": 0, "reason": "",
+                                 "node_id": node_id})
             train(cfg, report, data=data, device=device, checkpoint_dir=work, resume_from=resume)
         except NonFiniteLossError as exc:
             tune.report({"epoch": exc.epoch, metric: worst, "diverged": 1, "failed": 0, "reason": str(exc)})
@@ -102,12 +165,40 @@ def _searcher_class():
             super().__init__(*args, **kwargs)
 
         def suggest(self, trial_id: str):
+            orphan = self._next_orphan()
+            if orphan is not None:
+                return self._reissue(trial_id, orphan)
             if self.defaults is not None:
                 return self._suggest_defaults(trial_id)
             params = super().suggest(trial_id)
             if params is not None:
                 self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
             return params
+
+        def _next_orphan(self):
+            """After a killed driver, Tune restores a snapshot that can predate the last trials it
+            created; Tune then asks for that many trials again. Those Optuna trials (known to the study,
+            unknown to this restored searcher) are handed out again, in order, instead of new ones."""
+            known = {t.number for t in self._ot_trials.values()}
+            for frozen in self._ot_study.get_trials(deepcopy=False):
+                if frozen.number not in known and "ray_trial_id" in frozen.user_attrs:
+                    return frozen
+            return None
+
+        def _reissue(self, trial_id: str, frozen) -> dict[str, Any]:
+            ot_trial = optuna.trial.Trial(self._ot_study, frozen._trial_id)
+            self._ot_trials[trial_id] = ot_trial
+            if frozen.user_attrs.get("recommended_defaults"):
+                self.defaults = None
+            outside = {k.split(".", 1)[1]: v for k, v in frozen.user_attrs.items() if k.startswith("outside_space.")}
+            source = frozen.user_attrs.get("checkpoint_of", frozen.user_attrs["ray_trial_id"])
+            if not frozen.state.is_finished():
+                ot_trial.set_user_attr("ray_trial_id", trial_id)
+                ot_trial.set_user_attr("checkpoint_of", source)
+            else:
+                self._completed_trials.add(trial_id)
+            # `_checkpoint_of` tells the trial adapter whose checkpoint and recorded result to take over.
+            return {**frozen.params, **outside, CHECKPOINT_OF: source}
 
         def _suggest_defaults(self, trial_id: str) -> dict[str, Any]:
             """The recommended-defaults trial, first. Values inside the space become its Optuna params
@@ -131,8 +222,11 @@ def _searcher_class():
                 return
             step, reported = int(result["epoch"]), self._reported.setdefault(trial_id, set())
             if step not in reported:  # a resumed trial re-reports epochs after its checkpoint
-                self._ot_trials[trial_id].report(result[self.metric], step=step)
                 reported.add(step)
+                try:
+                    self._ot_trials[trial_id].report(result[self.metric], step=step)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # told before the driver was killed; this searcher state is an older snapshot
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -145,37 +239,39 @@ def _searcher_class():
             if value is not None and not (result.get("diverged") or result.get("failed")):
                 self.on_trial_result(trial_id, result)
             if error or result.get("failed") or value is None:
-                state, value = optuna.trial.TrialState.FAIL, None
-                ot_trial.set_user_attr("status", "failed")
+                state, value, status = optuna.trial.TrialState.FAIL, None, "failed"
             elif result.get("diverged"):
-                value = self.worst  # scored as worst: TPE learns that this region diverges
-                ot_trial.set_user_attr("status", "diverged")
+                value, status = self.worst, "diverged"  # scored as worst: TPE learns that this region diverges
             elif int(result.get("epoch", 0)) < self.max_epochs:
-                state, value = optuna.trial.TrialState.PRUNED, None  # at its last reported epoch
-                ot_trial.set_user_attr("status", "stopped_early")
+                state, value, status = optuna.trial.TrialState.PRUNED, None, "stopped_early"  # at its last epoch
             else:
-                ot_trial.set_user_attr("status", "completed")
-            if result.get("reason"):
-                ot_trial.set_user_attr("reason", str(result["reason"])[:500])
-            self._ot_study.tell(ot_trial, value, state=state)
+                status = "completed"
             self._completed_trials.add(trial_id)
+            try:
+                ot_trial.set_user_attr("status", status)
+                if result.get("reason"):
+                    ot_trial.set_user_attr("reason", str(result["reason"])[:500])
+                self._ot_study.tell(ot_trial, value, state=state)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # told before the driver was killed; this searcher state is an older snapshot
 
     return BudgetAwareOptunaSearch
 
 
 # --- recording and progress ----------------------------------------------------------------------
 
-def _callbacks(exp_dir: Path, live):
+def _callbacks(exp_dir: Path, live, checkpoint_root: str, max_epochs: int):
     from ray.tune import Callback
 
     class Recorder(Callback):
         """Appends every epoch result to epochs.jsonl (flushed: a killed driver loses nothing reported)."""
 
-        def __init__(self, path, view):
-            self.path, self.live, self.file = path, view, None
+        def __init__(self, path, ends, view, checkpoint_root, max_epochs):
+            self.path, self.ends, self.live, self.file = path, ends, view, None
+            self.checkpoint_root, self.max_epochs = checkpoint_root, max_epochs
 
         def __getstate__(self):  # Tune pickles its callbacks with the experiment state
-            return {"path": self.path, "live": None, "file": None}
+            return {**self.__dict__, "live": None, "file": None}
 
         def _show(self, trials, trial, result=None):
             if self.live is not None:
@@ -193,6 +289,12 @@ def _callbacks(exp_dir: Path, live):
             self._show(trials, trial)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            last = {k: v for k, v in (trial.last_result or {}).items() if isinstance(v, (int, float, str, bool))}
+            with open(self.ends, "a") as f:  # keyed by lineage: a re-issued trial by the trial it continues
+                lineage = trial.config.get(CHECKPOINT_OF) or trial.trial_id
+                f.write(json.dumps({"trial_id": lineage, "last_result": last}) + "\n")
+            if int(last.get("epoch", 0) or 0) < self.max_epochs:  # stopped early: nobody resumes it
+                TrialCheckpoints(self.checkpoint_root).delete(trial.config.get(CHECKPOINT_OF) or trial.trial_id)
             self._show(trials, trial)
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -202,7 +304,7 @@ def _callbacks(exp_dir: Path, live):
             if self.file is not None:
                 self.file.close()
 
-    return [Recorder(exp_dir / EPOCHS_LOG, live)]
+    return [Recorder(exp_dir / EPOCHS_LOG, exp_dir / ENDS_LOG, live, checkpoint_root, max_epochs)]
 
 
 # --- the search ----------------------------------------------------------------------------------
@@ -259,9 +361,11 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
     threads = max(1, int(space.cpu))
     trainable = tune.with_resources(
         tune.with_parameters(_trial, data=data, base=space.base_config(), device=device, threads=threads,
-                             metric=space.metric, worst=space.worst, checkpoint_every_s=space.checkpoint_every_s),
+                             metric=space.metric, worst=space.worst, checkpoint_root=ray_root,
+                             checkpoint_every_s=space.checkpoint_every_s,
+                             finished=finished_trials(exp_dir) if resume else {}),
         {"cpu": space.cpu, "gpu": space.gpu})
-    callbacks = _callbacks(exp_dir, live)
+    callbacks = _callbacks(exp_dir, live, ray_root, space.max_epochs)
     if resume:
         tuner = tune.Tuner.restore(_join(ray_root, RAY_DIR), trainable, resume_unfinished=True, resume_errored=True)
         # callbacks are not part of the saved state; put ours back
@@ -285,8 +389,21 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
             run_config=tune.RunConfig(
                 name=RAY_DIR, storage_path=ray_root, verbose=0, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=space.retries),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+))
     return tuner.fit()
+
+
+def finished_trials(exp_dir: Path) -> dict[str, dict]:
+    """Trials recorded as finished in trial_ends.jsonl, with their last result (torn lines skipped)."""
+    finished = {}
+    path = exp_dir / ENDS_LOG
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        finished[row["trial_id"]] = {k: v for k, v in row["last_result"].items() if k not in RAY_RESULT_KEYS}
+    return finished
 
 
 def startup_trials(num_samples: int) -> int:

@@ -182,6 +182,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage) -> i
         outcomes.append(TrialOutcome(trial_id, dict(r.config), dict(r.metrics or {}), error))
     study = optuna.load_study(study_name=exp_dir.name, storage=study_storage(exp_dir))
     numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in study.trials}
+    numbers.update({t.user_attrs["checkpoint_of"]: t.number for t in study.trials if "checkpoint_of" in t.user_attrs})
     trials, epochs = write_reports(exp_dir, space, outcomes, numbers)
     console.print(summary_table(trials, space))
     console.print(comparison_line(trials, space), highlight=False)

@@ -258,6 +258,12 @@ def load_checkpoint(path: str | Path, cfg: TrainConfig, model: nn.Module, optimi
     return int(state["epoch"]), list(state["history"])
 
 
+def peek_history(path: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch metrics stored in a checkpoint, without restoring anything."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return list(state.get("history", []))
+
+
 def _rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, py_state, gauss_next = random.getstate()
