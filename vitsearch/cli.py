@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import NonFiniteLossError, UserError
@@ -22,7 +23,8 @@ err_console = Console(stderr=True)
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own errors: one line, exit code 2
-        err_console.print(f"[red]error:[/] {message} (see `{self.prog} --help`)", highlight=False)
+        err_console.print(f"[red]error:[/] {escape(message)} (see `{self.prog} --help`)", highlight=False,
+                          soft_wrap=True)
         raise SystemExit(2)
 
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return cmd_search(args)
     except UserError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -103,7 +105,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(cfg, report, data=data, device=args.device, checkpoint_dir=run_dir,
                        resume_from=run_dir if args.resume else None)
     except NonFiniteLossError as exc:
-        err_console.print(f"[red]diverged:[/] {exc}; metrics of earlier epochs are in {run_dir}/epochs.parquet",
+        err_console.print(f"[red]diverged:[/] {escape(str(exc))}; metrics of earlier epochs are in "
+                          f"{escape(str(run_dir))}/epochs.parquet",
                           highlight=False)
         return 1
     rows[:] = result["history"]

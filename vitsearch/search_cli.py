@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from rich.text import Text
 
 from .errors import UserError
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the full tables
 
 
 def add_search_parser(sub) -> None:
@@ -48,10 +49,12 @@ class LiveView:
     def __exit__(self, *exc):
         self.live.__exit__(*exc)
 
-    def update(self, trials, trial, result) -> None:
+    def update(self, trials, trial, result, status: str | None = None) -> None:
         for t in trials:
             row = self.rows.setdefault(t.trial_id, {"epoch": 0, "metric": None, "order": len(self.rows)})
             row["status"] = t.status
+        if status is not None:  # Tune calls back on completion before it flips the trial's status
+            self.rows[trial.trial_id]["status"] = status
         if result is not None:
             row = self.rows[trial.trial_id]
             row["epoch"] = max(row["epoch"], int(result.get("epoch", 0)))
@@ -109,9 +112,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise UserError(f"experiment folder {str(exp_dir)!r} already exists; use --resume or another --name")
         device, storage = args.device, args.storage
 
+    data = load_data(space.trial_config({}))  # once per search; every trial shares it through Ray's object store
     init_ray(args.address, args.verbose)  # before anything is written: an unreachable cluster leaves no trace
-    base = space.trial_config({})
-    data = load_data(base)  # once per search; every trial shares it through Ray's object store
     _print_plan(space, data, device)
     if not args.resume:
         write_yaml(space.source, exp_dir / SPACE_FILE)
@@ -146,7 +148,7 @@ def _print_plan(space, data, device: str) -> None:
     epochs = expected_trial_epochs(space)
     seconds = epochs * (len(data.train_y) + len(data.val_y) / 3) / ips / slots
     console.print(f"probe: {ips:,.0f} training images/s per trial ({int(space.cpu)} CPU thread(s), "
-                  f"device {device}); ~{epochs:.0f} trial-epochs with ASHA, {slots} at a time -> "
+                  f"device {device}); ~{epochs:.0f} trial-epochs expected with ASHA, {slots} at a time -> "
                   f"estimated {_duration(seconds)} (all {space.num_samples * space.max_epochs} trial-epochs: "
                   f"{_duration(seconds * space.num_samples * space.max_epochs / epochs)})", highlight=False)
 

@@ -1,0 +1,120 @@
+"""The bad-input corpus: every malformed input is one line naming what is wrong, exit code 2, no
+traceback, and nothing written (earlier results untouched). Runs the CLI entry point in-process."""
+
+from pathlib import Path
+
+import pytest
+
+from vitsearch.cli import main
+
+CORPUS = Path(__file__).parent / "corpus"
+
+# corpus file -> a phrase the one-line message must hold
+FILE_CASES = {
+    "space_yaml_unclosed_brace.yaml": "is not valid YAML at line",
+    "space_yaml_bad_indent.yaml": "is not valid YAML at line",
+    "space_yaml_tab.yaml": "is not valid YAML at line",
+    "space_not_a_mapping.yaml": "must be a mapping",
+    "space_wrong_type_num_samples.yaml": "num_samples is 'sixteen', but must be an integer >= 1",
+    "space_wrong_type_max_epochs.yaml": "scheduler.max_epochs is 10.5, but must be an integer >= 1",
+    "space_search_is_a_list.yaml": "search: must be a mapping",
+    "space_unknown_top_key.yaml": "unknown key 'nmu_samples'; valid keys",
+    "space_inverted_range.yaml": "must have low < high (empty or inverted range)",
+    "space_empty_range.yaml": "must have low < high (empty or inverted range)",
+    "space_empty_choice.yaml": "must be a non-empty list",
+    "space_unknown_metric.yaml": "unknown metric 'top5'",
+    "space_unknown_model.yaml": "invalid value for 'model': 'vit_gigantic'",
+    "space_unknown_dataset.yaml": "invalid value for 'data': 'mnist'",
+    "space_missing_data_path.yaml": "image folder '/nonexistent/folder' does not exist",
+    "space_fixed_and_searched.yaml": "'lr' is both fixed and searched",
+    "space_unknown_distribution.yaml": "unknown distribution 'normal'",
+    "space_three_bounds.yaml": "must be [low, high]",
+    "space_not_a_config_key.yaml": "search.learning_rate is not a TrainConfig key",
+    "space_no_resources.yaml": "a trial needs cpu > 0 or gpu > 0",
+    "config_yaml_syntax.yaml": "is not valid YAML at line",
+    "config_wrong_type.yaml": "invalid value for 'batch_size': '64 images' (must be an int)",
+    "config_unknown_key.yaml": "unknown config key 'learning_rate'; valid keys",
+    "config_negative_lr.yaml": "invalid value for 'lr': -0.001",
+    "config_zero_batch.yaml": "invalid value for 'batch_size': 0",
+    "config_unknown_model.yaml": "invalid value for 'model': 'resnet50'",
+    "config_missing_cifar.yaml": "cs.toronto.edu",
+    "config_bad_precision.yaml": "invalid value for 'precision': 'fp8'",
+    "config_scalar.yaml": "must hold a mapping",
+}
+
+
+def run_cli(argv, capsys) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_the_corpus_is_complete():
+    assert sorted(p.name for p in CORPUS.iterdir()) == sorted(FILE_CASES)
+    assert len(FILE_CASES) + len(GENERATED) >= 30
+
+
+@pytest.mark.parametrize("name", sorted(FILE_CASES))
+def test_corpus_file(name, tmp_path, capsys):
+    command = ["search", "--space"] if name.startswith("space_") else ["train", "--config"]
+    err = run_cli([*command, str(CORPUS / name), "--out", str(tmp_path / "out")], capsys)
+    assert FILE_CASES[name] in err
+    assert not (tmp_path / "out").exists()
+
+
+def _image_folder(root: Path, extra: tuple[str, bytes]) -> Path:
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / label / f"{i}.png")
+    (root / "a" / extra[0]).write_bytes(extra[1])
+    return root
+
+
+def _truncated_checkpoint(tmp: Path) -> Path:
+    run = tmp / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: vit_micro\n")
+    (run / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated zip")
+    return run
+
+
+TRUNCATED_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _folder_with(tmp: Path, name: str, content: bytes) -> list[str]:
+    return ["train", "--set", f"data=imagefolder:{_image_folder(tmp / 'img', (name, content))}"]
+
+
+GENERATED = {
+    "truncated png": (lambda t: _folder_with(t, "x.png", TRUNCATED_PNG), "cannot read image"),
+    "non-image file": (lambda t: _folder_with(t, "notes.txt", b"hi"), "is not an image"),
+    "jpeg of zeros": (lambda t: _folder_with(t, "z.jpg", bytes(64)), "cannot read image"),
+    "truncated checkpoint": (lambda t: ["train", "--resume", str(_truncated_checkpoint(t))], "cannot be read ("),
+    "resume a folder that is no experiment": (lambda t: ["search", "--resume", str(t)],
+                                              "is not a vitsearch experiment"),
+    "resume a train run as a search": (lambda t: ["search", "--resume", str(_truncated_checkpoint(t))],
+                                       "is not a vitsearch experiment"),
+    "unknown space name": (lambda t: ["search", "--space", "no_such_space"], "not found"),
+    "--set without =": (lambda t: ["train", "--set", "lr"], "must have the form key=value"),
+    "--space and --resume": (lambda t: ["search", "--space", "quickstart", "--resume", str(t)], "exactly one of"),
+    "bad --address": (lambda t: ["search", "--space", "quickstart", "--address", "not-an-address"],
+                      "must be HOST:PORT"),
+    "bad --device": (lambda t: ["train", "--set", "model=vit_micro", "--set", "image_size=16", "--device", "tpu"],
+                     "invalid device 'tpu'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_generated_case(name, tmp_path, capsys):
+    build, message = GENERATED[name]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    err = run_cli([*build(tmp_path), "--out", str(tmp_path / "out")], capsys)
+    assert message in err
+    assert not (tmp_path / "out").exists()
+    after = sorted(p.name for p in tmp_path.rglob("*"))
+    assert len(after) >= len(before)  # inputs untouched (the builders created them before the run)
