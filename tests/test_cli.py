@@ -48,3 +48,35 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.parquet"))
+
+
+def _file_size_limit(limit_bytes: int):
+    """Writes past `limit_bytes` fail with EFBIG, as they would on a full disk (SIGXFSZ ignored)."""
+    import resource
+    import signal
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return apply
+
+
+def test_a_full_disk_is_one_line_and_keeps_earlier_files(tmp_path):
+    proc = run("train", *MICRO, "--set", "epochs=1", "--out", str(tmp_path), "--name", "r")
+    assert proc.returncode == 0, proc.stderr
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    size = (tmp_path / "r" / "checkpoint.pt").stat().st_size
+    # the same run continued with more epochs cannot write its (same-sized) checkpoint
+    (tmp_path / "r" / "config.yaml").write_text(yaml.safe_dump({**yaml.safe_load(before["config.yaml"]),
+                                                                  "epochs": 2}))
+    full = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", "--config",
+                           str(tmp_path / "r" / "config.yaml"), "--out", str(tmp_path), "--name", "r2"],
+                          capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(size // 2))
+    assert full.returncode == 2, full.stderr
+    assert "cannot write" in full.stderr and "checkpoint.pt" in full.stderr and "earlier files are kept" in full.stderr
+    assert len(full.stderr.strip().splitlines()) == 1 and "Traceback" not in full.stderr
+    assert not any((tmp_path / "r2").glob("*.tmp")) and not (tmp_path / "r2" / "checkpoint.pt").exists()
+    for name, content in before.items():  # the earlier run's files are untouched
+        if name != "config.yaml":
+            assert (tmp_path / "r" / name).read_bytes() == content

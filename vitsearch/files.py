@@ -30,3 +30,7 @@ def write_parquet(df, path: str | Path) -> None:
 def write_yaml(data: Any, path: str | Path, header: str = "") -> None:
     text = header + yaml.safe_dump(data, sort_keys=False)
     _atomic(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def write_bytes(data: bytes, path: str | Path) -> None:
+    _atomic(Path(path), lambda tmp: tmp.write_bytes(data))

@@ -11,8 +11,8 @@ A non-finite loss raises `NonFiniteLossError`; the caller decides what to do wit
 from __future__ import annotations
 
 import contextlib
+import io
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -27,6 +27,7 @@ from .augment import BatchAugment, normalize
 from .config import TrainConfig
 from .data import ImageData, load_data
 from .errors import ConfigError, NonFiniteLossError, UserError
+from .files import write_bytes
 from .model import build_model
 
 Report = Callable[[dict[str, Any]], None]
@@ -221,14 +222,14 @@ def _default_micro_batch(model: nn.Module, batch_size: int, data: ImageData, dev
 
 def save_checkpoint(path: Path, cfg: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, epoch: int,
                     history: list[dict[str, Any]]) -> None:
-    """Write atomically: a temporary file renamed over the old one, so a crash leaves the previous one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically: a temporary file renamed over the old one, so a crash or a full disk leaves the
+    previous one (and the latter is a one-line UserError)."""
     state = {"config": cfg.to_dict(), "epoch": epoch, "history": history, "model": model.state_dict(),
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict(), "rng": _rng_state()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(buffer.getvalue(), path)
 
 
 def load_checkpoint(path: str | Path, cfg: TrainConfig, model: nn.Module, optimizer, scheduler,
