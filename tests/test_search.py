@@ -166,3 +166,32 @@ def test_resume_after_a_killed_search_loses_and_reruns_nothing(tmp_path):
 def test_resume_of_a_folder_that_is_no_experiment(tmp_path):
     proc = search("--resume", str(tmp_path))
     assert proc.returncode == 2 and "is not a vitsearch experiment folder" in proc.stderr
+
+
+def test_html_report_shows_the_parquet_numbers(tiny_search, tmp_path):
+    exp, _ = tiny_search
+    page = (exp / "report.html").read_text()
+    trials = pd.read_parquet(exp / "trials.parquet")
+    epochs = pd.read_parquet(exp / "epochs.parquet")
+    for name in ("learning_curves.png", "knobs.png", "importance.png", "parallel.png"):
+        data = (exp / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+    assert page.count("data:image/png;base64,") == 4 and "<script" not in page  # self-contained, offline
+    full = trials[trials["status"] == "completed"]
+    best = full.loc[full["final_val_acc"].idxmax()]
+    assert f"{best['final_val_acc']:.4f} (Optuna #{best['optuna_number']})" in page
+    assert f"<td>trial-epochs run</td><td>{len(epochs)}</td>" in page
+    assert f"<td>completed</td><td>{len(full)}</td>" in page
+    assert "Best trial against the recommended defaults" in page
+    # `report` re-renders the same page from the folder alone (no Ray)
+    (exp / "report.html").unlink()
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(exp)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (exp / "report.html").read_text().count("data:image/png;base64,") == 4
+
+
+def test_report_of_a_folder_that_is_no_experiment(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "is not a finished vitsearch experiment" in proc.stderr

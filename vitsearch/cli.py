@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .search_cli import add_search_parser
 
     add_search_parser(sub)
+    rp = sub.add_parser("report", help="write report.html and figures for a finished search")
+    rp.add_argument("experiment", help="results/<experiment> folder")
     return parser
 
 
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "report":
+            return cmd_report(args)
         from .search_cli import cmd_search
 
         return cmd_search(args)
@@ -119,6 +123,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"wrote {run_dir}/epochs.parquet, {run_dir}/{CHECKPOINT_NAME}, {run_dir}/config.yaml",
                   highlight=False)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .figures import write_html_report
+
+    path = write_html_report(Path(args.experiment))
+    console.print(f"wrote {path} and its figures", highlight=False)
     return 0
 
 

@@ -326,7 +326,7 @@ def init_ray(address: str | None, verbose: bool) -> None:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(**kwargs)
+            ray.init(address="local", **kwargs)  # a new local instance, even where a cluster runs here
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         where = f"--address {address!r}" if address else "a local Ray instance"
         raise UserError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "

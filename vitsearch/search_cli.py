@@ -170,6 +170,8 @@ def _duration(seconds: float) -> str:
 def _run_and_report(space, exp_dir: Path, data, device: str, args, storage) -> int:
     import optuna
 
+    from .figures import write_html_report
+    from .files import write_bytes
     from .report import TrialOutcome, comparison_line, summary_table, write_reports
     from .search import expected_trial_epochs, run_search, study_storage
 
@@ -186,10 +188,13 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage) -> i
     numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in study.trials}
     numbers.update({t.user_attrs["checkpoint_of"]: t.number for t in study.trials if "checkpoint_of" in t.user_attrs})
     trials, epochs = write_reports(exp_dir, space, outcomes, numbers)
+    run_file = exp_dir / "run.json"
+    write_bytes(json.dumps({**json.loads(run_file.read_text()), "wall_s": time.time() - t0}).encode(), run_file)
+    report_path = write_html_report(exp_dir)
     console.print(summary_table(trials, space))
     console.print(comparison_line(trials, space), highlight=False)
     console.print(f"{len(trials)} trials, {len(epochs)} trial-epochs in {time.time() - t0:.0f} s; wrote "
-                  f"{exp_dir}/trials.parquet, epochs.parquet" +
+                  f"{exp_dir}/trials.parquet, epochs.parquet, {report_path.name}" +
                   (", best_config.yaml" if (exp_dir / "best_config.yaml").is_file() else "") +
                   f"; Optuna study: {study_storage(exp_dir)} (name {exp_dir.name!r})", highlight=False)
     return 0

@@ -1,0 +1,281 @@
+"""`report.html` and its PNG figures, from a finished experiment folder. Imports no Ray.
+
+Reads `trials.parquet`, `epochs.parquet`, `space.yaml` and the stored Optuna study; writes next to them
+`learning_curves.png`, `knobs.png`, `importance.png`, `parallel.png` and a self-contained
+`report.html` (figures embedded as data URIs, no scripts, opens offline).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import platform
+from pathlib import Path
+
+import pandas as pd
+
+from .config import read_yaml
+from .errors import UserError
+from .files import write_bytes
+from .report import STATUSES, best_trial
+from .space import SearchSpace, parse_space
+
+STATUS_COLORS = {"completed": "#1b7837", "stopped_early": "#9e9e9e", "diverged": "#d73027", "failed": "#000000",
+                 "unfinished": "#fdae61"}
+FIGURES = ("learning_curves.png", "knobs.png", "importance.png", "parallel.png")
+
+
+def load_experiment(exp_dir: Path) -> tuple[SearchSpace, pd.DataFrame, pd.DataFrame]:
+    for name in ("space.yaml", "trials.parquet", "epochs.parquet"):
+        if not (exp_dir / name).is_file():
+            raise UserError(f"{str(exp_dir)!r} is not a finished vitsearch experiment (no {name} in it)")
+    space = parse_space(read_yaml(exp_dir / "space.yaml", "search space"), origin=str(exp_dir / "space.yaml"))
+    return space, pd.read_parquet(exp_dir / "trials.parquet"), pd.read_parquet(exp_dir / "epochs.parquet")
+
+
+def write_html_report(exp_dir: Path) -> Path:
+    """Render the figures and report.html for `exp_dir`; returns the report's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    space, trials, epochs = load_experiment(exp_dir)
+    importances = _importances(exp_dir)
+    pngs = {
+        "learning_curves.png": _learning_curves(space, trials, epochs),
+        "knobs.png": _knobs(space, trials),
+        "importance.png": _importance_chart(space, importances),
+        "parallel.png": _parallel(space, trials),
+    }
+    for name, data in pngs.items():
+        write_bytes(data, exp_dir / name)
+    path = exp_dir / "report.html"
+    write_bytes(_html(exp_dir, space, trials, epochs, importances, pngs).encode(), path)
+    return path
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+def _png(fig) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _learning_curves(space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFrame) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    status = dict(zip(trials["trial_id"], trials["status"]))
+    defaults = set(trials.loc[trials["is_defaults"], "trial_id"])
+    for trial_id, rows in epochs.groupby("trial_id"):
+        s = status.get(trial_id, "unfinished")
+        ax.plot(rows["epoch"], rows[space.metric], color=STATUS_COLORS[s], alpha=0.9 if s == "completed" else 0.5,
+                lw=2.2 if trial_id in defaults else 1.2, ls="--" if trial_id in defaults else "-")
+    for rung in _rungs(space):
+        ax.axvline(rung, color="#4575b4", lw=0.8, ls=":")
+    handles = [plt.Line2D([], [], color=c, label=s.replace("_", " ")) for s, c in STATUS_COLORS.items()
+               if s in set(trials["status"])]
+    handles += [plt.Line2D([], [], color="#555", ls="--", lw=2.2, label="recommended defaults"),
+                plt.Line2D([], [], color="#4575b4", ls=":", label="ASHA rungs")]
+    ax.legend(handles=handles, loc="best", fontsize=9)
+    ax.set(xlabel="epoch", ylabel=space.metric, title=f"{space.metric} of every trial, by final status")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _rungs(space: SearchSpace) -> list[int]:
+    rungs, rung = [], space.grace_period
+    while rung < space.max_epochs:
+        rungs.append(rung)
+        rung *= space.reduction_factor
+    return rungs
+
+
+def _knobs(space: SearchSpace, trials: pd.DataFrame) -> bytes:
+    import matplotlib.pyplot as plt
+
+    knobs = list(space.search)
+    cols = min(3, len(knobs))
+    rows_n = math.ceil(len(knobs) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False)
+    metric = f"final_{space.metric}"
+    for ax, knob in zip(axes.flat, knobs):
+        for status, rows in trials.groupby("status"):
+            ax.scatter(rows[knob], rows[metric], color=STATUS_COLORS.get(status, "#000"), s=36,
+                       label=status.replace("_", " "), alpha=0.85,
+                       facecolors="none" if status != "completed" else STATUS_COLORS[status])
+        defaults = trials[trials["is_defaults"]]
+        ax.scatter(defaults[knob], defaults[metric], marker="*", s=160, color="#4575b4", label="defaults", zorder=3)
+        if space.search[knob].kind in ("loguniform", "int-log"):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels overlap on short log ranges
+        ax.set(xlabel=knob, ylabel=f"{space.metric} at last epoch")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(knobs):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"{space.metric} against each searched knob (filled: full budget; hollow: stopped early)")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _importances(exp_dir: Path) -> dict[str, float]:
+    """Optuna's importance evaluator on the stored study (completed trials); empty if it cannot run."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    import warnings
+
+    try:
+        warnings.filterwarnings("ignore", message="Some regimes", category=UserWarning)
+        study = optuna.load_study(study_name=exp_dir.name, storage=f"sqlite:///{(exp_dir / 'study.db').resolve()}")
+        return dict(optuna.importance.get_param_importances(study))
+    except (ValueError, RuntimeError, KeyError):  # fewer than two complete trials, a single value, ...
+        return {}
+
+
+def _importance_chart(space: SearchSpace, importances: dict[str, float]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    if importances:
+        names = list(reversed(importances))
+        ax.barh(names, [importances[n] for n in names], color="#4575b4")
+        ax.set(xlabel="importance (Optuna's default evaluator, completed trials)")
+    else:
+        ax.text(0.5, 0.5, "not enough completed trials for an importance estimate", ha="center", va="center")
+        ax.axis("off")
+    ax.set_title(f"which knobs mattered for {space.metric}")
+    return _png(fig)
+
+
+def _parallel(space: SearchSpace, trials: pd.DataFrame) -> bytes:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    knobs = list(space.search)
+    metric = f"final_{space.metric}"
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    scaled = {}
+    for knob in knobs:
+        values = trials[knob].astype(float)
+        if space.search[knob].kind in ("loguniform", "int-log"):
+            values = np.log10(values.clip(lower=1e-30))
+        span = values.max() - values.min()
+        scaled[knob] = (values - values.min()) / span if span > 0 else values * 0 + 0.5
+    score = trials[metric].astype(float)
+    low, high = np.nanmin(score), np.nanmax(score)
+    cmap = plt.get_cmap("viridis")
+    order = score.fillna(low).sort_values().index  # best drawn last, on top
+    for i in order:
+        s = score[i]
+        color = "#bbbbbb" if math.isnan(s) else cmap((s - low) / (high - low) if high > low else 1.0)
+        ax.plot(range(len(knobs)), [scaled[k][i] for k in knobs], color=color, alpha=0.8,
+                lw=2.5 if trials.loc[i, "is_defaults"] else 1.2)
+    ax.set_xticks(range(len(knobs)), knobs)
+    ax.set_yticks([0, 1], ["low", "high"])
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(low, high))
+    fig.colorbar(sm, ax=ax, label=f"{space.metric} at last epoch")
+    ax.set_title("parallel coordinates of the searched knobs (log scale where searched on one)")
+    return _png(fig)
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
+.note{color:#555;font-size:.92em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"""
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _img(name: str, data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFrame,
+          importances: dict[str, float], pngs: dict[str, bytes]) -> str:
+    metric = f"final_{space.metric}"
+    best = best_trial(trials, space)
+    defaults = trials[trials["is_defaults"]]
+    counts = trials["status"].value_counts().to_dict()
+    run = json.loads((exp_dir / "run.json").read_text()) if (exp_dir / "run.json").is_file() else {}
+    wall = run.get("wall_s")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>vitsearch: {html.escape(exp_dir.name)}"
+             f"</title><style>{CSS}</style></head><body>",
+             f"<h1>Search {html.escape(exp_dir.name)}</h1>"]
+    summary = [["trials", len(trials)], *[[s.replace("_", " "), counts.get(s, 0)] for s in STATUSES if counts.get(s)],
+               ["trial-epochs run", len(epochs)],
+               ["sum of trial wall times (s)", float(trials["wall_time_s"].sum())]]
+    if wall is not None:
+        summary.append(["search wall time (s)", wall])
+    if best is not None:
+        summary.append([f"best {space.metric} (full budget)", f"{best[metric]:.4f} (Optuna #{best['optuna_number']})"])
+    parts += ["<h2>Outcome</h2>", _table(summary, ["", ""])]
+    parts += ["<h2>Best trial against the recommended defaults</h2>", _comparison(space, best, defaults)]
+    parts += ["<h2>Learning curves</h2>", _img("learning_curves.png", pngs["learning_curves.png"], "learning curves"),
+              "<p class='note'>Every trial's schedule (warmup + cosine) spans the full budget, so a trial stopped "
+              "at a rung never finished its learning-rate decay: stopping-style ASHA judges trials before "
+              "their schedules end.</p>"]
+    parts += ["<h2>Knobs</h2>", _img("importance.png", pngs["importance.png"], "importance"),
+              _img("knobs.png", pngs["knobs.png"], "metric against each knob"),
+              _img("parallel.png", pngs["parallel.png"], "parallel coordinates")]
+    if importances:
+        parts.append(_table([[k, v] for k, v in importances.items()], ["knob", "importance"]))
+    top = trials[trials["status"] == "completed"].sort_values(metric, ascending=space.mode == "min").head(10)
+    parts += ["<h2>Top trials (full budget)</h2>",
+              _table([[f"#{r['optuna_number']}", r[metric], r["best_epoch"], *(r[k] for k in space.search)]
+                      for _, r in top.iterrows()], ["trial", metric, "best epoch", *space.search])]
+    settings = [["metric / mode", f"{space.metric} / {space.mode}"], ["trials", space.num_samples],
+                ["ASHA", f"max {space.max_epochs} epochs, grace {space.grace_period}, factor {space.reduction_factor}"],
+                ["resources per trial", f"{space.cpu:g} CPU, {space.gpu:g} GPU"], ["seed", space.seed],
+                *[[f"fixed {k}", v] for k, v in space.fixed.items()],
+                *[[f"search {k}", d.describe()] for k, d in space.search.items()]]
+    parts += ["<h2>Settings</h2>", _table(settings, ["", ""]), "<h2>Hardware</h2>", _table(_hardware(), ["", ""])]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _comparison(space: SearchSpace, best, defaults: pd.DataFrame) -> str:
+    if best is None or defaults.empty:
+        return "<p>No completed trial to compare.</p>"
+    d = defaults.iloc[0]
+    keys = [f"final_{space.metric}", "best_val_acc", "final_val_loss", "epochs_run", "status", "images_per_s",
+            "wall_time_s", *space.search]
+    rows = []
+    for key in keys:
+        diff = best[key] - d[key] if isinstance(best[key], (int, float)) and isinstance(d[key], (int, float)) \
+            and not isinstance(best[key], bool) else ""
+        rows.append([key, best[key], d[key], diff])
+    return _table(rows, ["", f"best (#{best['optuna_number']})", f"defaults (#{d['optuna_number']})",
+                         "difference"])
+
+
+def _hardware() -> list[list]:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return [["machine", platform.platform()], ["CPU cores", cpus], ["GPU", gpu], ["torch", torch.__version__],
+            ["python", platform.python_version()]]
