@@ -195,3 +195,29 @@ def test_report_of_a_folder_that_is_no_experiment(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(tmp_path)], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and "is not a finished vitsearch experiment" in proc.stderr
+
+
+def test_extend_adds_trials_that_learn_from_the_earlier_ones(tiny_search, tmp_path):
+    import shutil
+
+    exp, _ = tiny_search
+    copy = tmp_path / "exp"  # the study is named after the folder: keep the name
+    shutil.copytree(exp, copy)
+    before = pd.read_parquet(copy / "trials.parquet")
+    proc = search("--extend", str(copy), "--trials", "3")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    after = pd.read_parquet(copy / "trials.parquet")
+    assert len(after) == len(before) + 3 and after["trial_id"].is_unique
+    assert set(before["trial_id"]) <= set(after["trial_id"])
+    assert sorted(after["optuna_number"]) == list(range(len(before) + 3))
+    assert after["is_defaults"].sum() == 1  # no second defaults trial
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{copy / 'study.db'}")
+    assert len(study.trials) == len(before) + 3
+    epochs = pd.read_parquet(copy / "epochs.parquet")
+    assert set(epochs["trial_id"]) <= set(after["trial_id"])
+    new = after[~after["trial_id"].isin(before["trial_id"])]
+    counts = epochs.groupby("trial_id").size()
+    for _, row in new.iterrows():  # the new trials ran and are reported like the old ones
+        assert row["status"] in {"completed", "stopped_early", "diverged", "failed"}
+        assert row["epochs_run"] == counts.get(row["trial_id"], 0)
+    assert "report.html" in {p.name for p in copy.iterdir()}

@@ -129,11 +129,17 @@ def best_trial(trials: pd.DataFrame, space: SearchSpace) -> pd.Series | None:
     return done.loc[done[column].idxmax() if space.mode == "max" else done[column].idxmin()]
 
 
-def write_reports(exp_dir: Path, space: SearchSpace, outcomes: list[TrialOutcome],
-                  optuna_numbers: dict[str, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_reports(exp_dir: Path, space: SearchSpace, outcomes: list[TrialOutcome], optuna_numbers: dict[str, int],
+                  previous: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write the Parquet files and best_config.yaml; `previous` holds the rows of earlier runs of an
+    extended search (kept as they are; the new trials are added)."""
     aliases = {o.config[CHECKPOINT_OF]: o.trial_id for o in outcomes if o.config.get(CHECKPOINT_OF)}
     epochs = read_epoch_log(exp_dir / "epochs.jsonl", aliases)
     trials = trials_frame(space, outcomes, epochs, optuna_numbers)
+    if previous is not None:
+        kept = previous[~previous["trial_id"].isin(trials["trial_id"])]
+        trials = pd.concat([kept, trials], ignore_index=True).astype(trials.dtypes.to_dict())
+        trials = trials.sort_values("optuna_number").reset_index(drop=True)
     write_parquet(epochs, exp_dir / "epochs.parquet")
     write_parquet(trials, exp_dir / "trials.parquet")
     best = best_trial(trials, space)

@@ -163,6 +163,8 @@ def _searcher_class():
             self._last: dict[str, dict] = {}
             self._reported: dict[str, set[int]] = {}
             super().__init__(*args, **kwargs)
+            # trials of earlier runs on this study (an extended search) are never re-issued as orphans
+            self._first_number = len(self._ot_study.get_trials(deepcopy=False))
 
         def suggest(self, trial_id: str):
             orphan = self._next_orphan()
@@ -181,7 +183,8 @@ def _searcher_class():
             unknown to this restored searcher) are handed out again, in order, instead of new ones."""
             known = {t.number for t in self._ot_trials.values()}
             for frozen in self._ot_study.get_trials(deepcopy=False):
-                if frozen.number not in known and "ray_trial_id" in frozen.user_attrs:
+                if frozen.number >= self._first_number and frozen.number not in known \
+                        and "ray_trial_id" in frozen.user_attrs:
                     return frozen
             return None
 
@@ -348,8 +351,11 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 
 def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto", address: str | None = None,
-               storage: str | None = None, verbose: bool = False, resume: bool = False, live=None):
-    """Run (or, with `resume`, continue) the search; returns Ray's ResultGrid."""
+               storage: str | None = None, verbose: bool = False, resume: bool = False, live=None,
+               ray_dir: str = RAY_DIR, with_defaults: bool = True):
+    """Run (or, with `resume`, continue) the search; returns Ray's ResultGrid. An extension of a finished
+    search runs as another Ray experiment (`ray_dir`) on the same Optuna study, without a new defaults
+    trial: TPE learns from every earlier trial."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -367,17 +373,17 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
         {"cpu": space.cpu, "gpu": space.gpu})
     callbacks = _callbacks(exp_dir, live, ray_root, space.max_epochs)
     if resume:
-        tuner = tune.Tuner.restore(_join(ray_root, RAY_DIR), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(_join(ray_root, ray_dir), trainable, resume_unfinished=True, resume_errored=True)
         # callbacks are not part of the saved state; put ours back
         tuner._local_tuner._run_config.callbacks = callbacks
     else:
-        defaults = space.defaults_point()
+        defaults = space.defaults_point() if with_defaults else None
         searcher = _searcher_class()(
             space={k: d.to_optuna() for k, d in space.search.items()}, metric=space.metric, mode=space.mode,
             sampler=optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=startup_trials(space.num_samples)),
             study_name=exp_dir.name, storage=optuna.storages.RDBStorage(study_storage(exp_dir)),
             max_epochs=space.max_epochs, worst=space.worst, defaults=defaults,
-            defaults_inside={k for k, v in defaults.items() if space.search[k].contains(v)})
+            defaults_inside={k for k, v in (defaults or {}).items() if space.search[k].contains(v)})
         scheduler = ASHAScheduler(time_attr="epoch", metric=space.metric, mode=space.mode,
                                   max_t=space.max_epochs, grace_period=space.grace_period,
                                   reduction_factor=space.reduction_factor)
@@ -387,7 +393,7 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
                                         max_concurrent_trials=space.max_concurrent, reuse_actors=True,
                                         trial_dirname_creator=lambda t: t.trial_id),
             run_config=tune.RunConfig(
-                name=RAY_DIR, storage_path=ray_root, verbose=0, callbacks=callbacks,
+                name=ray_dir, storage_path=ray_root, verbose=0, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=space.retries),
 ))
     return tuner.fit()

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console, Group
@@ -22,6 +23,8 @@ def add_search_parser(sub) -> None:
     se = sub.add_parser("search", help="run a hyperparameter search (Ray Tune + Optuna TPE + ASHA)")
     se.add_argument("--space", help="search-space YAML, or a name in search_spaces/ (e.g. quickstart)")
     se.add_argument("--resume", metavar="EXPERIMENT_DIR", help="continue an interrupted search")
+    se.add_argument("--extend", metavar="EXPERIMENT_DIR", help="add --trials N trials to a finished search")
+    se.add_argument("--trials", type=int, help="with --extend: how many trials to add")
     se.add_argument("--data", help="dataset spec replacing the space's fixed data (e.g. fashion_mnist)")
     se.add_argument("--device", default="auto", help="auto | cpu | cuda (per trial)")
     se.add_argument("--out", default="results", help="parent folder of the experiment folder")
@@ -84,41 +87,66 @@ class LiveView:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .config import read_yaml
     from .data import load_data
     from .files import write_yaml
     from .search import RAY_DIR, RUN_FILE, SPACE_FILE, init_ray
-    from .space import load_space, parse_space
 
-    if bool(args.space) == bool(args.resume):
-        raise UserError("give exactly one of --space NAME (a new search) or --resume EXPERIMENT_DIR")
-    if args.resume:
-        exp_dir = Path(args.resume)
-        if not (exp_dir / SPACE_FILE).is_file() or not (exp_dir / RUN_FILE).is_file():
-            raise UserError(f"--resume {args.resume!r} is not a vitsearch experiment folder "
-                            f"(no {SPACE_FILE} and {RUN_FILE} in it)")
-        space = parse_space(read_yaml(exp_dir / SPACE_FILE, "search space"), origin=str(exp_dir / SPACE_FILE))
-        run = json.loads((exp_dir / RUN_FILE).read_text())
+    chosen = [flag for flag in ("space", "resume", "extend") if getattr(args, flag)]
+    if len(chosen) != 1:
+        raise UserError("give exactly one of --space NAME (a new search), --resume EXPERIMENT_DIR or "
+                        "--extend EXPERIMENT_DIR")
+    if args.trials is not None and not args.extend:
+        raise UserError("--trials goes with --extend (a new search takes num_samples from its space)")
+    if args.resume or args.extend:
+        exp_dir, space, run = _existing(Path(args.resume or args.extend), "--resume" if args.resume else "--extend")
         device, storage = args.device if args.device != "auto" else run["device"], args.storage or run["storage"]
-        ray_root = storage or str(exp_dir.resolve())
-        if not (Path(ray_root) / RAY_DIR).exists() and "://" not in ray_root:
-            raise UserError(f"--resume {args.resume!r}: Ray's experiment state ({ray_root}/{RAY_DIR}) is missing")
+        ray_dir = run.get("ray_dir", RAY_DIR)
+        if args.extend:
+            if args.trials is None or args.trials < 1:
+                raise UserError("--extend needs --trials N with N >= 1 (how many trials to add)")
+            space = replace(space, num_samples=args.trials)
+            ray_dir = f"{RAY_DIR}-extend-{run.get('extensions', 0) + 1}"
     else:
-        space = load_space(args.space)
-        if args.data:
-            space = space.with_data(args.data)
+        space = load_space_arg(args.space, args.data)
         exp_dir = Path(args.out) / (args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         if exp_dir.exists() and any(exp_dir.iterdir()):
             raise UserError(f"experiment folder {str(exp_dir)!r} already exists; use --resume or another --name")
-        device, storage = args.device, args.storage
+        device, storage, ray_dir, run = args.device, args.storage, RAY_DIR, {}
 
     data = load_data(space.trial_config({}))  # once per search; every trial shares it through Ray's object store
     init_ray(args.address, args.verbose)  # before anything is written: an unreachable cluster leaves no trace
     _print_plan(space, data, device)
     if not args.resume:
-        write_yaml(space.source, exp_dir / SPACE_FILE)
-        (exp_dir / RUN_FILE).write_text(json.dumps({"device": device, "storage": storage}))
-    return _run_and_report(space, exp_dir, data, device, args, storage)
+        if not args.extend:
+            write_yaml(space.source, exp_dir / SPACE_FILE)
+        extensions = run.get("extensions", 0) + (1 if args.extend else 0)
+        (exp_dir / RUN_FILE).write_text(json.dumps({**run, "device": device, "storage": storage, "ray_dir": ray_dir,
+                                                    "extensions": extensions}))
+    return _run_and_report(space, exp_dir, data, device, args, storage, ray_dir)
+
+
+def load_space_arg(name: str, data: str | None):
+    from .space import load_space
+
+    space = load_space(name)
+    return space.with_data(data) if data else space
+
+
+def _existing(exp_dir: Path, flag: str):
+    """An experiment folder given to --resume/--extend: its space and runtime flags."""
+    from .config import read_yaml
+    from .search import RUN_FILE, SPACE_FILE
+    from .space import parse_space
+
+    if not (exp_dir / SPACE_FILE).is_file() or not (exp_dir / RUN_FILE).is_file():
+        raise UserError(f"{flag} {str(exp_dir)!r} is not a vitsearch experiment folder "
+                        f"(no {SPACE_FILE} and {RUN_FILE} in it)")
+    space = parse_space(read_yaml(exp_dir / SPACE_FILE, "search space"), origin=str(exp_dir / SPACE_FILE))
+    run = json.loads((exp_dir / RUN_FILE).read_text())
+    if flag == "--extend" and not (exp_dir / "trials.parquet").is_file():
+        raise UserError(f"--extend {str(exp_dir)!r}: the search has not finished (no trials.parquet); "
+                        "use --resume first")
+    return exp_dir, space, run
 
 
 def _print_plan(space, data, device: str) -> None:
@@ -167,18 +195,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _run_and_report(space, exp_dir: Path, data, device: str, args, storage) -> int:
+def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_dir: str) -> int:
     import optuna
+    import pandas as pd
 
     from .figures import write_html_report
     from .files import write_bytes
     from .report import TrialOutcome, comparison_line, summary_table, write_reports
-    from .search import expected_trial_epochs, run_search, study_storage
+    from .search import RAY_DIR, expected_trial_epochs, run_search, study_storage
 
     t0 = time.time()
     with LiveView(space, expected_trial_epochs(space)) as live:
         results = run_search(space, exp_dir, data=data, device=device, address=args.address, storage=storage,
-                             verbose=args.verbose, resume=bool(args.resume), live=live)
+                             verbose=args.verbose, resume=bool(args.resume), live=live, ray_dir=ray_dir,
+                             with_defaults=ray_dir == RAY_DIR)
     outcomes = []
     for r in results:
         trial_id = Path(r.path).name
@@ -187,7 +217,8 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage) -> i
     study = optuna.load_study(study_name=exp_dir.name, storage=study_storage(exp_dir))
     numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in study.trials}
     numbers.update({t.user_attrs["checkpoint_of"]: t.number for t in study.trials if "checkpoint_of" in t.user_attrs})
-    trials, epochs = write_reports(exp_dir, space, outcomes, numbers)
+    previous = pd.read_parquet(exp_dir / "trials.parquet") if ray_dir != RAY_DIR else None
+    trials, epochs = write_reports(exp_dir, space, outcomes, numbers, previous)
     run_file = exp_dir / "run.json"
     write_bytes(json.dumps({**json.loads(run_file.read_text()), "wall_s": time.time() - t0}).encode(), run_file)
     report_path = write_html_report(exp_dir)
