@@ -221,3 +221,21 @@ def test_extend_adds_trials_that_learn_from_the_earlier_ones(tiny_search, tmp_pa
         assert row["status"] in {"completed", "stopped_early", "diverged", "failed"}
         assert row["epochs_run"] == counts.get(row["trial_id"], 0)
     assert "report.html" in {p.name for p in copy.iterdir()}
+
+
+def test_reproduce_compares_best_and_defaults_over_seeds(tiny_search, tmp_path):
+    import shutil
+
+    exp, _ = tiny_search
+    copy = tmp_path / "exp"
+    shutil.copytree(exp, copy)
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "reproduce", "--from", str(copy), "--seeds", "3"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = pd.read_parquet(copy / "reproduce.parquet")
+    assert sorted(runs["config"].unique()) == ["recommended defaults", "search best"]
+    assert sorted(runs["seed"]) == [0, 0, 1, 1, 2, 2] and (runs["epochs"] == 4).all()
+    best = runs[runs["config"] == "search best"]["final_val_acc"]
+    defaults = runs[runs["config"] == "recommended defaults"]["final_val_acc"]
+    assert f"search best - recommended defaults: {best.mean() - defaults.mean():+.4f}" in proc.stdout
+    assert "Reproduced over seeds" in (copy / "report.html").read_text()

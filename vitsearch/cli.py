@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_parser(sub)
     rp = sub.add_parser("report", help="write report.html and figures for a finished search")
     rp.add_argument("experiment", help="results/<experiment> folder")
+
+    re_ = sub.add_parser("reproduce", help="train the recommended defaults (and a search's best) over N seeds")
+    re_.add_argument("--from", dest="source", metavar="EXPERIMENT_DIR", help="also train this search's best config")
+    re_.add_argument("--data", help="dataset spec for every run (default: the experiment's, or digits)")
+    re_.add_argument("--seeds", type=int, default=3, help="seeds per config (default 3)")
+    re_.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    re_.add_argument("--out", default="results", help="parent folder of the output (without --from)")
     return parser
 
 
@@ -55,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "reproduce":
+            return cmd_reproduce(args)
         from .search_cli import cmd_search
 
         return cmd_search(args)
@@ -122,6 +131,48 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"{result['val_loss']:.4f}", f"{result['images_per_s']:.0f}")
     console.print(table)
     console.print(f"wrote {run_dir}/epochs.parquet, {run_dir}/{CHECKPOINT_NAME}, {run_dir}/config.yaml",
+                  highlight=False)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from . import reproduce
+    from .config import TrainConfig
+    from .files import write_parquet
+
+    if args.seeds < 1:
+        raise UserError(f"--seeds is {args.seeds}, but must be >= 1")
+    if args.source:
+        defaults, best = reproduce.defaults_for(Path(args.source))
+        configs = {"recommended defaults": defaults, "search best": best}
+        out_dir = Path(args.source)
+    else:
+        configs = {"recommended defaults": TrainConfig()}
+        out_dir = Path(args.out) / time.strftime("reproduce-%Y%m%d-%H%M%S")
+    if args.data:
+        configs = {name: cfg.replace(data=args.data) for name, cfg in configs.items()}
+    for cfg in configs.values():
+        from .data import load_data
+
+        load_data(cfg)  # a missing dataset fails here, before any training
+    runs = reproduce.run(configs, args.seeds, args.device, progress=lambda row: console.print(
+        f"{row['config']:>20}  seed {row['seed']}  final val_acc {row['final_val_acc']:.4f}  "
+        f"({row['epochs']} epochs, {row['wall_s']:.0f} s)", highlight=False))
+    write_parquet(runs, out_dir / "reproduce.parquet")
+    table = Table(title=f"final val_acc over {args.seeds} seed(s), full budget")
+    for col in ("config", "mean", "std", "seeds"):
+        table.add_column(col, justify="right")
+    for name, row in reproduce.summary(runs).iterrows():
+        table.add_row(name, f"{row['mean']:.4f}", f"{row['std']:.4f}", str(int(row["seeds"])))
+    console.print(table)
+    if len(configs) == 2:
+        diff, se = reproduce.difference(runs, "search best", "recommended defaults")
+        console.print(f"search best - recommended defaults: {diff:+.4f} (standard error {se:.4f})", highlight=False)
+    if args.source:
+        from .figures import write_html_report
+
+        write_html_report(out_dir)
+    console.print(f"wrote {out_dir}/reproduce.parquet" + (" and report.html" if args.source else ""),
                   highlight=False)
     return 0
 

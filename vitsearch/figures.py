@@ -252,9 +252,22 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
                 ["resources per trial", f"{space.cpu:g} CPU, {space.gpu:g} GPU"], ["seed", space.seed],
                 *[[f"fixed {k}", v] for k, v in space.fixed.items()],
                 *[[f"search {k}", d.describe()] for k, d in space.search.items()]]
+    if (exp_dir / "reproduce.parquet").is_file():
+        parts += ["<h2>Reproduced over seeds</h2>", _reproduced(pd.read_parquet(exp_dir / "reproduce.parquet"))]
     parts += ["<h2>Settings</h2>", _table(settings, ["", ""]), "<h2>Hardware</h2>", _table(_hardware(), ["", ""])]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _reproduced(runs: pd.DataFrame) -> str:
+    from .reproduce import difference, summary
+
+    rows = [[name, r["mean"], r["std"], int(r["seeds"])] for name, r in summary(runs).iterrows()]
+    text = _table(rows, ["config", "mean final val_acc", "std", "seeds"])
+    if set(runs["config"]) == {"search best", "recommended defaults"}:
+        diff, se = difference(runs, "search best", "recommended defaults")
+        text += f"<p>search best - recommended defaults: {diff:+.4f} (standard error {se:.4f})</p>"
+    return text + "<p class='note'>Each seed draws its own split, initialisation, order and augmentation.</p>"
 
 
 def _comparison(space: SearchSpace, best, defaults: pd.DataFrame) -> str:

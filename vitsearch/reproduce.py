@@ -1,0 +1,63 @@
+"""`python main.py reproduce`: the recommended defaults (and a search's best config) over N seeds.
+
+Each seed draws its own train/validation split, initialisation, data order and augmentation, so the
+spread covers all of them. Every run trains the full budget with the shared trainer. Imports no Ray.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .config import TrainConfig
+from .data import load_data
+from .train import train
+
+COLUMNS = {"config": "string", "seed": "int64", "final_val_acc": "float64", "best_val_acc": "float64",
+           "final_val_loss": "float64", "epochs": "int64", "wall_s": "float64"}
+
+
+def run(configs: dict[str, TrainConfig], seeds: int, device: str = "auto", progress=None) -> pd.DataFrame:
+    """Train every config with seeds 0..seeds-1; one row per run."""
+    rows = []
+    for name, cfg in configs.items():
+        for seed in range(seeds):
+            seeded = cfg.replace(seed=seed)
+            t0 = time.perf_counter()
+            result = train(seeded, data=load_data(seeded), device=device)
+            rows.append({"config": name, "seed": seed, "final_val_acc": result["val_acc"],
+                         "best_val_acc": result["best_val_acc"], "final_val_loss": result["val_loss"],
+                         "epochs": len(result["history"]), "wall_s": time.perf_counter() - t0})
+            if progress is not None:
+                progress(rows[-1])
+    return pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
+
+
+def summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread (sample standard deviation) of the final accuracy per config."""
+    grouped = runs.groupby("config", sort=False)["final_val_acc"]
+    return pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1).fillna(0.0), "seeds": grouped.size()})
+
+
+def difference(runs: pd.DataFrame, better: str, baseline: str) -> tuple[float, float]:
+    """Mean difference of final accuracy (better - baseline) and its standard error over seeds."""
+    a = runs[runs["config"] == better]["final_val_acc"]
+    b = runs[runs["config"] == baseline]["final_val_acc"]
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)) if len(a) > 1 and len(b) > 1 else math.nan
+    return float(a.mean() - b.mean()), se
+
+
+def defaults_for(exp_dir: Path) -> tuple[TrainConfig, TrainConfig]:
+    """The experiment's recommended-defaults trial config and its best config."""
+    from .config import load_config, read_yaml
+    from .errors import UserError
+    from .space import parse_space
+
+    if not (exp_dir / "space.yaml").is_file() or not (exp_dir / "best_config.yaml").is_file():
+        raise UserError(f"--from {str(exp_dir)!r} is not a finished vitsearch experiment "
+                        "(no space.yaml and best_config.yaml in it)")
+    space = parse_space(read_yaml(exp_dir / "space.yaml", "search space"), origin=str(exp_dir / "space.yaml"))
+    return space.trial_config(space.defaults_point()), load_config(exp_dir / "best_config.yaml")
