@@ -239,3 +239,33 @@ def test_reproduce_compares_best_and_defaults_over_seeds(tiny_search, tmp_path):
     defaults = runs[runs["config"] == "recommended defaults"]["final_val_acc"]
     assert f"search best - recommended defaults: {best.mean() - defaults.mean():+.4f}" in proc.stdout
     assert "Reproduced over seeds" in (copy / "report.html").read_text()
+
+
+def test_interop_pyarrow_sql_optuna_and_plain_timm(tiny_search):
+    import duckdb
+    import pyarrow.parquet as pq
+    import timm
+    import torch
+
+    from vitsearch.augment import normalize
+    from vitsearch.data import load_data
+
+    exp, _ = tiny_search
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert pq.read_table(exp / "trials.parquet").num_rows == len(trials)
+    assert pq.read_table(exp / "epochs.parquet").schema.field("val_acc").type == "double"
+    sql = duckdb.sql(f"SELECT status, count(*) AS n FROM '{exp / 'trials.parquet'}' GROUP BY status").df()
+    assert dict(zip(sql["status"], sql["n"])) == trials["status"].value_counts().to_dict()
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{exp / 'study.db'}")
+    assert len(study.trials) == len(trials)
+    # the best trial's checkpoint loads into a plain timm model and gives the reported accuracy
+    full = trials[trials["status"] == "completed"]
+    best = full.loc[full["final_val_acc"].idxmax()]
+    cfg = load_config(exp / "best_config.yaml")
+    model = timm.create_model("vit_tiny_patch16_224", img_size=8, patch_size=2, in_chans=1, num_classes=10,
+                              embed_dim=64, depth=4, num_heads=4,
+                              checkpoint_path=str(exp / "checkpoints" / best["trial_id"] / "checkpoint.pt"))
+    data = load_data(cfg)
+    with torch.no_grad():
+        accuracy = (model.eval()(normalize(data.val_x)).argmax(1) == data.val_y).float().mean().item()
+    assert abs(accuracy - best["final_val_acc"]) <= 1 / len(data.val_y)
