@@ -11,10 +11,12 @@ import base64
 import html
 import json
 import math
+import numbers
 import os
 import platform
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .config import read_yaml
@@ -79,7 +81,7 @@ def _learning_curves(space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFr
         s = status.get(trial_id, "unfinished")
         ax.plot(rows["epoch"], rows[space.metric], color=STATUS_COLORS[s], alpha=0.9 if s == "completed" else 0.5,
                 lw=2.2 if trial_id in defaults else 1.2, ls="--" if trial_id in defaults else "-")
-    for rung in _rungs(space):
+    for rung in space.rungs:
         ax.axvline(rung, color="#4575b4", lw=0.8, ls=":")
     handles = [plt.Line2D([], [], color=c, label=s.replace("_", " ")) for s, c in STATUS_COLORS.items()
                if s in set(trials["status"])]
@@ -89,14 +91,6 @@ def _learning_curves(space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFr
     ax.set(xlabel="epoch", ylabel=space.metric, title=f"{space.metric} of every trial, by final status")
     ax.grid(alpha=0.3)
     return _png(fig)
-
-
-def _rungs(space: SearchSpace) -> list[int]:
-    rungs, rung = [], space.grace_period
-    while rung < space.max_epochs:
-        rungs.append(rung)
-        rung *= space.reduction_factor
-    return rungs
 
 
 def _knobs(space: SearchSpace, trials: pd.DataFrame) -> bytes:
@@ -278,8 +272,8 @@ def _comparison(space: SearchSpace, best, defaults: pd.DataFrame) -> str:
             "wall_time_s", *space.search]
     rows = []
     for key in keys:
-        diff = best[key] - d[key] if isinstance(best[key], (int, float)) and isinstance(d[key], (int, float)) \
-            and not isinstance(best[key], bool) else ""
+        numeric = all(isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_)) for v in (best[key], d[key]))
+        diff = best[key] - d[key] if numeric else ""
         rows.append([key, best[key], d[key], diff])
     return _table(rows, ["", f"best (#{best['optuna_number']})", f"defaults (#{d['optuna_number']})",
                          "difference"])

@@ -429,10 +429,7 @@ def expected_trial_epochs(space: SearchSpace, simulations: int = 200) -> float:
     rivals and go far, so this is well above the textbook synchronous-halving count."""
     import numpy as np
 
-    rungs, rung = [], space.grace_period
-    while rung < space.max_epochs:
-        rungs.append(rung)
-        rung *= space.reduction_factor
+    rungs = space.rungs
     rng = np.random.default_rng(0)
     quantile = (1 - 1 / space.reduction_factor) * 100
     total = 0

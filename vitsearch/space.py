@@ -96,6 +96,15 @@ class SearchSpace:
     source: dict[str, Any] = field(default_factory=dict)  # the YAML as loaded, for the experiment folder
 
     @property
+    def rungs(self) -> list[int]:
+        """ASHA's milestones in epochs: grace_period x reduction_factor^k below max_epochs."""
+        rungs, rung = [], self.grace_period
+        while rung < self.max_epochs:
+            rungs.append(rung)
+            rung *= self.reduction_factor
+        return rungs
+
+    @property
     def worst(self) -> float:
         return METRICS[self.metric][1]
 
