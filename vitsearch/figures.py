@@ -272,7 +272,8 @@ def _comparison(space: SearchSpace, best, defaults: pd.DataFrame) -> str:
             "wall_time_s", *space.search]
     rows = []
     for key in keys:
-        numeric = all(isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_)) for v in (best[key], d[key]))
+        pair = (best[key], d[key])
+        numeric = all(isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_)) for v in pair)
         diff = best[key] - d[key] if numeric else ""
         rows.append([key, best[key], d[key], diff])
     return _table(rows, ["", f"best (#{best['optuna_number']})", f"defaults (#{d['optuna_number']})",
