@@ -88,7 +88,7 @@ class LiveView:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .data import load_data
-    from .files import write_yaml
+    from .files import write_bytes, write_yaml
     from .search import RAY_DIR, RUN_FILE, SPACE_FILE, init_ray
 
     chosen = [flag for flag in ("space", "resume", "extend") if getattr(args, flag)]
@@ -101,6 +101,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         exp_dir, space, run = _existing(Path(args.resume or args.extend), "--resume" if args.resume else "--extend")
         device, storage = args.device if args.device != "auto" else run["device"], args.storage or run["storage"]
         ray_dir = run.get("ray_dir", RAY_DIR)
+        ray_root = storage or str(exp_dir.resolve())
+        if args.resume and "://" not in ray_root and not (Path(ray_root) / ray_dir).is_dir():
+            raise UserError(f"--resume {args.resume!r}: Ray's experiment state ({ray_root}/{ray_dir}) is missing")
         if args.extend:
             if args.trials is None or args.trials < 1:
                 raise UserError("--extend needs --trials N with N >= 1 (how many trials to add)")
@@ -120,8 +123,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not args.extend:
             write_yaml(space.source, exp_dir / SPACE_FILE)
         extensions = run.get("extensions", 0) + (1 if args.extend else 0)
-        (exp_dir / RUN_FILE).write_text(json.dumps({**run, "device": device, "storage": storage, "ray_dir": ray_dir,
-                                                    "extensions": extensions}))
+        write_bytes(json.dumps({**run, "device": device, "storage": storage, "ray_dir": ray_dir,
+                                "extensions": extensions}).encode(), exp_dir / RUN_FILE)
     return _run_and_report(space, exp_dir, data, device, args, storage, ray_dir)
 
 
