@@ -27,7 +27,7 @@ from .space import SearchSpace, parse_space
 
 STATUS_COLORS = {"completed": "#1b7837", "stopped_early": "#9e9e9e", "diverged": "#d73027", "failed": "#000000",
                  "unfinished": "#fdae61"}
-FIGURES = ("learning_curves.png", "knobs.png", "importance.png", "parallel.png")
+FIGURES = ("learning_curves.png", "knobs.png", "importance.png", "parallel.png", "best_trial.png")
 
 
 def load_experiment(exp_dir: Path) -> tuple[SearchSpace, pd.DataFrame, pd.DataFrame]:
@@ -50,6 +50,7 @@ def write_html_report(exp_dir: Path) -> Path:
         "knobs.png": _knobs(space, trials),
         "importance.png": _importance_chart(space, importances),
         "parallel.png": _parallel(space, trials),
+        "best_trial.png": _best_trial(space, trials, epochs),
     }
     for name, data in pngs.items():
         write_bytes(data, exp_dir / name)
@@ -117,6 +118,37 @@ def _knobs(space: SearchSpace, trials: pd.DataFrame) -> bytes:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"{space.metric} against each searched knob (filled: full budget; hollow: stopped early)")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _best_trial(space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFrame) -> bytes:
+    """The best full-budget trial's monitors per epoch: losses, accuracy, learning rate, gradient norm."""
+    import matplotlib.pyplot as plt
+
+    best = best_trial(trials, space)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    if best is None:
+        for ax in axes:
+            ax.axis("off")
+        axes[1].text(0.5, 0.5, "no trial reached the full budget", ha="center", va="center")
+        return _png(fig)
+    rows = epochs[epochs["trial_id"] == best["trial_id"]]
+    axes[0].plot(rows["epoch"], rows["train_loss"], label="train loss (augmented)")
+    axes[0].plot(rows["epoch"], rows["val_loss"], label="val loss")
+    axes[0].plot(rows["epoch"], rows["val_acc"], label="val acc")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(rows["epoch"], rows["grad_norm"], label="mean")
+    axes[1].plot(rows["epoch"], rows["grad_norm_max"], label="max")
+    axes[1].axhline(float(best["grad_clip"]), color="#d73027", ls=":", label="clip threshold")
+    axes[1].legend(fontsize=8)
+    axes[1].set_title("gradient norm before clipping")
+    axes[2].plot(rows["epoch"], rows["lr"])
+    axes[2].set_title("learning rate (end of epoch)")
+    axes[0].set_title(f"best trial #{best['optuna_number']}")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
 
@@ -232,6 +264,7 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
               "<p class='note'>Every trial's schedule (warmup + cosine) spans the full budget, so a trial stopped "
               "at a rung never finished its learning-rate decay: stopping-style ASHA judges trials before "
               "their schedules end.</p>"]
+    parts += ["<h2>Best trial, epoch by epoch</h2>", _img("best_trial.png", pngs["best_trial.png"], "best trial")]
     parts += ["<h2>Knobs</h2>", _img("importance.png", pngs["importance.png"], "importance"),
               _img("knobs.png", pngs["knobs.png"], "metric against each knob"),
               _img("parallel.png", pngs["parallel.png"], "parallel coordinates")]
