@@ -66,6 +66,7 @@ class ImageData:
 def load_data(cfg: TrainConfig) -> ImageData:
     """Load `cfg.data`, resize to `cfg.image_size` if set, subset and split from `cfg.seed`."""
     scheme, path = cfg.data_scheme, cfg.data_path
+    path = str(Path(path).expanduser()) if path else path
     if scheme == "digits":
         images, labels, classes = _digits()
     elif scheme == "fashion_mnist":
