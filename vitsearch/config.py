@@ -37,6 +37,7 @@ TIMM_VIT_NAME = re.compile(r"^vit_(tiny|small|base|large)_patch\d+_\d+$")
 
 DATA_SCHEMES = ("digits", "fashion_mnist", "imagefolder", "cifar10", "cifar100")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+STEMS = ("patch", "conv")
 LR_SCALINGS = ("linear", "sqrt", "none")
 
 
@@ -52,6 +53,7 @@ class TrainConfig:
     patch_size: int | None = None  # None: rule in model.auto_patch_size (>= 7 tokens per side)
     image_size: int | None = None  # None: the dataset's native size
     drop_path: float = 0.1  # stochastic depth 0.1: DeiT-S/Ti recipe
+    stem: str = "patch"  # patch: ViT's patchify conv; conv: stride-2 3x3 conv stack (Xiao et al. 2021)
 
     # --- data ---
     data: str = "digits"  # digits | fashion_mnist[:PATH] | imagefolder:PATH | cifar10:PATH | cifar100:PATH
@@ -75,6 +77,7 @@ class TrainConfig:
     # --- numerics ---
     precision: str = "auto"  # auto: bf16 on GPUs that support it, else fp32 (half is slow on CPUs)
     seed: int = 0  # seeds model init, data split, shuffling and augmentation
+    monitors: bool = False  # per-epoch CLS norm, attention entropy, MLP sparsity on a probe batch
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -172,6 +175,7 @@ def _rules(c: TrainConfig):
         ("aug_strength", c.aug_strength, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
         ("precision", c.precision, lambda v: v in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
         ("seed", c.seed, lambda v: v >= 0, "must be an integer >= 0"),
+        ("stem", c.stem, lambda v: v in STEMS, f"must be one of {', '.join(STEMS)}"),
     ]
 
 
@@ -197,7 +201,10 @@ def _coerce(key: str, value: Any, kind: str) -> Any:
         return int(value)
     if base == "str" and isinstance(value, str):
         return value
-    raise ConfigError(f"invalid value for {key!r}: {value!r} (must be {'an' if base == 'int' else 'a'} {base})")
+    if base == "bool" and isinstance(value, bool):
+        return value
+    expected = {"int": "an int", "bool": "true or false"}.get(base, f"a {base}")
+    raise ConfigError(f"invalid value for {key!r}: {value!r} (must be {expected})")
 
 
 def read_yaml(path: str | Path, what: str = "config") -> Any:

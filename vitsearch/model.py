@@ -46,7 +46,28 @@ def build_model(cfg: TrainConfig, channels: int, image_size: int, num_classes: i
     if width and heads and width % heads:
         raise ConfigError(f"invalid value for 'num_heads': {heads} (must divide embed_dim {width})")
     try:
-        return timm.create_model(name, pretrained=False, img_size=image_size, patch_size=patch, in_chans=channels,
-                                 num_classes=num_classes, drop_path_rate=cfg.drop_path, **overrides)
+        model = timm.create_model(name, pretrained=False, img_size=image_size, patch_size=patch, in_chans=channels,
+                                  num_classes=num_classes, drop_path_rate=cfg.drop_path, **overrides)
     except AssertionError as exc:  # timm asserts e.g. "dim should be divisible by num_heads"
         raise ConfigError(f"model {cfg.model!r} cannot be built with {overrides}: {exc}") from None
+    if cfg.stem == "conv":
+        model.patch_embed.proj = conv_stem(channels, model.embed_dim, patch)
+    return model
+
+
+def conv_stem(in_chans: int, embed_dim: int, patch: int) -> nn.Sequential:
+    """Xiao et al. 2021 ("Early Convolutions Help Transformers See Better"): log2(patch) stride-2 3x3
+    convolutions with BatchNorm and ReLU, widths doubling up to embed_dim (ViT-S/16: 48, 96, 192, 384),
+    then a 1x1 projection to embed_dim. Same token grid as the patchify stem it replaces."""
+    if patch & (patch - 1):
+        raise ConfigError(f"invalid value for 'patch_size': {patch} (stem: conv needs a power of two)")
+    steps = patch.bit_length() - 1
+    layers: list[nn.Module] = []
+    width_in = in_chans
+    for i in range(steps):
+        width = max(8, embed_dim // 2 ** (steps - 1 - i))
+        layers += [nn.Conv2d(width_in, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+                   nn.ReLU(inplace=True)]
+        width_in = width
+    layers.append(nn.Conv2d(width_in, embed_dim, 1))
+    return nn.Sequential(*layers)

@@ -25,6 +25,8 @@ EPOCH_COLUMNS = {  # column -> dtype, in order
     "trial_id": "string", "epoch": "int64", "train_loss": "float64", "val_loss": "float64", "val_acc": "float64",
     "lr": "float64", "grad_norm": "float64", "grad_norm_max": "float64", "images_per_s": "float64",
     "epoch_time_s": "float64", "micro_batch_size": "int64", "time_total_s": "float64", "node_id": "string",
+    # monitors (config `monitors: true`; NaN otherwise)
+    "cls_norm": "float64", "attn_entropy_mean": "float64", "attn_entropy_min": "float64", "mlp_sparsity": "float64",
 }
 TRIAL_COLUMNS = {
     "trial_id": "string", "optuna_number": "Int64", "is_defaults": "bool", "status": "string", "reason": "string",
@@ -112,7 +114,8 @@ def trials_frame(space: SearchSpace, outcomes: list[TrialOutcome], epochs: pd.Da
 
 
 def config_dtypes() -> dict[str, str]:
-    kinds = {"int": "int64", "int | None": "Int64", "float": "float64", "float | None": "float64", "str": "string"}
+    kinds = {"int": "int64", "int | None": "Int64", "float": "float64", "float | None": "float64", "str": "string",
+             "bool": "bool"}
     return {f.name: kinds[f.type] for f in fields(TrainConfig)}
 
 

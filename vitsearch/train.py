@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import monitor
 from .augment import BatchAugment, normalize
 from .config import TrainConfig
 from .data import ImageData, load_data
@@ -99,6 +100,8 @@ def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | N
                    "lr": optimizer.param_groups[0]["lr"], "grad_norm": stats["grad_norm"],
                    "grad_norm_max": stats["grad_norm_max"], "images_per_s": stats["images"] / train_time,
                    "epoch_time_s": time.perf_counter() - t0, "micro_batch_size": micro}
+        if cfg.monitors:
+            metrics.update(monitor.measure(model, normalize(val_x[:monitor.PROBE_IMAGES])))
         history.append(metrics)
         if checkpoint_dir is not None:
             save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, cfg, model, optimizer, scheduler, scaler,
