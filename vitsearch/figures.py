@@ -140,11 +140,20 @@ def _best_trial(space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFrame) 
     axes[0].legend(fontsize=8)
     axes[1].plot(rows["epoch"], rows["grad_norm"], label="mean")
     axes[1].plot(rows["epoch"], rows["grad_norm_max"], label="max")
-    axes[1].axhline(float(best["grad_clip"]), color="#d73027", ls=":", label="clip threshold")
+    if best["grad_clip"] > 0:
+        axes[1].axhline(float(best["grad_clip"]), color="#d73027", ls=":", label="clip threshold")
     axes[1].legend(fontsize=8)
     axes[1].set_title("gradient norm before clipping")
-    axes[2].plot(rows["epoch"], rows["lr"])
-    axes[2].set_title("learning rate (end of epoch)")
+    if rows["attn_entropy_mean"].notna().any():  # monitors were on: show them instead of the lr
+        axes[2].plot(rows["epoch"], rows["attn_entropy_mean"], label="attention entropy, mean of layers")
+        axes[2].plot(rows["epoch"], rows["attn_entropy_min"], label="attention entropy, lowest layer")
+        axes[2].plot(rows["epoch"], rows["mlp_sparsity"], label="MLP sparsity (share < 0.01)")
+        axes[2].plot(rows["epoch"], rows["cls_norm"] / rows["cls_norm"].max(), label="CLS norm / its max")
+        axes[2].legend(fontsize=7)
+        axes[2].set_title("monitors (probe batch)")
+    else:
+        axes[2].plot(rows["epoch"], rows["lr"])
+        axes[2].set_title("learning rate (end of epoch)")
     axes[0].set_title(f"best trial #{best['optuna_number']}")
     for ax in axes:
         ax.set_xlabel("epoch")
