@@ -27,7 +27,6 @@ from .space import SearchSpace, parse_space
 
 STATUS_COLORS = {"completed": "#1b7837", "stopped_early": "#9e9e9e", "diverged": "#d73027", "failed": "#000000",
                  "unfinished": "#fdae61"}
-FIGURES = ("learning_curves.png", "knobs.png", "importance.png", "parallel.png", "best_trial.png")
 
 
 def load_experiment(exp_dir: Path) -> tuple[SearchSpace, pd.DataFrame, pd.DataFrame]:
