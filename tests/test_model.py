@@ -38,3 +38,36 @@ def test_monitors_are_reported_per_epoch_only_when_on():
         assert 0 < row["attn_entropy_min"] <= row["attn_entropy_mean"] <= math.log(tokens) + 1e-6
         assert 0 <= row["mlp_sparsity"] <= 1 and row["cls_norm"] > 0
     assert on[0]["cls_norm"] != on[1]["cls_norm"]  # measured on the model as it trains
+
+
+def test_transfer_with_frozen_blocks_to_a_new_dataset_and_class_count(tmp_path, image_folder):
+    import shutil
+
+    from vitsearch.train import CHECKPOINT_NAME
+
+    # pre-train on grayscale digits (10 classes), then fine-tune on 3 RGB classes of an image folder
+    train(micro_config(epochs=3, aug_strength=0.0, batch_size=32), checkpoint_dir=tmp_path / "pre")
+    source = tmp_path / "pre" / CHECKPOINT_NAME
+    pretrained = torch.load(source, weights_only=True)["model"]
+    three = tmp_path / "three"
+    for label in ("class_0", "class_1", "class_2"):
+        shutil.copytree(image_folder / label, three / label)
+    cfg = micro_config(data=f"imagefolder:{three}", init_from=str(source), freeze_blocks=2, epochs=2,
+                       batch_size=8, val_fraction=0.25, aug_strength=0.0)
+    train(cfg, checkpoint_dir=tmp_path / "fine")
+    tuned = torch.load(tmp_path / "fine" / CHECKPOINT_NAME, weights_only=True)["model"]
+    assert tuned["head.weight"].shape == (3, 64)
+    frozen = [k for k in tuned if k.startswith(("blocks.0.", "blocks.1.", "pos_embed", "cls_token"))]
+    assert frozen and all(torch.equal(tuned[k], pretrained[k]) for k in frozen)  # bit-identical
+    assert torch.equal(tuned["patch_embed.proj.weight"], pretrained["patch_embed.proj.weight"].repeat(1, 3, 1, 1))
+    moved = [k for k in tuned if k.startswith(("blocks.2.", "blocks.3."))]
+    assert all(not torch.equal(tuned[k], pretrained[k]) for k in moved if k.endswith("weight"))
+
+
+def test_init_from_a_missing_file_or_an_unreachable_hub_is_a_config_error():
+    with pytest.raises(ConfigError, match="no such file"):
+        build_model(micro_config(init_from="/nonexistent/ckpt.pt"), 1, 16, 10)
+    with pytest.raises(ConfigError, match="give a local file"):
+        build_model(micro_config(init_from="timm:vit_tiny_patch16_224.augreg_in21k"), 1, 16, 10)
+    with pytest.raises(ConfigError, match="freeze_blocks"):
+        micro_config(freeze_blocks=2)

@@ -54,6 +54,9 @@ class TrainConfig:
     image_size: int | None = None  # None: the dataset's native size
     drop_path: float = 0.1  # stochastic depth 0.1: DeiT-S/Ti recipe
     stem: str = "patch"  # patch: ViT's patchify conv; conv: stride-2 3x3 conv stack (Xiao et al. 2021)
+    init_from: str | None = None  # a local checkpoint (vitsearch's or timm's) to start from; model.py
+    freeze_blocks: int = 0  # with init_from: freeze patch/pos embedding, CLS and the first k blocks
+    layer_decay: float | None = None  # layer-wise lr decay for fine-tuning (BEiT/timm), e.g. 0.75
 
     # --- data ---
     data: str = "digits"  # digits | fashion_mnist[:PATH] | imagefolder:PATH | cifar10:PATH | cifar100:PATH
@@ -176,6 +179,9 @@ def _rules(c: TrainConfig):
         ("precision", c.precision, lambda v: v in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
         ("seed", c.seed, lambda v: v >= 0, "must be an integer >= 0"),
         ("stem", c.stem, lambda v: v in STEMS, f"must be one of {', '.join(STEMS)}"),
+        ("freeze_blocks", c.freeze_blocks, lambda v: v >= 0 and (v == 0 or c.init_from is not None),
+         "must be >= 0, and 0 unless init_from names pretrained weights"),
+        ("layer_decay", c.layer_decay, lambda v: 0 < v <= 1, "must be in (0, 1]"),
     ]
 
 

@@ -8,6 +8,8 @@ and 2 px at 16 px (8x8). Below 7 px no patch size can keep 7 tokens: patch 1 is 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
 from .config import MODEL_FAMILIES, TrainConfig
@@ -52,7 +54,86 @@ def build_model(cfg: TrainConfig, channels: int, image_size: int, num_classes: i
         raise ConfigError(f"model {cfg.model!r} cannot be built with {overrides}: {exc}") from None
     if cfg.stem == "conv":
         model.patch_embed.proj = conv_stem(channels, model.embed_dim, patch)
+    if cfg.init_from:
+        load_pretrained(model, cfg.init_from)
+        freeze(model, cfg.freeze_blocks)
     return model
+
+
+def load_pretrained(model: nn.Module, source: str) -> None:
+    """Start from a local checkpoint: vitsearch's (`model` key), timm's (`state_dict`/`model` key or a
+    bare state dict) or safetensors. The position embedding is resampled to the new token grid, the
+    patch embedding to a new patch size and channel count, and a head of another class count is left
+    to its fresh initialisation. `timm:NAME` asks timm's hub, which needs a network."""
+    import torch
+    from timm.layers import resample_abs_pos_embed, resample_patch_embed
+
+    if source.startswith("timm:"):
+        import timm
+
+        try:
+            pretrained = timm.create_model(source[5:], pretrained=True)
+        except Exception as exc:  # no network, unknown tag, ...: hub errors come in many types
+            raise ConfigError(f"invalid value for 'init_from': {source!r} (timm could not fetch it: "
+                              f"{exc.__class__.__name__}; download the weights elsewhere and give a local "
+                              "file)") from None
+        state = pretrained.state_dict()
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"invalid value for 'init_from': {source!r} (no such file; give a checkpoint "
+                              "path, or timm:NAME where a network is available)")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated or foreign files raise many different errors
+            raise ConfigError(f"invalid value for 'init_from': {source!r} (cannot be read: "
+                              f"{exc.__class__.__name__})") from None
+        for key in ("model", "state_dict"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+    own = model.state_dict()
+    if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], list(model.patch_embed.grid_size),
+                                                    num_prefix_tokens=1)
+    weight = "patch_embed.proj.weight"
+    if weight in state and weight in own and state[weight].shape != own[weight].shape:
+        w = state[weight]
+        if w.shape[1] != own[weight].shape[1]:  # channels: 1 <-> 3 by averaging, then repeating
+            w = w.mean(1, keepdim=True).repeat(1, own[weight].shape[1], 1, 1)
+        if w.shape[-2:] != own[weight].shape[-2:]:
+            w = resample_patch_embed(w, list(own[weight].shape[-2:]))
+        state[weight] = w
+    state = {k: v for k, v in state.items() if not (k.startswith("head.") and v.shape != own.get(k, v).shape)}
+    mismatched = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if mismatched:
+        raise ConfigError(f"invalid value for 'init_from': {source!r} (weights for {mismatched[0]!r} have shape "
+                          f"{tuple(state[mismatched[0]].shape)}, this model needs {tuple(own[mismatched[0]].shape)})")
+    missing, _ = model.load_state_dict(state, strict=False)
+    not_head = [k for k in missing if not k.startswith("head.")]
+    if not_head:
+        raise ConfigError(f"invalid value for 'init_from': {source!r} (no weights for {not_head[0]!r}: "
+                          "a different architecture)")
+
+
+def freeze(model: nn.Module, blocks: int) -> None:
+    """Freeze the patch and position embeddings, the CLS token and the first `blocks` blocks (all blocks
+    and the final norm too when `blocks` >= depth: only the head trains)."""
+    if blocks <= 0:
+        return
+    frozen = [model.patch_embed, *model.blocks[:blocks]]
+    if blocks >= len(model.blocks):
+        frozen.append(model.norm)
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    for name in ("pos_embed", "cls_token"):
+        if getattr(model, name, None) is not None:
+            getattr(model, name).requires_grad_(False)
 
 
 def conv_stem(in_chans: int, embed_dim: int, patch: int) -> nn.Sequential:

@@ -187,7 +187,7 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torc
     # lists in no_weight_decay() (pos_embed, cls_token).
     extra = {"fused": True} if device.type == "cuda" else {}
     return create_optimizer_v2(model, "adamw", lr=cfg.scaled_lr, weight_decay=cfg.weight_decay,
-                               filter_bias_and_bn=True, **extra)
+                               filter_bias_and_bn=True, layer_decay=cfg.layer_decay, **extra)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
