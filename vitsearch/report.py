@@ -115,6 +115,7 @@ def trials_frame(space: SearchSpace, outcomes: list[TrialOutcome], epochs: pd.Da
 
 def config_dtypes() -> dict[str, str]:
     kinds = {"int": "int64", "int | None": "Int64", "float": "float64", "float | None": "float64", "str": "string",
+             "str | None": "string",
              "bool": "bool"}
     return {f.name: kinds[f.type] for f in fields(TrainConfig)}
 
