@@ -36,7 +36,7 @@ FILE_CASES = {
     "config_unknown_key.yaml": "unknown config key 'learning_rate'; valid keys",
     "config_negative_lr.yaml": "invalid value for 'lr': -0.001",
     "config_zero_batch.yaml": "invalid value for 'batch_size': 0",
-    "config_unknown_model.yaml": "invalid value for 'model': 'resnet50'",
+    "config_unknown_model.yaml": "invalid value for 'model': 'convnext_gigantic'",
     "config_missing_cifar.yaml": "cs.toronto.edu",
     "config_bad_precision.yaml": "invalid value for 'precision': 'fp8'",
     "config_scalar.yaml": "must hold a mapping",

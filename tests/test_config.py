@@ -21,7 +21,7 @@ def test_unknown_key_is_named_with_the_valid_ones():
 @pytest.mark.parametrize("key, value, rule", [
     ("lr", -1e-3, "finite number > 0"),
     ("batch_size", 0, "integer >= 1"),
-    ("model", "resnet50", "must be one of vit_micro"),
+    ("model", "convnext_gigantic", "must be one of vit_micro"),
     ("data", "mnist", "must be digits, fashion_mnist"),
     ("data", "imagefolder", "must be digits"),
     ("precision", "fp8", "auto, fp32, bf16, fp16"),

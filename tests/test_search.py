@@ -173,13 +173,15 @@ def test_html_report_shows_the_parquet_numbers(tiny_search, tmp_path):
     page = (exp / "report.html").read_text()
     trials = pd.read_parquet(exp / "trials.parquet")
     epochs = pd.read_parquet(exp / "epochs.parquet")
-    for name in ("learning_curves.png", "knobs.png", "importance.png", "parallel.png", "best_trial.png"):
+    for name in ("learning_curves.png", "knobs.png", "importance.png", "parallel.png", "best_trial.png",
+                 "attention_maps.png"):
         data = (exp / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
-    assert page.count("data:image/png;base64,") == 5 and "<script" not in page  # self-contained, offline
+    assert page.count("data:image/png;base64,") == 6 and "<script" not in page  # self-contained, offline
     full = trials[trials["status"] == "completed"]
     best = full.loc[full["final_val_acc"].idxmax()]
     assert f"{best['final_val_acc']:.4f} (Optuna #{best['optuna_number']})" in page
+    assert f"the best trial (Optuna #{best['optuna_number']}), from its final checkpoint" in page
     assert f"<td>trial-epochs run</td><td>{len(epochs)}</td>" in page
     assert f"<td>completed</td><td>{len(full)}</td>" in page
     assert "Best trial against the recommended defaults" in page
@@ -188,7 +190,7 @@ def test_html_report_shows_the_parquet_numbers(tiny_search, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(exp)], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert (exp / "report.html").read_text().count("data:image/png;base64,") == 5
+    assert (exp / "report.html").read_text().count("data:image/png;base64,") == 6
 
 
 def test_report_of_a_folder_that_is_no_experiment(tmp_path):

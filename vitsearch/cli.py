@@ -96,10 +96,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError(f"run folder {str(run_dir)!r} already exists; pick another --name or use --resume")
     data = load_data(cfg)
     console.print(f"[bold]train[/] {cfg.model} on {data.name}: {len(data.train_y)} train / {len(data.val_y)} val "
-                  f"images, {data.image_size}px x{data.channels}, {data.num_classes} classes, patch "
-                  f"{cfg.patch_size or auto_patch_size(data.image_size)}, batch {cfg.batch_size}, "
-                  f"lr {cfg.scaled_lr:.3g} ({cfg.lr:g} at {cfg.lr_base_batch}, {cfg.lr_scaling} scaling)",
-                  highlight=False)
+                  f"images, {data.image_size}px x{data.channels}, {data.num_classes} classes, "
+                  + (f"patch {cfg.patch_size or auto_patch_size(data.image_size)}, " if cfg.is_vit else "")
+                  + f"batch {cfg.batch_size}, "
+                  f"lr {cfg.scaled_lr:.3g} ({cfg.lr:g} at {cfg.lr_base_batch}, {cfg.lr_scaling} scaling)"
+                  + (f", {cfg.distill_mode} distillation (weight {cfg.distill_share:g}) from {cfg.teacher}"
+                     if cfg.teacher else ""), highlight=False)
     rows: list[dict] = []
     if args.resume and (run_dir / "epochs.parquet").is_file():
         rows = pd.read_parquet(run_dir / "epochs.parquet").to_dict("records")
@@ -130,8 +132,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     table.add_row(f"{result['val_acc']:.4f}", f"{result['best_val_acc']:.4f}", str(result["best_epoch"]),
                   f"{result['val_loss']:.4f}", f"{result['images_per_s']:.0f}")
     console.print(table)
-    console.print(f"wrote {run_dir}/epochs.parquet, {run_dir}/{CHECKPOINT_NAME}, {run_dir}/config.yaml",
-                  highlight=False)
+    written = ["epochs.parquet", CHECKPOINT_NAME, "config.yaml"]
+    from .figures import attention_maps_png
+    from .files import write_bytes
+
+    png = attention_maps_png(result["model"], data) if cfg.is_vit else None
+    if png is not None:
+        write_bytes(png, run_dir / "attention_maps.png")
+        written.append("attention_maps.png")
+    console.print("wrote " + ", ".join(f"{run_dir}/{name}" for name in written), highlight=False)
     return 0
 
 

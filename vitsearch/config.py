@@ -38,6 +38,10 @@ TIMM_VIT_NAME = re.compile(r"^vit_(tiny|small|base|large)_patch\d+_\d+$")
 DATA_SCHEMES = ("digits", "fashion_mnist", "imagefolder", "cifar10", "cifar100")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STEMS = ("patch", "conv")
+ATTENTIONS = ("full", "linformer")
+DISTILL_MODES = ("hard", "soft")
+# DeiT's distillation weights: hard = 1/2 CE(labels) + 1/2 CE(teacher argmax); soft = 0.9 CE + 0.1 tau^2 KL.
+DISTILL_DEFAULT_WEIGHT = {"hard": 0.5, "soft": 0.1}
 LR_SCALINGS = ("linear", "sqrt", "none")
 
 
@@ -57,6 +61,14 @@ class TrainConfig:
     init_from: str | None = None  # a local checkpoint (vitsearch's or timm's) to start from; model.py
     freeze_blocks: int = 0  # with init_from: freeze patch/pos embedding, CLS and the first k blocks
     layer_decay: float | None = None  # layer-wise lr decay for fine-tuning (BEiT/timm), e.g. 0.75
+    attention: str = "full"  # full: timm's fused attention; linformer: keys/values projected to linformer_k
+    linformer_k: int | None = None  # None: a quarter of the tokens, at least 4 (Linformer's k/n = 128/512)
+
+    # --- distillation (DeiT, Touvron et al. 2021), off unless `teacher` is set ---
+    teacher: str | None = None  # a `train` run folder or checkpoint of a model fine-tuned on the same data
+    distill_mode: str = "hard"  # hard: CE with the teacher's argmax (DeiT's better one); soft: KL at temperature
+    distill_weight: float | None = None  # share of the distillation term; None: DeiT's (hard 0.5, soft 0.1)
+    distill_temperature: float = 3.0  # soft distillation temperature: DeiT (tau = 3)
 
     # --- data ---
     data: str = "digits"  # digits | fashion_mnist[:PATH] | imagefolder:PATH | cifar10:PATH | cifar100:PATH
@@ -132,12 +144,39 @@ class TrainConfig:
         return self.data.split(":", 1)[1] if ":" in self.data else None
 
 
+    @property
+    def is_vit(self) -> bool:
+        return _is_vit(self.model)
+
+    @property
+    def distill_share(self) -> float:
+        """The weight of the distillation term (0 without a teacher)."""
+        if self.teacher is None:
+            return 0.0
+        return self.distill_weight if self.distill_weight is not None else DISTILL_DEFAULT_WEIGHT[self.distill_mode]
+
+
 # Keys whose value shapes the loaded data: a search loads data once, so these cannot be searched.
 DATA_KEYS = ("data", "data_subset", "val_fraction", "image_size", "seed")
 
 
-def _valid_model(name: str) -> bool:
+def _is_vit(name: str) -> bool:
     return name in MODEL_FAMILIES or bool(TIMM_VIT_NAME.match(name))
+
+
+def _valid_model(name: str) -> bool:
+    """A ViT (any run), or another timm architecture such as a CNN teacher (tf_efficientnet_lite0,
+    resnet18); timm, and with it torch, is imported only for the latter."""
+    if _is_vit(name):
+        return True
+    if not re.fullmatch(r"[a-z0-9_.]+", name):
+        return False
+    import timm
+
+    return timm.is_model(name)
+
+
+VIT_ONLY = ("patch_size", "embed_dim", "depth", "num_heads")
 
 
 def _valid_data(spec: str) -> bool:
@@ -153,7 +192,19 @@ def _rules(c: TrainConfig):
     positive_int = "must be an integer >= 1"
     return [
         ("model", c.model, _valid_model,
-         f"must be one of {', '.join(MODEL_FAMILIES)} or a timm name like vit_small_patch16_224"),
+         f"must be one of {', '.join(MODEL_FAMILIES)}, a timm ViT name like vit_small_patch16_224, or another "
+         "timm architecture (a CNN teacher such as tf_efficientnet_lite0)"),
+        *[(key, getattr(c, key), lambda _v: c.is_vit, "only ViT models have it") for key in VIT_ONLY],
+        ("attention", c.attention, lambda v: v in ATTENTIONS and (v == "full" or c.is_vit),
+         f"must be one of {', '.join(ATTENTIONS)}; linformer needs a ViT model"),
+        ("linformer_k", c.linformer_k, lambda v: v >= 1 and c.attention == "linformer",
+         "must be an integer >= 1, and is set only with attention: linformer"),
+        ("monitors", c.monitors, lambda v: not v or c.is_vit, "monitors need a ViT model"),
+        ("teacher", c.teacher, lambda v: bool(v.strip()), "must be a run folder or checkpoint path"),
+        ("distill_mode", c.distill_mode, lambda v: v in DISTILL_MODES, f"must be one of {', '.join(DISTILL_MODES)}"),
+        ("distill_weight", c.distill_weight, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+        ("distill_temperature", c.distill_temperature, lambda v: v > 0 and math.isfinite(v),
+         "must be a finite number > 0"),
         ("embed_dim", c.embed_dim, lambda v: v >= 1, positive_int),
         ("depth", c.depth, lambda v: v >= 1, positive_int),
         ("num_heads", c.num_heads, lambda v: v >= 1, positive_int),
@@ -178,9 +229,10 @@ def _rules(c: TrainConfig):
         ("aug_strength", c.aug_strength, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
         ("precision", c.precision, lambda v: v in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
         ("seed", c.seed, lambda v: v >= 0, "must be an integer >= 0"),
-        ("stem", c.stem, lambda v: v in STEMS, f"must be one of {', '.join(STEMS)}"),
-        ("freeze_blocks", c.freeze_blocks, lambda v: v >= 0 and (v == 0 or c.init_from is not None),
-         "must be >= 0, and 0 unless init_from names pretrained weights"),
+        ("stem", c.stem, lambda v: v in STEMS and (v == "patch" or c.is_vit),
+         f"must be one of {', '.join(STEMS)}; conv needs a ViT model"),
+        ("freeze_blocks", c.freeze_blocks, lambda v: v >= 0 and (v == 0 or (c.init_from is not None and c.is_vit)),
+         "must be >= 0, and 0 unless init_from names pretrained weights for a ViT"),
         ("layer_decay", c.layer_decay, lambda v: 0 < v <= 1, "must be in (0, 1]"),
     ]
 

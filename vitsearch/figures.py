@@ -51,22 +51,49 @@ def write_html_report(exp_dir: Path) -> Path:
         "parallel.png": _parallel(space, trials),
         "best_trial.png": _best_trial(space, trials, epochs),
     }
+    attention, attention_note = _best_attention(exp_dir, space, trials)
+    if attention is not None:
+        pngs["attention_maps.png"] = attention
     for name, data in pngs.items():
         write_bytes(data, exp_dir / name)
     path = exp_dir / "report.html"
-    write_bytes(_html(exp_dir, space, trials, epochs, importances, pngs).encode(), path)
+    write_bytes(_html(exp_dir, space, trials, epochs, importances, pngs, attention_note).encode(), path)
     return path
+
+
+def _best_attention(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame) -> tuple[bytes | None, str]:
+    """The best full-budget trial's attention maps, from its checkpoint and its data; else why not."""
+    from .data import load_data
+    from .model import load_trained
+
+    best = best_trial(trials, space)
+    if best is None:
+        return None, "no trial reached the full budget"
+    checkpoint = exp_dir / "checkpoints" / str(best["trial_id"]) / "checkpoint.pt"
+    if not checkpoint.is_file():
+        return None, f"the best trial's checkpoint {checkpoint} is not on this machine"
+    try:
+        cfg, _shape, model = load_trained(checkpoint, "checkpoint")
+        png = attention_maps_png(model, load_data(cfg))
+    except UserError as exc:
+        return None, f"not drawn: {exc}"
+    if png is None:
+        return None, f"not drawn: the best trial uses attention: {cfg.attention} (no map over patches)"
+    return png, f"the best trial (Optuna #{best['optuna_number']}), from its final checkpoint"
 
 
 # --- figures -------------------------------------------------------------------------------------
 
-def _png(fig) -> bytes:
+DPI = 110
+
+
+def _png(fig, tight: bool = True) -> bytes:
     import io
 
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return buffer.getvalue()
 
@@ -249,7 +276,7 @@ def _img(name: str, data: bytes, alt: str) -> str:
 
 
 def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFrame,
-          importances: dict[str, float], pngs: dict[str, bytes]) -> str:
+          importances: dict[str, float], pngs: dict[str, bytes], attention_note: str = "") -> str:
     metric = f"final_{space.metric}"
     best = best_trial(trials, space)
     defaults = trials[trials["is_defaults"]]
@@ -273,6 +300,9 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
               "at a rung never finished its learning-rate decay: stopping-style ASHA judges trials before "
               "their schedules end.</p>"]
     parts += ["<h2>Best trial, epoch by epoch</h2>", _img("best_trial.png", pngs["best_trial.png"], "best trial")]
+    parts += ["<h2>Attention maps</h2>", f"<p class='note'>{html.escape(attention_note)}</p>"]
+    if "attention_maps.png" in pngs:
+        parts.append(_img("attention_maps.png", pngs["attention_maps.png"], "attention maps of the best trial"))
     parts += ["<h2>Knobs</h2>", _img("importance.png", pngs["importance.png"], "importance"),
               _img("knobs.png", pngs["knobs.png"], "metric against each knob"),
               _img("parallel.png", pngs["parallel.png"], "parallel coordinates")]
@@ -328,3 +358,79 @@ def _hardware() -> list[list]:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return [["machine", platform.platform()], ["CPU cores", cpus], ["GPU", gpu], ["torch", torch.__version__],
             ["python", platform.python_version()]]
+
+
+# --- attention maps ------------------------------------------------------------------------------
+
+ATTENTION_IMAGES = 4
+ATTENTION_CELL_INCHES = (1.45, 1.6)
+
+
+def attention_png_size(layers: int, images: int) -> tuple[int, int]:
+    """Pixel size of the attention-map PNG: one row per image; image, each layer and rollout as columns."""
+    width, height = ATTENTION_CELL_INCHES
+    return round(width * (layers + 2) * DPI), round(height * images * DPI)
+
+
+def attention_maps_png(model, data) -> bytes | None:
+    """PNG grid for `ATTENTION_IMAGES` fixed validation images (the first of distinct classes): the image,
+    its CLS attention over the patch grid in every layer (mean over heads) and the attention rollout,
+    each map drawn over the faded image. None when the model has no full attention to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    import torch.nn.functional as F
+
+    from .augment import normalize
+    from .monitor import attention_maps
+
+    if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
+        return None
+    picked: list[int] = []
+    seen: set[int] = set()
+    for i, label in enumerate(data.val_y.tolist()):
+        if label not in seen:
+            picked.append(i)
+            seen.add(label)
+        if len(picked) == ATTENTION_IMAGES:
+            break
+    device = next(model.parameters()).device
+    raw = data.val_x[picked]
+    inputs = normalize(raw.to(device))
+    try:
+        _, cls, rollout = attention_maps(model, inputs)
+    except ValueError:
+        return None
+    with torch.no_grad():
+        model.eval()
+        preds = model(inputs).argmax(1).tolist()
+    size = raw.shape[-1]
+    upsample = lambda m: F.interpolate(m[None, None].float().cpu(), size=(size, size), mode="nearest")[0, 0]  # noqa: E731
+    layers = cls.shape[0]
+    cols = layers + 2
+    inches = tuple(px / DPI for px in attention_png_size(layers, len(picked)))
+    fig, axes = plt.subplots(len(picked), cols, figsize=inches, squeeze=False)
+    for r, index in enumerate(picked):
+        img = raw[r].permute(1, 2, 0).numpy()
+        gray = img.mean(-1) if img.shape[-1] > 1 else img[..., 0]
+        true, pred = data.classes[data.val_y[index]], data.classes[preds[r]]
+        panels = [None, *[cls[layer, r] for layer in range(layers)], rollout[r]]
+        for c, attn in enumerate(panels):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if attn is None:
+                ax.imshow(img if img.shape[-1] == 3 else gray, cmap=None if img.shape[-1] == 3 else "gray")
+                ax.set_ylabel(f"{true}\n→ {pred}", fontsize=7, rotation=0, ha="right", va="center",
+                              color="#1b7837" if true == pred else "#d73027")
+            else:
+                ax.imshow(gray, cmap="gray", alpha=0.6)
+                ax.imshow(upsample(attn).numpy(), cmap="inferno", alpha=0.6)
+            if r == 0:
+                ax.set_title("image" if c == 0 else ("rollout" if c == cols - 1 else f"layer {c}"), fontsize=8)
+    fig.suptitle("CLS-token attention over the patches (mean over heads), fixed validation images; "
+                 "each map on its own colour scale; row label: true → predicted", fontsize=8)
+    fig.tight_layout()
+    return _png(fig, tight=False)

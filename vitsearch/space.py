@@ -59,6 +59,8 @@ class Distribution:
     def contains(self, value: Any) -> bool:
         if self.kind == "choice":
             return value in self.choices
+        if value is None:  # an unset default (e.g. distill_weight: None, the mode's own) is no number
+            return False
         if self.kind in ("int", "int-log") and not float(value).is_integer():
             return False
         return self.low <= value <= self.high

@@ -16,6 +16,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from . import monitor
 from .augment import BatchAugment, normalize
 from .config import TrainConfig
 from .data import ImageData, load_data
+from .distill import distill_loss, load_teacher
 from .errors import ConfigError, NonFiniteLossError, UserError
 from .files import write_bytes
 from .model import build_model
@@ -64,59 +66,86 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class Trainer:
+    """Everything one run needs besides its data: built once by `setup` for `train` and for the probe."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    dtype: torch.dtype
+    micro: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    augment: BatchAugment
+    teacher: nn.Module | None
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        base = self.augment.train_loss(logits, y)
+        if self.teacher is None:
+            return base
+        return distill_loss(logits, self.teacher(x), base, self.cfg)
+
+
+def setup(cfg: TrainConfig, data: ImageData, dev: torch.device, steps_per_epoch: int, batch_size: int) -> Trainer:
+    """Seed, then build the model, optimizer, schedule, loss scaler, augmentation and teacher of `cfg`."""
+    seed_everything(cfg.seed)
+    model = build_model(cfg, data.channels, data.image_size, data.num_classes).to(dev)
+    dtype = resolve_precision(cfg.precision, dev)
+    micro = cfg.micro_batch_size or _default_micro_batch(model, batch_size, data, dev, dtype)
+    optimizer = _optimizer(model, cfg, dev)
+    teacher = load_teacher(cfg, data, dev) if cfg.teacher else None
+    return Trainer(cfg, model, dtype, micro, optimizer, _scheduler(optimizer, cfg, steps_per_epoch),
+                   torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16),
+                   BatchAugment(cfg.aug_strength, data.num_classes, cfg.label_smoothing), teacher)
+
+
 def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | None = None, device: str = "auto",
           checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None) -> dict[str, Any]:
     """Train `cfg`; call `report` once per epoch; return the final metrics, the best and the history."""
     dev = resolve_device(device)
-    seed_everything(cfg.seed)
     data = data if data is not None else load_data(cfg)
     if cfg.batch_size > len(data.train_y):
         raise ConfigError(f"invalid value for 'batch_size': {cfg.batch_size} (must be <= the "
                           f"{len(data.train_y)} training images of {data.name!r})")
-    model = build_model(cfg, data.channels, data.image_size, data.num_classes).to(dev)
-    dtype = resolve_precision(cfg.precision, dev)
-    micro = cfg.micro_batch_size or _default_micro_batch(model, cfg.batch_size, data, dev, dtype)
-    optimizer = _optimizer(model, cfg, dev)
     steps_per_epoch = len(data.train_y) // cfg.batch_size
-    scheduler = _scheduler(optimizer, cfg, steps_per_epoch)
-    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
-    augment = BatchAugment(cfg.aug_strength, data.num_classes, cfg.label_smoothing)
+    run = setup(cfg, data, dev, steps_per_epoch, cfg.batch_size)
+    model, micro = run.model, run.micro
     train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
     val_x, val_y = data.val_x.to(dev), data.val_y.to(dev)
+    data_shape = [data.channels, data.image_size, data.num_classes]
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume_from is not None:
-        start_epoch, history = load_checkpoint(resume_from, cfg, model, optimizer, scheduler, scaler)
+        start_epoch, history = load_checkpoint(resume_from, cfg, run)
 
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        stats = train_one_epoch(model, optimizer, scheduler, scaler, augment, train_x, train_y, cfg.batch_size,
-                                micro, dtype, cfg.grad_clip, epoch, steps_per_epoch)
+        stats = train_one_epoch(run, train_x, train_y, cfg.batch_size, epoch, steps_per_epoch)
         _sync(dev)
         train_time = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(model, val_x, val_y, 2 * micro, dtype)
+        val_loss, val_acc = evaluate(model, val_x, val_y, 2 * micro, run.dtype)
         metrics = {"epoch": epoch, "train_loss": stats["loss"], "val_loss": val_loss, "val_acc": val_acc,
-                   "lr": optimizer.param_groups[0]["lr"], "grad_norm": stats["grad_norm"],
+                   "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": stats["grad_norm"],
                    "grad_norm_max": stats["grad_norm_max"], "images_per_s": stats["images"] / train_time,
                    "epoch_time_s": time.perf_counter() - t0, "micro_batch_size": micro}
         if cfg.monitors:
             metrics.update(monitor.measure(model, normalize(val_x[:monitor.PROBE_IMAGES])))
         history.append(metrics)
         if checkpoint_dir is not None:
-            save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, cfg, model, optimizer, scheduler, scaler,
-                            epoch, history)
+            save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, run, epoch, history, data_shape)
         if report is not None:
             report(dict(metrics))
     best = max(history, key=lambda m: m["val_acc"]) if history else {}
     return {**(history[-1] if history else {}), "best_val_acc": best.get("val_acc"),
-            "best_epoch": best.get("epoch"), "history": history}
+            "best_epoch": best.get("epoch"), "history": history, "model": model}
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
-                    augment: BatchAugment, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                    micro_batch: int, dtype: torch.dtype, grad_clip: float, epoch: int,
+def train_one_epoch(run: Trainer, images: torch.Tensor, labels: torch.Tensor, batch_size: int, epoch: int,
                     steps: int) -> dict[str, float]:
+    model, optimizer, scaler = run.model, run.optimizer, run.scaler
     model.train()
     dev = images.device
     order = torch.randperm(len(labels)).to(dev)
@@ -124,17 +153,17 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     grad_sum = torch.zeros((), device=dev)
     grad_max = torch.zeros((), device=dev)
     params = [p for p in model.parameters() if p.requires_grad]
-    clip = grad_clip if grad_clip > 0 else math.inf
+    clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else math.inf
     first_step = (epoch - 1) * steps + 1
     checked = first_step - 1
     for i in range(steps):
         batch = order[i * batch_size:(i + 1) * batch_size]
         optimizer.zero_grad(set_to_none=True)
-        for chunk in batch.split(micro_batch):
-            x, y = augment(images[chunk], labels[chunk])
-            with _autocast(dev, dtype):
+        for chunk in batch.split(run.micro):
+            x, y = run.augment(images[chunk], labels[chunk])
+            with _autocast(dev, run.dtype):
                 # Weighted by its share of the batch: k micro-batches sum to the batch's mean loss.
-                loss = augment.train_loss(model(x), y) * (len(chunk) / len(batch))
+                loss = run.loss(x, y) * (len(chunk) / len(batch))
             scaler.scale(loss).backward()
             loss_sum += loss.detach().float()
         scaler.unscale_(optimizer)
@@ -142,7 +171,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         scaler.step(optimizer)
         scaler.update()
         step = first_step + i
-        scheduler.step_update(step)
+        run.scheduler.step_update(step)
         grad_sum += norm.detach()
         grad_max = torch.maximum(grad_max, norm.detach())
         if step - checked >= CHECK_EVERY_STEPS or i == steps - 1:
@@ -223,20 +252,20 @@ def _default_micro_batch(model: nn.Module, batch_size: int, data: ImageData, dev
 
 # --- checkpoints ---------------------------------------------------------------------------------
 
-def save_checkpoint(path: Path, cfg: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, epoch: int,
-                    history: list[dict[str, Any]]) -> None:
+def save_checkpoint(path: Path, run: Trainer, epoch: int, history: list[dict[str, Any]],
+                    data_shape: list[int]) -> None:
     """Write atomically: a temporary file renamed over the old one, so a crash or a full disk leaves the
-    previous one (and the latter is a one-line UserError)."""
-    state = {"config": cfg.to_dict(), "epoch": epoch, "history": history, "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "rng": _rng_state()}
+    previous one (and the latter is a one-line UserError). `data_shape` is [channels, image size,
+    classes] of the data it was trained on (a teacher's input)."""
+    state = {"config": run.cfg.to_dict(), "epoch": epoch, "history": history, "model": run.model.state_dict(),
+             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+             "scaler": run.scaler.state_dict(), "rng": _rng_state(), "data_shape": data_shape}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_bytes(buffer.getvalue(), path)
 
 
-def load_checkpoint(path: str | Path, cfg: TrainConfig, model: nn.Module, optimizer, scheduler,
-                    scaler) -> tuple[int, list[dict[str, Any]]]:
+def load_checkpoint(path: str | Path, cfg: TrainConfig, run: Trainer) -> tuple[int, list[dict[str, Any]]]:
     """Restore a run saved by `save_checkpoint`; the config must match. Returns (epoch, history)."""
     path = Path(path)
     if path.is_dir():
@@ -254,10 +283,10 @@ def load_checkpoint(path: str | Path, cfg: TrainConfig, model: nn.Module, optimi
         key = diffs[0]
         raise UserError(f"checkpoint {str(path)!r} was written for a different config: {key!r} is "
                         f"{saved.get(key)!r} there and {getattr(cfg, key)!r} here")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
     _set_rng_state(state["rng"])
     return int(state["epoch"]), list(state["history"])
 
@@ -291,21 +320,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def measure_throughput(cfg: TrainConfig, data: ImageData, device: str = "auto", steps: int = 3) -> float:
     """Training images/s of `cfg` over a few real optimizer steps (after one warm-up step)."""
     dev = resolve_device(device)
-    seed_everything(cfg.seed)
-    model = build_model(cfg, data.channels, data.image_size, data.num_classes).to(dev)
-    dtype = resolve_precision(cfg.precision, dev)
     batch = min(cfg.batch_size, len(data.train_y))
-    micro = cfg.micro_batch_size or _default_micro_batch(model, batch, data, dev, dtype)
-    optimizer = _optimizer(model, cfg, dev)
-    scheduler = _scheduler(optimizer, cfg, steps + 1)
-    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
-    augment = BatchAugment(cfg.aug_strength, data.num_classes, cfg.label_smoothing)
+    run = setup(cfg, data, dev, steps + 1, batch)
     n = min(len(data.train_y), batch * (steps + 1))
     images, labels = data.train_x[:n].to(dev), data.train_y[:n].to(dev)
-    args = (model, optimizer, scheduler, scaler, augment, images, labels, batch, micro, dtype, cfg.grad_clip, 1)
-    train_one_epoch(*args, 1)
+    train_one_epoch(run, images, labels, batch, 1, 1)
     _sync(dev)
     t0 = time.perf_counter()
-    done = train_one_epoch(*args, max(1, n // batch - 1))["images"]
+    done = train_one_epoch(run, images, labels, batch, 1, max(1, n // batch - 1))["images"]
     _sync(dev)
     return done / (time.perf_counter() - t0)
