@@ -93,6 +93,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 on GPUs that support it, else fp32 (half is slow on CPUs)
     seed: int = 0  # seeds model init, data split, shuffling and augmentation
     monitors: bool = False  # per-epoch CLS norm, attention entropy, MLP sparsity on a probe batch
+    compile: bool = False  # torch.compile the training step's model (its compile time counts in epoch 1)
 
     @classmethod
     def field_names(cls) -> list[str]:

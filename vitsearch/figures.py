@@ -312,9 +312,11 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
     parts += ["<h2>Top trials (full budget)</h2>",
               _table([[f"#{r['optuna_number']}", r[metric], r["best_epoch"], *(r[k] for k in space.search)]
                       for _, r in top.iterrows()], ["trial", metric, "best epoch", *space.search])]
+    gpu_share = 1 / run["packing"]["trials_per_gpu"] if run.get("packing") else space.gpu
     settings = [["metric / mode", f"{space.metric} / {space.mode}"], ["trials", space.num_samples],
                 ["ASHA", f"max {space.max_epochs} epochs, grace {space.grace_period}, factor {space.reduction_factor}"],
-                ["resources per trial", f"{space.cpu:g} CPU, {space.gpu:g} GPU"], ["seed", space.seed],
+                ["resources per trial", f"{space.cpu:g} CPU, {gpu_share:g} GPU"], ["seed", space.seed],
+                *([["GPU packing (gpu: auto)", _packing_text(run["packing"])]] if run.get("packing") else []),
                 *[[f"fixed {k}", v] for k, v in space.fixed.items()],
                 *[[f"search {k}", d.describe()] for k, d in space.search.items()]]
     if (exp_dir / "reproduce.parquet").is_file():
@@ -322,6 +324,12 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
     parts += ["<h2>Settings</h2>", _table(settings, ["", ""]), "<h2>Hardware</h2>", _table(_hardware(), ["", ""])]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _packing_text(packing: dict) -> str:
+    from .packing import Packing
+
+    return Packing(packing["trials_per_gpu"], packing["reason"], packing["measured"]).describe()
 
 
 def _reproduced(runs: pd.DataFrame) -> str:

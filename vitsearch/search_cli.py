@@ -118,13 +118,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     data = load_data(space.trial_config({}))  # once per search; every trial shares it through Ray's object store
     init_ray(args.address, args.verbose)  # before anything is written: an unreachable cluster leaves no trace
+    space, packing = _packing(space, data, device, run.get("packing"))
     _print_plan(space, data, device)
     if not args.resume:
         if not args.extend:
             write_yaml(space.source, exp_dir / SPACE_FILE)
         extensions = run.get("extensions", 0) + (1 if args.extend else 0)
         write_bytes(json.dumps({**run, "device": device, "storage": storage, "ray_dir": ray_dir,
-                                "extensions": extensions}).encode(), exp_dir / RUN_FILE)
+                                "extensions": extensions, "packing": packing}).encode(), exp_dir / RUN_FILE)
     return _run_and_report(space, exp_dir, data, device, args, storage, ray_dir)
 
 
@@ -152,6 +153,28 @@ def _existing(exp_dir: Path, flag: str):
     return exp_dir, space, run
 
 
+def _largest(space) -> dict:
+    """The space's most expensive point for a probe: its largest batch."""
+    return {k: max(d.choices) if d.kind == "choice" else d.high for k, d in space.search.items()
+            if k in ("batch_size",)}
+
+
+def _packing(space, data, device: str, earlier: dict | None):
+    """With `gpu: auto` on a GPU: trials per GPU from the packing probe (or, resuming, the earlier choice).
+    Returns the space with its per-trial GPU share and the packing as recorded in run.json."""
+    from .packing import probe
+    from .train import resolve_device
+
+    if not space.gpu_auto or space.gpu == 0 or resolve_device(device).type != "cuda":
+        return space, earlier
+    if earlier is None:
+        console.print("packing probe: how many trials share one GPU ...", highlight=False)
+        found = probe(space.trial_config(_largest(space)), data, device)
+        earlier = found.to_dict()
+        console.print(f"packing: {found.describe()}", highlight=False)
+    return replace(space, gpu=1.0 / earlier["trials_per_gpu"]), earlier
+
+
 def _print_plan(space, data, device: str) -> None:
     from .search import expected_trial_epochs
     from .train import measure_throughput
@@ -161,8 +184,7 @@ def _print_plan(space, data, device: str) -> None:
                   f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val",
                   highlight=False)
     # Honest cost estimate: a few real steps of the most expensive configuration in the space.
-    largest = {k: max(d.choices) if d.kind == "choice" else d.high for k, d in space.search.items()
-               if k in ("batch_size",)}
+    largest = _largest(space)
     import torch
 
     threads = torch.get_num_threads()
@@ -173,7 +195,10 @@ def _print_plan(space, data, device: str) -> None:
         torch.set_num_threads(threads)
     import ray
 
-    slots = max(1, int((ray.available_resources().get("CPU", 0) if ray.is_initialized() else _cpus()) // space.cpu))
+    resources = ray.available_resources() if ray.is_initialized() else {"CPU": _cpus()}
+    slots = max(1, int(resources.get("CPU", 0) // space.cpu)) if space.cpu else 10**6
+    if space.gpu:
+        slots = min(slots, max(1, int(resources.get("GPU", 0) / space.gpu + 1e-9)))
     if space.max_concurrent:
         slots = min(slots, space.max_concurrent)
     epochs = expected_trial_epochs(space)

@@ -7,7 +7,8 @@ mode: max                        # must match the metric's direction
 num_samples: 16                  # trials, the recommended-defaults trial included
 seed: 0                          # seeds Optuna's TPE sampler
 scheduler: {max_epochs: 20, grace_period: 2, reduction_factor: 3}   # ASHA, in epochs
-resources: {cpu: 1, gpu: 0}      # per trial; gpu may be fractional, or auto (1 if there is one)
+resources: {cpu: 1, gpu: auto}   # per trial; gpu: a number (fractions share a GPU) or auto (the
+                                 # default): none without a GPU, else trials packed per GPU (packing.py)
 max_concurrent: 2                # optional cap on trials at once (default: what resources allow)
 retries: 1                       # re-runs of a crashed trial from its last checkpoint
 checkpoint_every_s: 10           # a trial's checkpoint goes to storage at most this often (0: every
@@ -96,6 +97,7 @@ class SearchSpace:
     fixed: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Distribution] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)  # the YAML as loaded, for the experiment folder
+    gpu_auto: bool = False  # resources.gpu was auto: on a GPU machine the search probes the packing
 
     @property
     def rungs(self) -> list[int]:
@@ -192,8 +194,9 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
     if grace > max_epochs:
         fail(f"scheduler.grace_period is {grace}, but must be <= scheduler.max_epochs ({max_epochs})")
     resources = _section(raw, "resources", RESOURCE_KEYS, fail)
-    cpu, gpu = resources.get("cpu", 1), resources.get("gpu", 0)
-    if gpu == "auto":
+    cpu, gpu = resources.get("cpu", 1), resources.get("gpu", "auto")
+    gpu_auto = gpu == "auto"
+    if gpu_auto:
         gpu = _gpus_available()
     for key, value in (("cpu", cpu), ("gpu", gpu)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -236,11 +239,12 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         fail(f"name {name!r} must be letters, digits, '-' and '_'")
     return SearchSpace(name, metric, mode, num_samples, seed, max_epochs, grace, factor, float(cpu), float(gpu),
-                       max_concurrent, retries, float(checkpoint_every_s), dict(fixed), search, dict(raw))
+                       max_concurrent, retries, float(checkpoint_every_s), dict(fixed), search, dict(raw), gpu_auto)
 
 
 def _gpus_available() -> float:
-    """`gpu: auto`: one GPU per trial where this machine has one, else none (CPU-only trials)."""
+    """`gpu: auto`: one GPU per trial where this machine has one (until the packing probe says more fit),
+    else none (CPU-only trials)."""
     import torch
 
     return 1.0 if torch.cuda.is_available() else 0.0

@@ -79,9 +79,10 @@ class Trainer:
     scaler: torch.amp.GradScaler
     augment: BatchAugment
     teacher: nn.Module | None
+    forward: nn.Module  # the model, or its torch.compile'd wrapper (same parameters) with `compile: true`
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
+        logits = self.forward(x)
         base = self.augment.train_loss(logits, y)
         if self.teacher is None:
             return base
@@ -96,9 +97,12 @@ def setup(cfg: TrainConfig, data: ImageData, dev: torch.device, steps_per_epoch:
     micro = cfg.micro_batch_size or _default_micro_batch(model, batch_size, data, dev, dtype)
     optimizer = _optimizer(model, cfg, dev)
     teacher = load_teacher(cfg, data, dev) if cfg.teacher else None
+    # Compiled lazily at the first training step, so compile time lands in epoch 1's time and images/s.
+    # Evaluation, monitors and checkpoints use the plain module (same parameters, unprefixed names).
+    forward = torch.compile(model) if cfg.compile else model
     return Trainer(cfg, model, dtype, micro, optimizer, _scheduler(optimizer, cfg, steps_per_epoch),
                    torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16),
-                   BatchAugment(cfg.aug_strength, data.num_classes, cfg.label_smoothing), teacher)
+                   BatchAugment(cfg.aug_strength, data.num_classes, cfg.label_smoothing), teacher, forward)
 
 
 def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | None = None, device: str = "auto",
@@ -315,6 +319,28 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def measure_window(cfg: TrainConfig, data: ImageData, device: str = "auto", *, start_at: float | None = None,
+                   window_s: float = 3.0, warmup_steps: int = 2) -> tuple[float, float]:
+    """Training images/s of `cfg` over a wall-clock window and the peak GPU memory in GB (0 on a CPU).
+    After `warmup_steps` real steps it waits for `start_at` (a time.time() value), so that probes
+    running at once on one GPU measure the same window (packing.probe)."""
+    dev = resolve_device(device)
+    batch = min(cfg.batch_size, len(data.train_y))
+    run = setup(cfg, data, dev, len(data.train_y) // batch, batch)
+    n = min(len(data.train_y), batch * 4)
+    images, labels = data.train_x[:n].to(dev), data.train_y[:n].to(dev)
+    train_one_epoch(run, images, labels, batch, 1, warmup_steps)
+    _sync(dev)
+    if start_at is not None:
+        time.sleep(max(0.0, start_at - time.time()))
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < window_s:
+        done += train_one_epoch(run, images, labels, batch, 1, n // batch)["images"]  # ends with a sync
+    elapsed = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else 0.0
+    return done / elapsed, peak
 
 
 def measure_throughput(cfg: TrainConfig, data: ImageData, device: str = "auto", steps: int = 3) -> float:
