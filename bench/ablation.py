@@ -12,6 +12,11 @@ sample std over seeds), its difference to the baseline, and training images/s wi
 baseline measured in the same run. On a CPU the speed column says little (bf16 autocast is emulated,
 attention at 50 tokens is a small share of the work); run it on a GPU for speed.
 Results go to <out>/ablation.parquet.
+
+    python bench/ablation.py --attention-speed    # full vs Linformer training img/s at 50-785 tokens
+
+measures only speed: the same micro ViT on random images at 28, 56 and 112 px with patch 4 (50, 197
+and 785 tokens), full attention against Linformer (k = n/4), alternating, median of 3 rounds.
 """
 
 from __future__ import annotations
@@ -63,6 +68,31 @@ def teacher_for(seed: int, args) -> tuple[Path, float]:
     return folder, result["val_acc"]
 
 
+def attention_speed(device: str) -> None:
+    import torch
+
+    from vitsearch.data import ImageData
+    from vitsearch.model import linformer_k
+    from vitsearch.train import measure_throughput
+
+    print("| tokens | full attention img/s | Linformer img/s (k) | Linformer / full |")
+    print("|---|---|---|---|")
+    for size in (28, 56, 112):
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (1100, 1, size, size), dtype=torch.uint8, generator=g)
+        labels = torch.randint(0, 10, (1100,), generator=g)
+        data = ImageData("random", images[:1024], labels[:1024], images[1024:], labels[1024:],
+                         [str(i) for i in range(10)])
+        cfg = TrainConfig.from_dict({**BASE, "patch_size": 4, "image_size": size, "aug_strength": 0.0})
+        speeds: dict[str, list[float]] = {"full": [], "linformer": []}
+        for _ in range(3):
+            for attention in speeds:
+                speeds[attention].append(measure_throughput(cfg.replace(attention=attention), data, device, steps=3))
+        full, lin = (statistics.median(v) for v in speeds.values())
+        tokens = (size // 4) ** 2 + 1
+        print(f"| {tokens} | {full:.0f} | {lin:.0f} ({linformer_k(tokens, None)}) | {lin / full:.2f}x |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=2)
@@ -72,7 +102,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", action="append", help="run only variants whose name contains this")
     parser.add_argument("--out", default=str(ROOT / "results" / "ablation"))
+    parser.add_argument("--attention-speed", action="store_true", help="only full vs Linformer speed by tokens")
     args = parser.parse_args()
+    if args.attention_speed:
+        attention_speed(args.device)
+        return
 
     rows = []
     teachers = {}
