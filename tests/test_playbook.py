@@ -182,3 +182,24 @@ def test_playbook_keys_are_searchable():
                               "distill_weight": 0.3, "distill_temperature": 2.0})
     assert (cfg.attention, cfg.stem, cfg.distill_share) == ("linformer", "conv", 0.3)
     assert not space.search["distill_weight"].contains(space.defaults_point()["distill_weight"])  # None: DeiT's
+
+
+def test_a_search_distils_from_a_relative_teacher_path_and_searches_its_weight(teacher_run):
+    import pandas as pd
+
+    space = {"name": "distil", "metric": "val_acc", "mode": "max", "num_samples": 2, "seed": 0,
+             "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
+             "resources": {"cpu": 1, "gpu": 0},
+             "fixed": {"model": "vit_micro", "data": "digits", "image_size": 16, "patch_size": 4, "data_subset": 640,
+                       "val_fraction": 0.2, "lr_scaling": "none", "teacher": teacher_run.name},
+             "search": {"distill_weight": {"uniform": [0.2, 0.8]}}}
+    root = teacher_run.parent  # the search runs there, so `teacher: teacher` is a relative path
+    (root / "distil.yaml").write_text(yaml.safe_dump(space))
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--space", "distil.yaml", "--out", ".",
+                           "--name", "exp"], capture_output=True, text=True, timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    trials = pd.read_parquet(root / "exp" / "trials.parquet")
+    assert list(trials["status"]) == ["completed", "completed"], trials[["status", "reason"]].to_string()
+    assert list(trials["teacher"]) == ["teacher", "teacher"]
+    sampled = trials[~trials["is_defaults"]]["distill_weight"].iloc[0]
+    assert 0.2 <= sampled <= 0.8 and pd.isna(trials[trials["is_defaults"]]["distill_weight"].iloc[0])

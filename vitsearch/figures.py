@@ -1,8 +1,9 @@
 """`report.html` and its PNG figures, from a finished experiment folder. Imports no Ray.
 
 Reads `trials.parquet`, `epochs.parquet`, `space.yaml` and the stored Optuna study; writes next to them
-`learning_curves.png`, `knobs.png`, `importance.png`, `parallel.png` and a self-contained
-`report.html` (figures embedded as data URIs, no scripts, opens offline).
+`learning_curves.png`, `knobs.png`, `importance.png`, `parallel.png`, `best_trial.png`,
+`attention_maps.png` (the best trial's, from its checkpoint) and a self-contained `report.html`
+(figures embedded as data URIs, no scripts, opens offline).
 """
 
 from __future__ import annotations

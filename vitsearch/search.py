@@ -96,9 +96,24 @@ class TrialCheckpoints:
 
 # --- the trial adapter ---------------------------------------------------------------------------
 
+PATH_KEYS = ("teacher", "init_from")  # config values that name local files
+
+
+def absolute_paths(values: dict[str, Any], cwd: str) -> dict[str, Any]:
+    """Relative file paths in `values` as seen from the driver's folder `cwd`: Tune runs each trial in
+    its own working directory, where `teacher: results/teacher` would name nothing."""
+    resolved = dict(values)
+    for key in PATH_KEYS:
+        value = resolved.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() \
+                and (Path(cwd) / value).exists():
+            resolved[key] = str(Path(cwd) / value)
+    return resolved
+
+
 def _trial(config: dict[str, Any], data=None, base: dict[str, Any] | None = None, device: str = "auto",
            threads: int = 1, metric: str = "val_acc", worst: float = 0.0, checkpoint_root: str = "",
-           checkpoint_every_s: float = 0.0, finished: dict[str, dict] | None = None) -> None:
+           checkpoint_every_s: float = 0.0, finished: dict[str, dict] | None = None, cwd: str = ".") -> None:
     """Ray Tune trainable: sampled dict -> TrainConfig -> train(), one report per epoch."""
     import ray
     import torch
@@ -131,7 +146,7 @@ def _trial(config: dict[str, Any], data=None, base: dict[str, Any] | None = None
             tune.report({**metrics, "diverged": 0, "failed": 0, "reason": "", "node_id": node_id})
 
         try:
-            cfg = TrainConfig.from_dict({**(base or {}), **config})
+            cfg = TrainConfig.from_dict(absolute_paths({**(base or {}), **config}, cwd))
             if resume:
                 # A kill between a checkpoint upload and its report loses that epoch's report: repeat it.
                 from .train import peek_history
@@ -369,7 +384,7 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
         tune.with_parameters(_trial, data=data, base=space.base_config(), device=device, threads=threads,
                              metric=space.metric, worst=space.worst, checkpoint_root=ray_root,
                              checkpoint_every_s=space.checkpoint_every_s,
-                             finished=finished_trials(exp_dir) if resume else {}),
+                             finished=finished_trials(exp_dir) if resume else {}, cwd=os.getcwd()),
         {"cpu": space.cpu, "gpu": space.gpu})
     callbacks = _callbacks(exp_dir, live, ray_root, space.max_epochs)
     if resume:
