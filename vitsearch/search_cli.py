@@ -117,9 +117,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         device, storage, ray_dir, run = args.device, args.storage, RAY_DIR, {}
 
     data = load_data(space.trial_config({}))  # once per search; every trial shares it through Ray's object store
+    # On a CPU the throughput probe runs while Ray starts (mostly waiting on processes); on a GPU after
+    # the packing probe, which needs Ray and the whole GPU.
+    early = _Probe(space, data, device) if not _packs(space, device) else None
     init_ray(args.address, args.verbose)  # before anything is written: an unreachable cluster leaves no trace
     space, packing = _packing(space, data, device, run.get("packing"))
-    _print_plan(space, data, device)
+    _print_plan(space, data, device, early.result() if early else _Probe(space, data, device).result())
     if not args.resume:
         if not args.extend:
             write_yaml(space.source, exp_dir / SPACE_FILE)
@@ -159,13 +162,52 @@ def _largest(space) -> dict:
             if k in ("batch_size",)}
 
 
+class _Probe:
+    """The throughput probe in a background thread: a few real steps of the space's largest config."""
+
+    def __init__(self, space, data, device: str):
+        import threading
+
+        self.value: float | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(space, data, device), daemon=True)
+        self.thread.start()
+
+    def _run(self, space, data, device: str) -> None:
+        import torch
+
+        from .train import measure_throughput
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, int(space.cpu)))
+        try:
+            self.value = measure_throughput(space.trial_config(_largest(space)), data, device)
+        except BaseException as exc:  # re-raised in the main thread (a bad teacher path is a UserError)
+            self.error = exc
+        finally:
+            torch.set_num_threads(threads)
+
+    def result(self) -> float:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _packs(space, device: str) -> bool:
+    """Whether this search probes a GPU packing first (`gpu: auto` on a GPU). Needs only torch, which
+    the data already imported, so that the probe thread can import the trainer while Ray starts."""
+    import torch
+
+    return space.gpu_auto and space.gpu > 0 and not device.startswith("cpu") and torch.cuda.is_available()
+
+
 def _packing(space, data, device: str, earlier: dict | None):
     """With `gpu: auto` on a GPU: trials per GPU from the packing probe (or, resuming, the earlier choice).
     Returns the space with its per-trial GPU share and the packing as recorded in run.json."""
     from .packing import probe
-    from .train import resolve_device
 
-    if not space.gpu_auto or space.gpu == 0 or resolve_device(device).type != "cuda":
+    if not _packs(space, device):
         return space, earlier
     if earlier is None:
         console.print("packing probe: how many trials share one GPU ...", highlight=False)
@@ -175,24 +217,14 @@ def _packing(space, data, device: str, earlier: dict | None):
     return replace(space, gpu=1.0 / earlier["trials_per_gpu"]), earlier
 
 
-def _print_plan(space, data, device: str) -> None:
+def _print_plan(space, data, device: str, ips: float) -> None:
+    """The plan and an honest cost estimate from `ips`, the probe's images/s of the largest config."""
     from .search import expected_trial_epochs
-    from .train import measure_throughput
 
     console.print(f"[bold]search[/] {space.name}: {space.num_samples} trials x <= {space.max_epochs} epochs, "
                   f"ASHA grace {space.grace_period} / factor {space.reduction_factor}, metric {space.metric} "
                   f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val",
                   highlight=False)
-    # Honest cost estimate: a few real steps of the most expensive configuration in the space.
-    largest = _largest(space)
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(space.cpu)))
-    try:
-        ips = measure_throughput(space.trial_config(largest), data, device)
-    finally:
-        torch.set_num_threads(threads)
     import ray
 
     resources = ray.available_resources() if ray.is_initialized() else {"CPU": _cpus()}
@@ -237,6 +269,13 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         results = run_search(space, exp_dir, data=data, device=device, address=args.address, storage=storage,
                              verbose=args.verbose, resume=bool(args.resume), live=live, ray_dir=ray_dir,
                              with_defaults=ray_dir == RAY_DIR)
+    # Ray is done: stop it (a second or two of waiting on its processes) while the reports are written.
+    import threading
+
+    import ray
+
+    stopping = threading.Thread(target=ray.shutdown)
+    stopping.start()
     outcomes = []
     for r in results:
         trial_id = Path(r.path).name
@@ -256,4 +295,5 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
                   f"{exp_dir}/trials.parquet, epochs.parquet, {report_path.name}" +
                   (", best_config.yaml" if (exp_dir / "best_config.yaml").is_file() else "") +
                   f"; Optuna study: {study_storage(exp_dir)} (name {exp_dir.name!r})", highlight=False)
+    stopping.join()
     return 0
