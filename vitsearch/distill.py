@@ -28,11 +28,12 @@ from .model import load_trained
 
 
 class Teacher(nn.Module):
-    def __init__(self, model: nn.Module, image_size: int, name: str):
+    """A frozen model in eval mode that sees its inputs at the image size it was trained at."""
+
+    def __init__(self, model: nn.Module, image_size: int):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.image_size = image_size
-        self.name = name
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,7 @@ def load_teacher(cfg: TrainConfig, data: ImageData, device: torch.device) -> Tea
             raise ConfigError(f"invalid value for 'teacher': {spec!r} (it was trained with {key} "
                               f"{getattr(saved, key)!r}, this run has {getattr(cfg, key)!r}: another train/validation "
                               "split, so the teacher may have trained on this run's validation images)")
-    return Teacher(model, image_size, saved.model).to(device)
+    return Teacher(model, image_size).to(device)
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, base: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
