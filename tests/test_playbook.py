@@ -203,3 +203,12 @@ def test_a_search_distils_from_a_relative_teacher_path_and_searches_its_weight(t
     assert list(trials["teacher"]) == ["teacher", "teacher"]
     sampled = trials[~trials["is_defaults"]]["distill_weight"].iloc[0]
     assert 0.2 <= sampled <= 0.8 and pd.isna(trials[trials["is_defaults"]]["distill_weight"].iloc[0])
+
+
+def test_a_teacher_at_weight_zero_changes_nothing(teacher_run):
+    # the teacher is loaded before seeding: with its term weighted 0 the run is the run without it
+    cfg = micro_config(data_subset=640, epochs=2, aug_strength=0.5)
+    alone = train(cfg)["history"]
+    silent = train(cfg.replace(teacher=str(teacher_run), distill_weight=0.0))["history"]
+    assert [r["train_loss"] for r in silent] == [r["train_loss"] for r in alone]
+    assert [r["val_acc"] for r in silent] == [r["val_acc"] for r in alone]

@@ -90,13 +90,15 @@ class Trainer:
 
 
 def setup(cfg: TrainConfig, data: ImageData, dev: torch.device, steps_per_epoch: int, batch_size: int) -> Trainer:
-    """Seed, then build the model, optimizer, schedule, loss scaler, augmentation and teacher of `cfg`."""
+    """Load the teacher, seed, then build the model, optimizer, schedule, loss scaler and augmentation of
+    `cfg`. The teacher comes first so that its construction draws no random numbers from the seeded
+    stream: a distilled run and the same run without a teacher share init, data order and augmentation."""
+    teacher = load_teacher(cfg, data, dev) if cfg.teacher else None
     seed_everything(cfg.seed)
     model = build_model(cfg, data.channels, data.image_size, data.num_classes).to(dev)
     dtype = resolve_precision(cfg.precision, dev)
     micro = cfg.micro_batch_size or _default_micro_batch(model, batch_size, data, dev, dtype)
     optimizer = _optimizer(model, cfg, dev)
-    teacher = load_teacher(cfg, data, dev) if cfg.teacher else None
     # Compiled lazily at the first training step, so compile time lands in epoch 1's time and images/s.
     # Evaluation, monitors and checkpoints use the plain module (same parameters, unprefixed names).
     forward = torch.compile(model) if cfg.compile else model
