@@ -15,6 +15,7 @@ import yaml
 
 from vitsearch.config import TrainConfig, load_config
 from vitsearch.report import EPOCH_COLUMNS, TRIAL_COLUMNS, config_dtypes
+from vitsearch.search import asha_continue, rung_cutoff
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -45,6 +46,52 @@ def tiny_search(tmp_path_factory):
     proc = search("--space", str(root / "tiny.yaml"), "--out", str(root), "--name", "exp")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "exp", proc
+
+
+def _rungs(*milestones):
+    return [(m, {}) for m in sorted(milestones, reverse=True)]
+
+
+def test_a_rung_keeps_only_its_top_fraction():
+    # reduction factor 3: among n trials at a rung the top floor(n / 3) go on, at least the best one
+    rungs = _rungs(2, 6)
+    assert asha_continue(rungs, "a", 2, 0.5, 3)  # first at the rung: nobody to compare with
+    assert not asha_continue(rungs, "b", 2, 0.4, 3)  # 2 there: only the best goes on
+    assert asha_continue(rungs, "c", 2, 0.6, 3)
+    assert not asha_continue(rungs, "d", 2, 0.55, 3)  # 4 there, top 1: 0.6
+    assert not asha_continue(rungs, "e", 2, 0.52, 3)
+    assert asha_continue(rungs, "f", 2, 0.58, 3)  # 6 there: the top 2 are 0.6 and 0.58
+    assert rung_cutoff([0.1, float("nan"), 0.3], 3) == 0.3 and rung_cutoff([], 3) is None
+
+
+def test_a_trial_that_went_on_unopposed_stops_once_outranked_at_its_rung():
+    rungs = _rungs(2, 6, 18)
+    assert asha_continue(rungs, "first", 2, 0.2, 3)  # alone at epoch 2 (like the defaults trial): goes on
+    assert asha_continue(rungs, "first", 3, 0.25, 3)  # still nobody else at rung 2
+    assert asha_continue(rungs, "better", 2, 0.7, 3)
+    assert not asha_continue(rungs, "first", 4, 0.3, 3)  # outranked at its last rung: stops at epoch 4
+    assert asha_continue(rungs, "better", 5, 0.8, 3)  # the best at a rung never stops
+    assert asha_continue(rungs, "better", 6, 0.85, 3)  # next rung, first there
+
+
+def test_the_search_scheduler_applies_the_rule_inside_ray():
+    from ray.tune.schedulers import TrialScheduler
+
+    from vitsearch.search import _scheduler_class
+
+    class Trial:  # the scheduler reads only the id of Ray's Trial
+        def __init__(self, trial_id):
+            self.trial_id = trial_id
+
+    scheduler = _scheduler_class()(time_attr="epoch", metric="val_acc", mode="max", max_t=20, grace_period=2,
+                                   reduction_factor=3)
+    first, second = Trial("first"), Trial("second")
+    for trial in (first, second):
+        scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, first, {"epoch": 2, "val_acc": 0.2}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, second, {"epoch": 2, "val_acc": 0.7}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, first, {"epoch": 3, "val_acc": 0.3}) == TrialScheduler.STOP
+    assert scheduler.on_trial_result(None, second, {"epoch": 20, "val_acc": 0.9}) == TrialScheduler.STOP  # budget
 
 
 def test_reports_have_the_documented_schema(tiny_search):

@@ -225,20 +225,26 @@ def _print_plan(space, data, device: str, ips: float) -> None:
                   f"ASHA grace {space.grace_period} / factor {space.reduction_factor}, metric {space.metric} "
                   f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val",
                   highlight=False)
-    import ray
-
-    resources = ray.available_resources() if ray.is_initialized() else {"CPU": _cpus()}
-    slots = max(1, int(resources.get("CPU", 0) // space.cpu)) if space.cpu else 10**6
-    if space.gpu:
-        slots = min(slots, max(1, int(resources.get("GPU", 0) / space.gpu + 1e-9)))
-    if space.max_concurrent:
-        slots = min(slots, space.max_concurrent)
-    epochs = expected_trial_epochs(space)
+    slots = _slots(space)
+    epochs = expected_trial_epochs(space, slots)
     seconds = epochs * (len(data.train_y) + len(data.val_y) / 3) / ips / slots
     console.print(f"probe: {ips:,.0f} training images/s per trial ({int(space.cpu)} CPU thread(s), "
                   f"device {device}); ~{epochs:.0f} trial-epochs expected with ASHA, {slots} at a time -> "
                   f"estimated {_duration(seconds)} (all {space.num_samples * space.max_epochs} trial-epochs: "
                   f"{_duration(seconds * space.num_samples * space.max_epochs / epochs)})", highlight=False)
+
+
+def _slots(space) -> int:
+    """Trials at once: what the cluster's resources allow per trial, capped by max_concurrent."""
+    import ray
+
+    resources = ray.available_resources() if ray.is_initialized() else {"CPU": _cpus()}
+    slots = max(1, int(resources.get("CPU", 0) // space.cpu)) if space.cpu else space.num_samples
+    if space.gpu:
+        slots = min(slots, max(1, int(resources.get("GPU", 0) / space.gpu + 1e-9)))
+    if space.max_concurrent:
+        slots = min(slots, space.max_concurrent)
+    return min(slots, space.num_samples)
 
 
 def _cpus() -> int:
@@ -265,7 +271,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
     from .search import RAY_DIR, expected_trial_epochs, run_search, study_storage
 
     t0 = time.time()
-    with LiveView(space, expected_trial_epochs(space)) as live:
+    with LiveView(space, expected_trial_epochs(space, _slots(space))) as live:
         results = run_search(space, exp_dir, data=data, device=device, address=args.address, storage=storage,
                              verbose=args.verbose, resume=bool(args.resume), live=live, ray_dir=ray_dir,
                              with_defaults=ray_dir == RAY_DIR)
