@@ -497,14 +497,17 @@ def _join(root: str, name: str) -> str:
 
 def expected_trial_epochs(space: SearchSpace, slots: int = 1, simulations: int = 200) -> float:
     """Trial-epochs the search's ASHA (`asha_continue`) runs on average: a simulation of `slots` trials
-    at a time, one epoch per tick, each trial of a random fixed quality."""
+    at a time, one epoch per tick, each trial of a fixed quality drawn at random plus a trend: TPE's
+    proposals improve as the search goes on, and a later trial that beats the earlier ones runs further.
+    A trend of half the random spread over the search matches the quickstart (measured 85-143
+    trial-epochs over 3 seeds, mean 119; this gives 114)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     rungs_desc = sorted(space.rungs, reverse=True)
     total = 0
     for _ in range(simulations):
-        quality = rng.random(space.num_samples)
+        quality = rng.random(space.num_samples) + 0.5 * np.arange(space.num_samples) / space.num_samples
         rungs: list[tuple[int, dict]] = [(m, {}) for m in rungs_desc]
         running: dict[int, int] = {}
         waiting = list(range(space.num_samples))

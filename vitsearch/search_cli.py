@@ -41,6 +41,7 @@ class LiveView:
         self.space, self.expected_epochs = space, expected_epochs
         self.start = time.time()
         self.rows: dict[str, dict] = {}
+        self.reports_preloaded = False
         # Rendering happens on rich's own thread, 4 times a second: Tune waits for its callbacks before a
         # trial may continue, so drawing on every result would slow every epoch.
         self.live = Live(console=console, auto_refresh=True, refresh_per_second=4, transient=False)
@@ -53,6 +54,11 @@ class LiveView:
         self.live.__exit__(*exc)
 
     def update(self, trials, trial, result, status: str | None = None) -> None:
+        if result is not None and not self.reports_preloaded:
+            self.reports_preloaded = True
+            # Trials are training and this process waits: import what the reports need (~2 s) now.
+            preload("matplotlib.backends.backend_agg", "matplotlib.figure", "optuna.importance", "vitsearch.figures",
+                    "vitsearch.model")
         for t in trials:
             row = self.rows.setdefault(t.trial_id, {"epoch": 0, "metric": None, "order": len(self.rows)})
             row["status"] = t.status
@@ -120,16 +126,36 @@ def cmd_search(args: argparse.Namespace) -> int:
     # On a CPU the throughput probe runs while Ray starts (mostly waiting on processes); on a GPU after
     # the packing probe, which needs Ray and the whole GPU.
     early = _Probe(space, data, device) if not _packs(space, device) else None
+    # Ray Tune and Optuna's storage take ~2 s to import; ray.init spends about as long waiting on processes.
+    preload("ray.tune", "ray.tune.search.optuna", "optuna.storages")
     init_ray(args.address, args.verbose)  # before anything is written: an unreachable cluster leaves no trace
     space, packing = _packing(space, data, device, run.get("packing"))
-    _print_plan(space, data, device, early.result() if early else _Probe(space, data, device).result())
+    expected_epochs = _print_plan(space, data, device,
+                                  early.result() if early else _Probe(space, data, device).result())
     if not args.resume:
         if not args.extend:
             write_yaml(space.source, exp_dir / SPACE_FILE)
         extensions = run.get("extensions", 0) + (1 if args.extend else 0)
         write_bytes(json.dumps({**run, "device": device, "storage": storage, "ray_dir": ray_dir,
                                 "extensions": extensions, "packing": packing}).encode(), exp_dir / RUN_FILE)
-    return _run_and_report(space, exp_dir, data, device, args, storage, ray_dir)
+    return _run_and_report(space, exp_dir, data, device, args, storage, ray_dir, expected_epochs)
+
+
+def preload(*modules: str) -> None:
+    """Import `modules` on a daemon thread while the main thread waits (on Ray's start, on the trials),
+    so that the code needing them later does not wait for the import. A failing import is left for the
+    main thread's own import to report."""
+    import importlib
+    import threading
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 (re-raised where the module is really imported)
+                pass
+
+    threading.Thread(target=run, daemon=True).start()
 
 
 def load_space_arg(name: str, data: str | None):
@@ -217,8 +243,9 @@ def _packing(space, data, device: str, earlier: dict | None):
     return replace(space, gpu=1.0 / earlier["trials_per_gpu"]), earlier
 
 
-def _print_plan(space, data, device: str, ips: float) -> None:
-    """The plan and an honest cost estimate from `ips`, the probe's images/s of the largest config."""
+def _print_plan(space, data, device: str, ips: float) -> float:
+    """The plan and an honest cost estimate from `ips`, the probe's images/s of the largest config.
+    Returns the trial-epochs expected."""
     from .search import expected_trial_epochs
 
     console.print(f"[bold]search[/] {space.name}: {space.num_samples} trials x <= {space.max_epochs} epochs, "
@@ -232,6 +259,7 @@ def _print_plan(space, data, device: str, ips: float) -> None:
                   f"device {device}); ~{epochs:.0f} trial-epochs expected with ASHA, {slots} at a time -> "
                   f"estimated {_duration(seconds)} (all {space.num_samples * space.max_epochs} trial-epochs: "
                   f"{_duration(seconds * space.num_samples * space.max_epochs / epochs)})", highlight=False)
+    return epochs
 
 
 def _slots(space) -> int:
@@ -261,17 +289,18 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_dir: str) -> int:
+def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_dir: str,
+                    expected_epochs: float) -> int:
     import optuna
     import pandas as pd
 
     from .figures import write_html_report
     from .files import write_bytes
     from .report import TrialOutcome, comparison_line, summary_table, write_reports
-    from .search import RAY_DIR, expected_trial_epochs, run_search, study_storage
+    from .search import RAY_DIR, run_search, study_storage
 
     t0 = time.time()
-    with LiveView(space, expected_trial_epochs(space, _slots(space))) as live:
+    with LiveView(space, expected_epochs) as live:
         results = run_search(space, exp_dir, data=data, device=device, address=args.address, storage=storage,
                              verbose=args.verbose, resume=bool(args.resume), live=live, ray_dir=ray_dir,
                              with_defaults=ray_dir == RAY_DIR)

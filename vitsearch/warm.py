@@ -1,0 +1,2 @@
+def warm():
+    import vitsearch.train  # noqa: F401
