@@ -1,2 +1,0 @@
-def warm():
-    import vitsearch.train  # noqa: F401
