@@ -49,29 +49,45 @@ def tiny_search(tmp_path_factory):
 
 
 def _rungs(*milestones):
-    return [(m, {}) for m in sorted(milestones, reverse=True)]
+    return [(m, {}) for m in sorted(milestones, reverse=True)], {}
 
 
 def test_a_rung_keeps_only_its_top_fraction():
     # reduction factor 3: among n trials at a rung the top floor(n / 3) go on, at least the best one
-    rungs = _rungs(2, 6)
-    assert asha_continue(rungs, "a", 2, 0.5, 3)  # first at the rung: nobody to compare with
-    assert not asha_continue(rungs, "b", 2, 0.4, 3)  # 2 there: only the best goes on
-    assert asha_continue(rungs, "c", 2, 0.6, 3)
-    assert not asha_continue(rungs, "d", 2, 0.55, 3)  # 4 there, top 1: 0.6
-    assert not asha_continue(rungs, "e", 2, 0.52, 3)
-    assert asha_continue(rungs, "f", 2, 0.58, 3)  # 6 there: the top 2 are 0.6 and 0.58
+    rungs, unopposed = _rungs(2, 6)
+    assert asha_continue(rungs, unopposed, "a", 2, 0.5, 3)  # first at the rung: nobody to compare with
+    assert not asha_continue(rungs, unopposed, "b", 2, 0.4, 3)  # 2 there: only the best goes on
+    assert asha_continue(rungs, unopposed, "c", 2, 0.6, 3)
+    assert not asha_continue(rungs, unopposed, "d", 2, 0.55, 3)  # 4 there, top 1: 0.6
+    assert not asha_continue(rungs, unopposed, "e", 2, 0.52, 3)
+    assert asha_continue(rungs, unopposed, "f", 2, 0.58, 3)  # 6 there: the top 2 are 0.6 and 0.58
     assert rung_cutoff([0.1, float("nan"), 0.3], 3) == 0.3 and rung_cutoff([], 3) is None
 
 
 def test_a_trial_that_went_on_unopposed_stops_once_outranked_at_its_rung():
-    rungs = _rungs(2, 6, 18)
-    assert asha_continue(rungs, "first", 2, 0.2, 3)  # alone at epoch 2 (like the defaults trial): goes on
-    assert asha_continue(rungs, "first", 3, 0.25, 3)  # still nobody else at rung 2
-    assert asha_continue(rungs, "better", 2, 0.7, 3)
-    assert not asha_continue(rungs, "first", 4, 0.3, 3)  # outranked at its last rung: stops at epoch 4
-    assert asha_continue(rungs, "better", 5, 0.8, 3)  # the best at a rung never stops
-    assert asha_continue(rungs, "better", 6, 0.85, 3)  # next rung, first there
+    rungs, unopposed = _rungs(2, 6, 18)
+    assert asha_continue(rungs, unopposed, "first", 2, 0.2, 3)  # alone at epoch 2 (like the defaults): goes on
+    assert asha_continue(rungs, unopposed, "first", 3, 0.25, 3)  # still nobody else at rung 2
+    assert asha_continue(rungs, unopposed, "better", 2, 0.7, 3)
+    assert not asha_continue(rungs, unopposed, "first", 4, 0.3, 3)  # outranked at its last rung: stops at 4
+    assert asha_continue(rungs, unopposed, "better", 5, 0.8, 3)  # the best at a rung never stops
+    assert asha_continue(rungs, unopposed, "better", 6, 0.85, 3)  # next rung, first there
+
+
+def test_luck_at_an_earlier_rung_is_checked_until_merit_at_a_later_one():
+    rungs, unopposed = _rungs(2, 6, 18)
+    assert asha_continue(rungs, unopposed, "fast", 2, 0.1, 3)  # alone at rung 2
+    assert asha_continue(rungs, unopposed, "fast", 6, 0.2, 3)  # alone at rung 6 too: both on luck
+    assert asha_continue(rungs, unopposed, "slow", 2, 0.5, 3)
+    assert not asha_continue(rungs, unopposed, "fast", 7, 0.2, 3)  # outranked at rung 2, where it was lucky
+    # a trial on top among 3 at its last rung has earned it: its luck at rung 2 is no longer checked
+    rungs, unopposed = _rungs(2, 6, 18)
+    assert asha_continue(rungs, unopposed, "early", 2, 0.1, 3)
+    for other, value in (("x", 0.05), ("y", 0.04)):
+        asha_continue(rungs, unopposed, other, 6, value, 3)
+    assert asha_continue(rungs, unopposed, "early", 6, 0.3, 3)  # best of 3 at rung 6
+    asha_continue(rungs, unopposed, "z", 2, 0.9, 3)
+    assert asha_continue(rungs, unopposed, "early", 7, 0.31, 3)
 
 
 def test_the_search_scheduler_applies_the_rule_inside_ray():

@@ -289,28 +289,45 @@ def rung_cutoff(recorded: list[float], reduction_factor: int) -> float | None:
     return values[max(1, (len(values) + 1) // reduction_factor) - 1]
 
 
-def asha_continue(rungs: list[tuple[int, dict]], trial_id: str, epoch: int, value: float,
-                  reduction_factor: int) -> bool:
-    """Record `value` at the trial's highest rung <= `epoch` (rungs: (milestone, {trial: value}), highest
-    first) and say whether the trial goes on.
+def asha_continue(rungs: list[tuple[int, dict]], unopposed: dict[int, set], trial_id: str, epoch: int,
+                  value: float, reduction_factor: int) -> bool:
+    """Record `value` at the trial's highest rung <= `epoch` and say whether the trial goes on. `rungs`:
+    (milestone, {trial: value at the milestone}), highest first; `unopposed`: milestone -> the trials
+    that went on there while fewer than `reduction_factor` trials had reached it. Both are updated.
 
     Arriving at a rung, a trial goes on if it is in the top fraction there (`rung_cutoff`): ASHA's
-    promotion rule (Li et al. 2020), also Optuna's SuccessiveHalvingPruner's. Between rungs it is
-    checked again against the trials that have reached its last rung since: the first trials of a
-    search meet nobody at a rung and went on by default; they stop once they are outranked there,
-    instead of running to the full budget on no evidence. Ray's stock rule compares a newcomer with an
-    interpolated (1 - 1/rf) quantile of those before it, once; on the quickstart that let 6 of 16
-    trials (the recommended defaults, at 0.26, among them) run all 20 epochs."""
-    for milestone, recorded in rungs:
-        if epoch < milestone:
-            continue
-        if trial_id in recorded:
-            others = [v for other, v in recorded.items() if other != trial_id]
-            cutoff, value = rung_cutoff(others, reduction_factor), recorded[trial_id]
-        else:
-            cutoff = rung_cutoff(list(recorded.values()), reduction_factor)
-            recorded[trial_id] = value
-        return cutoff is None or value >= cutoff
+    promotion rule (Li et al. 2020), also Optuna's SuccessiveHalvingPruner's. Asynchronous ASHA decides
+    on arrival, so the first trials of a search meet nobody at a rung and go on by default. Here a trial
+    is checked again at every epoch: against the trials that have reached its last rung since, and, until
+    it is on top among at least rf trials at its last rung, at each earlier rung where it went on while
+    fewer than rf trials were there. It stops once it is outranked, instead of running to the full budget
+    on no evidence. Ray's stock rule compares a newcomer once with an interpolated (1 - 1/rf) quantile
+    of those before it; on the quickstart that let 6 of 16 trials (the recommended defaults, at 0.26,
+    among them) run 20 epochs."""
+
+    def on_top(recorded: dict) -> bool:
+        cutoff = rung_cutoff([v for other, v in recorded.items() if other != trial_id], reduction_factor)
+        return cutoff is None or recorded[trial_id] >= cutoff
+
+    reached = [(milestone, recorded) for milestone, recorded in rungs if epoch >= milestone]
+    if not reached:
+        return True
+    milestone, recorded = reached[0]
+    recorded.setdefault(trial_id, value)
+    if not on_top(recorded):
+        return False
+    if len(recorded) >= reduction_factor:  # on top among enough trials at its last rung: on merit
+        for waiting in unopposed.values():
+            waiting.discard(trial_id)
+        return True
+    unopposed.setdefault(milestone, set()).add(trial_id)
+    for milestone, recorded in reached[1:]:
+        waiting = unopposed.get(milestone, set())
+        if trial_id in waiting:
+            if not on_top(recorded):
+                return False
+            if len(recorded) >= reduction_factor:
+                waiting.discard(trial_id)  # now promoted on merit
     return True
 
 
@@ -319,10 +336,14 @@ def _scheduler_class():
     from ray.tune.schedulers.async_hyperband import _Bracket
 
     class RecheckingBracket(_Bracket):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.unopposed: dict[int, set] = {}
+
         def on_result(self, trial, cur_iter, cur_rew) -> str:
             if cur_rew is None:
                 return TrialScheduler.CONTINUE
-            keep = asha_continue(self._rungs, trial.trial_id, cur_iter, cur_rew, int(self.rf))
+            keep = asha_continue(self._rungs, self.unopposed, trial.trial_id, cur_iter, cur_rew, int(self.rf))
             return TrialScheduler.CONTINUE if keep else TrialScheduler.STOP
 
     class RecheckingASHA(AsyncHyperBandScheduler):
@@ -509,6 +530,7 @@ def expected_trial_epochs(space: SearchSpace, slots: int = 1, simulations: int =
     for _ in range(simulations):
         quality = rng.random(space.num_samples) + 0.5 * np.arange(space.num_samples) / space.num_samples
         rungs: list[tuple[int, dict]] = [(m, {}) for m in rungs_desc]
+        unopposed: dict[int, set] = {}
         running: dict[int, int] = {}
         waiting = list(range(space.num_samples))
         while running or waiting:
@@ -518,7 +540,7 @@ def expected_trial_epochs(space: SearchSpace, slots: int = 1, simulations: int =
                 running[trial] += 1
                 total += 1
                 epoch = running[trial]
-                if epoch >= space.max_epochs or not asha_continue(rungs, trial, epoch, quality[trial],
+                if epoch >= space.max_epochs or not asha_continue(rungs, unopposed, trial, epoch, quality[trial],
                                                                   space.reduction_factor):
                     del running[trial]
     return total / simulations
