@@ -7,6 +7,10 @@ Both train the same timm ViT on the same in-memory digits tensors with augmentat
 is AdamW + cross-entropy + clip_grad_norm_ + a cosine LambdaLR, nothing else. The two alternate for
 `--rounds` rounds (the machine is shared and noisy) and the median images/s of each is compared.
 Prints images/s of each and the ratio vitsearch / plain (>= 1.0 means the trainer costs no speed).
+
+With `--monitors`, instead: the wall time of whole `train()` runs with `monitors: false` and `true`
+(alternating rounds, medians), i.e. what the per-epoch monitors (CLS norm, attention entropy, MLP
+sparsity on 64 fixed validation images) add to a run.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--monitors", action="store_true", help="time train() with monitors off against on")
     args = ap.parse_args()
     cfg = TrainConfig.from_dict(dict(model=args.model, data=args.data, image_size=args.image_size,
                                      patch_size=args.patch_size, batch_size=args.batch, epochs=args.epochs,
@@ -82,6 +87,8 @@ def main() -> None:
     device = resolve_device(args.device)
     dtype = resolve_precision(cfg.precision, device)
     data = load_data(cfg)
+    if args.monitors:
+        return monitors_cost(cfg, data, args)
     ours, plain = [], []
     for _ in range(args.rounds):
         history = train(cfg, data=data, device=args.device)["history"]
@@ -95,6 +102,20 @@ def main() -> None:
     print(f"ratio vitsearch/plain: {ours_med / plain_med:.3f}")
     print(json.dumps({"vitsearch_img_s": round(ours_med, 1), "plain_img_s": round(plain_med, 1),
                       "ratio": round(ours_med / plain_med, 3)}))
+
+
+def monitors_cost(cfg: TrainConfig, data, args) -> None:
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.rounds):
+        for on in (False, True):
+            t0 = time.perf_counter()
+            train(cfg.replace(monitors=on), data=data, device=args.device)
+            seconds[on].append(time.perf_counter() - t0)
+    off, on = statistics.median(seconds[False]), statistics.median(seconds[True])
+    print(f"device {args.device}, {args.model} {args.image_size}px, batch {args.batch}, {args.epochs} epochs x "
+          f"{args.rounds} rounds, {len(data.train_y)} training images")
+    print(f"train() with monitors off: {off:.2f} s, on: {on:.2f} s (per epoch +{(on - off) / args.epochs * 1000:.0f} ms)"
+          f"; ratio on/off {on / off:.3f}")
 
 
 if __name__ == "__main__":

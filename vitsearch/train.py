@@ -220,7 +220,9 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torc
 
     # filter_bias_and_bn: no weight decay on 1-d parameters (biases, norms) nor on the names the model
     # lists in no_weight_decay() (pos_embed, cls_token).
-    extra = {"fused": True} if device.type == "cuda" else {}
+    # Fused (CUDA) or multi-tensor (CPU) AdamW: torch's CPU default updates one tensor at a time, ~3 % of
+    # a micro ViT's step.
+    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return create_optimizer_v2(model, "adamw", lr=cfg.scaled_lr, weight_decay=cfg.weight_decay,
                                filter_bias_and_bn=True, layer_decay=cfg.layer_decay, **extra)
 
