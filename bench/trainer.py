@@ -114,8 +114,9 @@ def monitors_cost(cfg: TrainConfig, data, args) -> None:
     off, on = statistics.median(seconds[False]), statistics.median(seconds[True])
     print(f"device {args.device}, {args.model} {args.image_size}px, batch {args.batch}, {args.epochs} epochs x "
           f"{args.rounds} rounds, {len(data.train_y)} training images")
-    print(f"train() with monitors off: {off:.2f} s, on: {on:.2f} s (per epoch +{(on - off) / args.epochs * 1000:.0f} ms)"
-          f"; ratio on/off {on / off:.3f}")
+    extra_ms = (on - off) / args.epochs * 1000
+    print(f"train() with monitors off: {off:.2f} s, on: {on:.2f} s (per epoch +{extra_ms:.0f} ms); "
+          f"ratio on/off {on / off:.3f}")
 
 
 if __name__ == "__main__":
