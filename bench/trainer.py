@@ -8,6 +8,12 @@ is AdamW + cross-entropy + clip_grad_norm_ + a cosine LambdaLR, nothing else. Th
 `--rounds` rounds (the machine is shared and noisy) and the median images/s of each is compared.
 Prints images/s of each and the ratio vitsearch / plain (>= 1.0 means the trainer costs no speed).
 
+`--synthetic N` trains on N random RGB images (1,000 classes) held in device memory instead of
+`--data` (the reference for ViT-S/16 at 224 px: `--model vit_small --synthetic 8192 --image-size 224
+--patch-size 16 --batch 256 --precision bf16`). With `--real-vs-synthetic`, instead: the trainer on
+`--data` with `--aug-strength` (full augmentation: 1.0) against the same trainer on synthetic images of
+the same shape without augmentation, i.e. what the data path and augmentation cost.
+
 With `--monitors`, instead: the wall time of whole `train()` runs with `monitors: false` and `true`
 (alternating rounds, medians), i.e. what the per-epoch monitors (CLS norm, attention entropy, MLP
 sparsity on 64 fixed validation images) add to a run.
@@ -29,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vitsearch.augment import normalize
 from vitsearch.config import TrainConfig
-from vitsearch.data import load_data
+from vitsearch.data import ImageData, load_data
 from vitsearch.model import build_model
 from vitsearch.train import resolve_device, resolve_precision, train
 
@@ -79,6 +85,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--monitors", action="store_true", help="time train() with monitors off against on")
+    ap.add_argument("--synthetic", type=int, metavar="N", help="N random RGB images instead of --data")
+    ap.add_argument("--aug-strength", type=float, default=0.0)
+    ap.add_argument("--real-vs-synthetic", action="store_true",
+                    help="the trainer on --data with --aug-strength against synthetic data without augmentation")
     args = ap.parse_args()
     cfg = TrainConfig.from_dict(dict(model=args.model, data=args.data, image_size=args.image_size,
                                      patch_size=args.patch_size, batch_size=args.batch, epochs=args.epochs,
@@ -86,9 +96,11 @@ def main() -> None:
                                      precision=args.precision, micro_batch_size=args.batch))
     device = resolve_device(args.device)
     dtype = resolve_precision(cfg.precision, device)
-    data = load_data(cfg)
+    data = synthetic_data(args.synthetic, args.image_size, 3, 1000) if args.synthetic else load_data(cfg)
     if args.monitors:
         return monitors_cost(cfg, data, args)
+    if args.real_vs_synthetic:
+        return real_vs_synthetic(cfg, data, args)
     ours, plain = [], []
     for _ in range(args.rounds):
         history = train(cfg, data=data, device=args.device)["history"]
@@ -102,6 +114,36 @@ def main() -> None:
     print(f"ratio vitsearch/plain: {ours_med / plain_med:.3f}")
     print(json.dumps({"vitsearch_img_s": round(ours_med, 1), "plain_img_s": round(plain_med, 1),
                       "ratio": round(ours_med / plain_med, 3)}))
+
+
+def synthetic_data(n: int, size: int, channels: int, classes: int) -> ImageData:
+    """Random uint8 images and labels, split 90/10: throughput only, nothing to learn."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    cut = n - max(1, n // 10)
+    return ImageData("synthetic", images[:cut], labels[:cut], images[cut:], labels[cut:],
+                     [str(i) for i in range(classes)])
+
+
+def mean_images_per_s(cfg: TrainConfig, data, device: str) -> float:
+    history = train(cfg, data=data, device=device)["history"]
+    later = history[1:] or history  # epoch 1 carries warm-up (and compilation with `compile: true`)
+    return sum(h["images_per_s"] for h in later) / len(later)
+
+
+def real_vs_synthetic(cfg: TrainConfig, data, args) -> None:
+    real_cfg = cfg.replace(aug_strength=args.aug_strength)
+    fake = synthetic_data(len(data.train_y) + len(data.val_y), data.image_size, data.channels, data.num_classes)
+    real, synth = [], []
+    for _ in range(args.rounds):
+        real.append(mean_images_per_s(real_cfg, data, args.device))
+        synth.append(mean_images_per_s(cfg, fake, args.device))
+    real_med, synth_med = statistics.median(real), statistics.median(synth)
+    print(f"device {args.device}, {args.model} {data.image_size}px, batch {args.batch}, {args.precision}, "
+          f"{data.name}: {len(data.train_y)} training images")
+    print(f"{data.name}, aug_strength {args.aug_strength}: {real_med:9.0f} img/s   synthetic, no augmentation: "
+          f"{synth_med:9.0f} img/s   ratio real/synthetic {real_med / synth_med:.3f}")
 
 
 def monitors_cost(cfg: TrainConfig, data, args) -> None:
