@@ -299,8 +299,8 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
     parts += ["<h2>Learning curves</h2>", _img("learning_curves.png", pngs["learning_curves.png"], "learning curves"),
               "<p class='note'>Every trial's schedule (warmup + cosine) spans the full budget, so a trial stopped "
               "at a rung never finished its learning-rate decay: stopping-style ASHA judges trials before "
-              "their schedules end. A trial that stops between rungs had gone on unopposed at its last rung and was "
-              "outranked there by later trials.</p>"]
+              "their schedules end. A trial that stops between rungs was outranked by later trials at a rung it had "
+              "already passed (every trial is checked again after each epoch).</p>"]
     parts += ["<h2>Best trial, epoch by epoch</h2>", _img("best_trial.png", pngs["best_trial.png"], "best trial")]
     parts += ["<h2>Attention maps</h2>", f"<p class='note'>{html.escape(attention_note)}</p>"]
     if "attention_maps.png" in pngs:

@@ -520,8 +520,8 @@ def expected_trial_epochs(space: SearchSpace, slots: int = 1, simulations: int =
     """Trial-epochs the search's ASHA (`asha_continue`) runs on average: a simulation of `slots` trials
     at a time, one epoch per tick, each trial of a fixed quality drawn at random plus a trend: TPE's
     proposals improve as the search goes on, and a later trial that beats the earlier ones runs further.
-    A trend of half the random spread over the search matches the quickstart (measured 85-143
-    trial-epochs over 3 seeds, mean 119; this gives 114)."""
+    A trend of half the random spread over the search matches the quickstart (measured 74-143
+    trial-epochs, means of 3 seeds 108-119; this gives 113)."""
     import numpy as np
 
     rng = np.random.default_rng(0)

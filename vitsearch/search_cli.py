@@ -57,8 +57,7 @@ class LiveView:
         if result is not None and not self.reports_preloaded:
             self.reports_preloaded = True
             # Trials are training and this process waits: import what the reports need (~2 s) now.
-            preload("matplotlib.backends.backend_agg", "matplotlib.figure", "optuna.importance", "vitsearch.figures",
-                    "vitsearch.model")
+            preload("matplotlib.backends.backend_agg", "matplotlib.figure", "optuna.importance", "vitsearch.figures")
         for t in trials:
             row = self.rows.setdefault(t.trial_id, {"epoch": 0, "metric": None, "order": len(self.rows)})
             row["status"] = t.status
@@ -127,7 +126,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     # the packing probe, which needs Ray and the whole GPU.
     early = _Probe(space, data, device) if not _packs(space, device) else None
     # Ray Tune and Optuna's storage take ~2 s to import; ray.init spends about as long waiting on processes.
-    preload("ray.tune", "ray.tune.search.optuna", "optuna.storages")
+    preload("ray.tune", "ray.tune.search.optuna")
     init_ray(args.address, args.verbose)  # before anything is written: an unreachable cluster leaves no trace
     space, packing = _packing(space, data, device, run.get("packing"))
     expected_epochs = _print_plan(space, data, device,
