@@ -29,6 +29,9 @@ def test_unknown_key_is_named_with_the_valid_ones():
     ("batch_size", "big", "must be an int"),
     ("batch_size", True, "must be an int"),
     ("warmup_epochs", -1, ">= 0"),
+    ("loader", "stream", "stream reads an imagefolder: dataset"),  # digits are in memory
+    ("loader", "lazy", "must be one of auto, memory, stream"),
+    ("loader_workers", -1, "integer >= 0"),
 ])
 def test_invalid_values_name_key_value_and_rule(key, value, rule):
     with pytest.raises(ConfigError, match=rf"'{key}'.*{rule}") as caught:

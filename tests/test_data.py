@@ -7,6 +7,7 @@ from conftest import micro_config
 
 from vitsearch.data import load_data
 from vitsearch.errors import DataError
+from vitsearch.train import train
 
 
 def test_digits_shape_and_classes():
@@ -84,3 +85,49 @@ def test_non_image_file_in_image_folder(image_folder, tmp_path):
     (root / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(DataError, match="cannot read image .*broken.png"):
         load_data(micro_config(data=f"imagefolder:{root}"))
+
+
+def test_a_streamed_image_folder_trains_exactly_like_the_in_memory_one(image_folder):
+    """loader: stream reads the files per batch in 2 worker processes; decoding, order, augmentation
+    and so every number of the run are those of the in-memory path."""
+    runs = {}
+    for loader in ("memory", "stream"):
+        cfg = micro_config(data=f"imagefolder:{image_folder}", image_size=16, epochs=3, batch_size=16,
+                           aug_strength=1.0, monitors=True, loader=loader, loader_workers=2)
+        data = load_data(cfg)
+        assert data.streamed == (loader == "stream")
+        runs[loader] = [{k: v for k, v in h.items() if k not in ("images_per_s", "epoch_time_s")}
+                        for h in train(cfg, data=data, device="cpu")["history"]]
+    assert runs["stream"] == runs["memory"]
+    assert len(runs["stream"]) == 3 and "cls_norm" in runs["stream"][0]  # monitors read the streamed probe
+    assert runs["stream"][0]["train_loss"] != runs["stream"][1]["train_loss"]
+
+
+def test_auto_streams_a_folder_above_the_memory_threshold(image_folder, monkeypatch):
+    import vitsearch.data as data_module
+
+    cfg = micro_config(data=f"imagefolder:{image_folder}", image_size=16)
+    assert not load_data(cfg).streamed  # 120 small images
+    monkeypatch.setattr(data_module, "STREAM_ABOVE_BYTES", 120 * 3 * 16 * 16 - 1)
+    data = load_data(cfg)
+    assert data.streamed and data.train_x.shape[1:] == (3, 16, 16)
+    assert data.train_x[:4].shape == (4, 3, 16, 16) and data.train_x[:4].dtype == torch.uint8
+
+
+def test_an_unreadable_file_of_a_streamed_folder_is_a_one_line_error(image_folder, tmp_path, monkeypatch):
+    import shutil
+
+    import vitsearch.data as data_module
+
+    monkeypatch.setattr(data_module, "SAMPLE", 4)  # the bad file is first met by a loader worker
+
+    root = tmp_path / "folder"
+    shutil.copytree(image_folder, root)
+    victim = sorted((root / "class_3").iterdir())[-1]
+    victim.write_bytes(b"not an image")
+    cfg = micro_config(data=f"imagefolder:{root}", image_size=16, epochs=1, batch_size=8, loader="stream",
+                       loader_workers=1)
+    with pytest.raises(DataError) as err:
+        train(cfg, device="cpu")
+    message = str(err.value)
+    assert "\n" not in message and str(victim) in message and "cannot read image" in message

@@ -8,7 +8,7 @@ from vitsearch.augment import normalize
 from vitsearch.data import load_data
 from vitsearch.errors import NonFiniteLossError
 from vitsearch.model import build_model
-from vitsearch.train import CHECKPOINT_NAME, evaluate, seed_everything, train
+from vitsearch.train import CHECKPOINT_NAME, Feed, evaluate, seed_everything, train
 
 METRICS = {"epoch", "train_loss", "val_loss", "val_acc", "lr", "grad_norm", "images_per_s"}
 
@@ -26,10 +26,11 @@ def test_validation_is_never_augmented():
     cfg = micro_config(aug_strength=1.0)
     data = load_data(cfg)
     model = build_model(cfg, data.channels, data.image_size, data.num_classes)
+    feed = Feed(data, torch.device("cpu"))
     torch.manual_seed(1)
-    loss_a, acc_a = evaluate(model, data.val_x, data.val_y, 64, torch.float32)
+    loss_a, acc_a = evaluate(model, feed.val_batches(64), len(data.val_y), torch.float32)
     torch.manual_seed(2)
-    loss_b, acc_b = evaluate(model, data.val_x, data.val_y, 64, torch.float32)
+    loss_b, acc_b = evaluate(model, feed.val_batches(64), len(data.val_y), torch.float32)
     with torch.no_grad():
         direct = torch.nn.functional.cross_entropy(model.eval()(normalize(data.val_x)), data.val_y).item()
     assert (loss_a, acc_a) == (loss_b, acc_b) and loss_a == pytest.approx(direct, rel=1e-5)

@@ -43,6 +43,7 @@ DISTILL_MODES = ("hard", "soft")
 # DeiT's distillation weights: hard = 1/2 CE(labels) + 1/2 CE(teacher argmax); soft = 0.9 CE + 0.1 tau^2 KL.
 DISTILL_DEFAULT_WEIGHT = {"hard": 0.5, "soft": 0.1}
 LR_SCALINGS = ("linear", "sqrt", "none")
+LOADERS = ("auto", "memory", "stream")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class TrainConfig:
     data: str = "digits"  # digits | fashion_mnist[:PATH] | imagefolder:PATH | cifar10:PATH | cifar100:PATH
     data_subset: int | None = None  # use only this many training images (None: all)
     val_fraction: float = 0.1  # held-out share of the training files, split from `seed`
+    loader: str = "auto"  # image folders: memory, stream (files read per batch by workers), auto (by size)
+    loader_workers: int | None = None  # streaming loader processes; None: the run's CPU threads, at most 8
 
     # --- optimisation ---
     epochs: int = 100  # budget; DeiT trains 300 on ImageNet, small-data ViTs 100-300 (CCT, SL-ViT)
@@ -216,6 +219,9 @@ def _rules(c: TrainConfig):
          "must be digits, fashion_mnist[:PATH], imagefolder:PATH, cifar10:PATH or cifar100:PATH"),
         ("data_subset", c.data_subset, lambda v: v >= 1, positive_int),
         ("val_fraction", c.val_fraction, lambda v: 0.0 < v < 1.0, "must be in (0, 1)"),
+        ("loader", c.loader, lambda v: v in LOADERS and (v != "stream" or c.data_scheme == "imagefolder"),
+         f"must be one of {', '.join(LOADERS)}; stream reads an imagefolder: dataset's files per batch"),
+        ("loader_workers", c.loader_workers, lambda v: v >= 0, "must be an integer >= 0 (0: read in the trainer)"),
         ("epochs", c.epochs, lambda v: v >= 1, positive_int),
         ("batch_size", c.batch_size, lambda v: v >= 1, positive_int),
         ("micro_batch_size", c.micro_batch_size, lambda v: v >= 1, positive_int),

@@ -6,14 +6,20 @@ Specs (the `data` config key):
 |---|---|
 | `digits` | scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), always available |
 | `fashion_mnist[:PATH]` | Fashion-MNIST IDX files (`*-idx3-ubyte[.gz]`), default /usr/share/datasets/fashion-mnist |
-| `imagefolder:PATH` | a folder of class sub-folders of images (any format Pillow reads) |
+| `imagefolder:PATH` | a folder of class sub-folders of images (any format Pillow reads), in memory or streamed |
 | `cifar10:PATH`, `cifar100:PATH` | the Python-format archive (`.tar.gz`) or its extracted folder |
 
 Train/validation split: the training files are shuffled with a generator seeded by `seed` and the
 last `val_fraction` becomes validation (test files of Fashion-MNIST/CIFAR are not used, so that
 they stay untouched by a search). The model's image size, channels and classes come from the data.
 Images stay uint8 (N, C, H, W) so that augmentation sees real pixel values; normalisation happens
-per batch in the trainer. CIFAR's format is a Python pickle: it is read with a restricted unpickler
+per batch in the trainer.
+
+Image folders too large for memory are streamed (`loader: auto` decides from the decoded size, see
+`STREAM_ABOVE_BYTES`; `loader: stream` forces it): the images stay files (`StreamedImages`), and the
+trainer reads each batch through a `torch.utils.data.DataLoader` with `loader_workers` processes that
+decode, resize and centre-crop exactly as the in-memory path does, into pinned memory on a GPU machine.
+Augmentation then runs on the device as for in-memory data. CIFAR's format is a Python pickle: it is read with a restricted unpickler
 that only admits the NumPy array types the format needs.
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -39,16 +46,86 @@ FASHION_MNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "san
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
+def _stream_threshold() -> int:
+    """Decoded bytes above which `loader: auto` streams an image folder: a quarter of the machine's
+    memory (every trial of a search on that machine may hold its own copy), at most 8 GiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 16 << 30
+    return min(8 << 30, total // 4)
+
+
+STREAM_ABOVE_BYTES = _stream_threshold()
+
+
+class StreamedImages:
+    """The images of an image folder kept as files: (N, C, size, size) uint8 when read. Indexing
+    (an int tensor, a list or a slice) reads those images now; the trainer reads batches through
+    `loader`, in worker processes."""
+
+    dtype = torch.uint8
+
+    def __init__(self, paths: list[Path], gray: bool, size: int):
+        self.paths, self.gray, self.size = list(paths), gray, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), 1 if self.gray else 3, self.size, self.size)
+
+    def take(self, index: torch.Tensor) -> StreamedImages:
+        return StreamedImages([self.paths[i] for i in index.tolist()], self.gray, self.size)
+
+    def read(self, i: int) -> torch.Tensor:
+        return _read_image(self.paths[i], self.gray, self.size)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, slice):
+            index = range(*index.indices(len(self.paths)))
+        elif isinstance(index, torch.Tensor):
+            index = index.tolist()
+        return torch.stack([self.read(i) for i in index])
+
+    def loader(self, batches, workers: int, pin_memory: bool):
+        """A DataLoader yielding uint8 image batches for the index lists `batches` gives, in order.
+        `batches` is read in the main process each epoch, so a caller may change its order between
+        epochs while the workers stay alive."""
+        from torch.utils.data import DataLoader
+
+        return DataLoader(_Files(self), batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
+                          persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                          generator=torch.Generator())  # draws nothing from the seeded global stream
+
+
+class _Files(torch.utils.data.Dataset):
+    def __init__(self, images: StreamedImages):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images.read(i)
+
+
 @dataclass
 class ImageData:
-    """A loaded, split dataset: uint8 images (N, C, H, W) and int64 labels."""
+    """A loaded, split dataset: uint8 images (N, C, H, W) and int64 labels. The images of a streamed
+    image folder are `StreamedImages` (files read per batch); the labels are always in memory."""
 
     name: str
-    train_x: torch.Tensor
+    train_x: torch.Tensor | StreamedImages
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    val_x: torch.Tensor | StreamedImages
     val_y: torch.Tensor
     classes: list[str]
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.train_x, StreamedImages)
 
     @property
     def num_classes(self) -> int:
@@ -72,10 +149,10 @@ def load_data(cfg: TrainConfig) -> ImageData:
     elif scheme == "fashion_mnist":
         images, labels, classes = _fashion_mnist(Path(path or FASHION_MNIST_DIR))
     elif scheme == "imagefolder":
-        images, labels, classes = _image_folder(Path(path), cfg.image_size)
+        images, labels, classes = _image_folder(Path(path), cfg.image_size, cfg.loader)
     else:
         images, labels, classes = _cifar(Path(path), 100 if scheme == "cifar100" else 10)
-    if cfg.image_size is not None and images.shape[-1] != cfg.image_size:
+    if cfg.image_size is not None and images.shape[-1] != cfg.image_size and isinstance(images, torch.Tensor):
         images = resize(images, cfg.image_size)
     return split(cfg.data, images, labels, classes, cfg.seed, cfg.val_fraction, cfg.data_subset)
 
@@ -96,6 +173,9 @@ def split(name: str, images: torch.Tensor, labels: torch.Tensor, classes: list[s
         train_idx = train_idx[:subset]
     if len(train_idx) < 2:
         raise DataError(f"dataset {name!r} leaves {len(train_idx)} training images after the split; need >= 2")
+    if isinstance(images, StreamedImages):
+        return ImageData(name, images.take(train_idx), labels[train_idx].contiguous(), images.take(val_idx),
+                         labels[val_idx].contiguous(), classes)
     return ImageData(name, images[train_idx].contiguous(), labels[train_idx].contiguous(),
                      images[val_idx].contiguous(), labels[val_idx].contiguous(), classes)
 
@@ -144,9 +224,10 @@ def _read_idx(path: Path) -> np.ndarray:
         raise DataError(f"cannot read IDX file {str(path)!r}: {exc}") from None
 
 
-def _image_folder(root: Path, image_size: int | None):
-    from PIL import Image, UnidentifiedImageError
-
+def _image_folder(root: Path, image_size: int | None, loader: str = "memory"):
+    """In memory: every image decoded now (an unreadable file is an error before training). Streamed
+    (`loader: stream`, or `auto` when the decoded images would exceed STREAM_ABOVE_BYTES): a sample of
+    up to SAMPLE files fixes the size and colour mode; the rest are read per batch while training."""
     if not root.is_dir():
         raise DataError(f"image folder {str(root)!r} does not exist; point imagefolder: at a folder "
                         "holding one sub-folder of images per class")
@@ -156,23 +237,44 @@ def _image_folder(root: Path, image_size: int | None):
     if len(classes) < 2 or not files:
         raise DataError(f"image folder {str(root)!r} needs >= 2 class sub-folders holding images; "
                         f"found {len(classes)} class folder(s) and {len(files)} file(s)")
-    pictures = []
     for path, _ in files:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise DataError(f"{str(path)!r} is not an image (suffix {path.suffix!r}); image folders may "
                             f"only hold {', '.join(sorted(IMAGE_SUFFIXES))} files")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                pictures.append(img.copy())
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise DataError(f"cannot read image {str(path)!r}: {exc}; remove or replace the file") from None
+    labels = torch.tensor([i for _, i in files])
+    sample = files if loader == "memory" else files[::max(1, len(files) // SAMPLE)]
+    pictures = [_open(path) for path, _ in sample]
     gray = all(p.mode in ("1", "L", "I;16", "I") for p in pictures)
     size = image_size or int(np.median([min(p.size) for p in pictures]))
+    decoded = len(files) * (1 if gray else 3) * size * size
+    if loader == "stream" or (loader == "auto" and decoded > STREAM_ABOVE_BYTES):
+        return StreamedImages([path for path, _ in files], gray, size), labels, classes
+    if len(sample) < len(files):
+        pictures = [_open(path) for path, _ in files]
     arrays = [np.asarray(_square(p.convert("L" if gray else "RGB"), size)) for p in pictures]
     stacked = np.stack(arrays)
     images = torch.from_numpy(stacked[:, None] if gray else stacked.transpose(0, 3, 1, 2).copy())
-    return images.contiguous(), torch.tensor([i for _, i in files]), classes
+    return images.contiguous(), labels, classes
+
+
+SAMPLE = 256  # files a streamed folder opens up front for its image size and colour mode
+
+
+def _open(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {str(path)!r}: {exc}; remove or replace the file") from None
+
+
+def _read_image(path: Path, gray: bool, size: int) -> torch.Tensor:
+    """One image as the in-memory path stores it: (C, size, size) uint8, shorter side resized, centre-cropped."""
+    array = np.asarray(_square(_open(path).convert("L" if gray else "RGB"), size))
+    return torch.from_numpy(array[None].copy() if gray else array.transpose(2, 0, 1).copy())
 
 
 def _square(img, size: int):

@@ -29,7 +29,7 @@ from .augment import BatchAugment, normalize
 from .config import TrainConfig
 from .data import ImageData, load_data
 from .distill import distill_loss, load_teacher
-from .errors import ConfigError, NonFiniteLossError, UserError
+from .errors import ConfigError, DataError, NonFiniteLossError, UserError
 from .files import write_bytes
 from .model import build_model
 
@@ -118,8 +118,7 @@ def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | N
     steps_per_epoch = len(data.train_y) // cfg.batch_size
     run = setup(cfg, data, dev, steps_per_epoch, cfg.batch_size)
     model, micro = run.model, run.micro
-    train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
-    val_x, val_y = data.val_x.to(dev), data.val_y.to(dev)
+    feed = Feed(data, dev, cfg.loader_workers)
     data_shape = [data.channels, data.image_size, data.num_classes]
 
     history: list[dict[str, Any]] = []
@@ -129,16 +128,16 @@ def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | N
 
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        stats = train_one_epoch(run, train_x, train_y, cfg.batch_size, epoch, steps_per_epoch)
+        stats = train_one_epoch(run, feed, cfg.batch_size, epoch, steps_per_epoch)
         _sync(dev)
         train_time = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(model, val_x, val_y, 2 * micro, run.dtype)
+        val_loss, val_acc = evaluate(model, feed.val_batches(2 * micro), len(data.val_y), run.dtype)
         metrics = {"epoch": epoch, "train_loss": stats["loss"], "val_loss": val_loss, "val_acc": val_acc,
                    "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": stats["grad_norm"],
                    "grad_norm_max": stats["grad_norm_max"], "images_per_s": stats["images"] / train_time,
                    "epoch_time_s": time.perf_counter() - t0, "micro_batch_size": micro}
         if cfg.monitors:
-            metrics.update(monitor.measure(model, normalize(val_x[:monitor.PROBE_IMAGES])))
+            metrics.update(monitor.measure(model, normalize(feed.probe_images(monitor.PROBE_IMAGES))))
         history.append(metrics)
         if checkpoint_dir is not None:
             save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, run, epoch, history, data_shape)
@@ -149,12 +148,84 @@ def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | N
             "best_epoch": best.get("epoch"), "history": history, "model": model}
 
 
-def train_one_epoch(run: Trainer, images: torch.Tensor, labels: torch.Tensor, batch_size: int, epoch: int,
-                    steps: int) -> dict[str, float]:
+class Feed:
+    """A dataset's batches on `dev`. In-memory images are moved to the device once and batches are
+    gathered there; streamed images (`data.StreamedImages`) come through one DataLoader of `workers`
+    processes for training and validation, pinned on a GPU machine and copied without a sync."""
+
+    def __init__(self, data: ImageData, dev: torch.device, workers: int | None = None):
+        self.dev, self.streamed = dev, data.streamed
+        self.train_y, self.val_y = data.train_y.to(dev), data.val_y.to(dev)
+        self.n_train = len(data.train_y)
+        if not self.streamed:
+            self.train_x, self.val_x = data.train_x.to(dev), data.val_x.to(dev)
+            return
+        from .data import StreamedImages
+
+        self.val_source = data.val_x
+        files = StreamedImages(data.train_x.paths + data.val_x.paths, data.train_x.gray, data.train_x.size)
+        if workers is None:
+            workers = min(8, torch.get_num_threads())
+        self.plan = _BatchPlan()
+        self.loader = files.loader(self.plan, workers, pin_memory=dev.type == "cuda")
+        self._probe: torch.Tensor | None = None
+
+    def train_batches(self, order: torch.Tensor, batch_size: int, steps: int):
+        """(uint8 images, labels) of each of `steps` batches of `order` (indices into the training set)."""
+        if not self.streamed:
+            for i in range(steps):
+                idx = order[i * batch_size:(i + 1) * batch_size]
+                yield self.train_x[idx], self.train_y[idx]
+            return
+        order = order.cpu()
+        batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+        yield from self._stream(batches, self.train_y)
+
+    def val_batches(self, batch_size: int):
+        n = len(self.val_y)
+        if not self.streamed:
+            for start in range(0, n, batch_size):
+                yield self.val_x[start:start + batch_size], self.val_y[start:start + batch_size]
+            return
+        batches = [torch.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        yield from self._stream(batches, self.val_y, offset=self.n_train)
+
+    def _stream(self, batches: list[torch.Tensor], labels: torch.Tensor, offset: int = 0):
+        self.plan.batches = [(b + offset).tolist() for b in batches]
+        try:
+            for idx, images in zip(batches, self.loader):
+                yield images.to(self.dev, non_blocking=True), labels[idx.to(self.dev)]
+        except DataError as exc:
+            # A worker's error arrives wrapped in its traceback text; keep the one line it raised.
+            raise DataError(str(exc).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
+
+    def probe_images(self, n: int) -> torch.Tensor:
+        """The first `n` validation images (the monitors' fixed probe batch)."""
+        if not self.streamed:
+            return self.val_x[:n]
+        if self._probe is None:
+            self._probe = self.val_source[:n].to(self.dev)
+        return self._probe
+
+
+class _BatchPlan:
+    """A DataLoader batch sampler whose batches the feed sets before each pass."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def train_one_epoch(run: Trainer, feed: Feed, batch_size: int, epoch: int, steps: int) -> dict[str, float]:
     model, optimizer, scaler = run.model, run.optimizer, run.scaler
     model.train()
-    dev = images.device
-    order = torch.randperm(len(labels)).to(dev)
+    dev = feed.dev
+    order = torch.randperm(feed.n_train).to(dev)
     loss_sum = torch.zeros((), device=dev)
     grad_sum = torch.zeros((), device=dev)
     grad_max = torch.zeros((), device=dev)
@@ -162,14 +233,13 @@ def train_one_epoch(run: Trainer, images: torch.Tensor, labels: torch.Tensor, ba
     clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else math.inf
     first_step = (epoch - 1) * steps + 1
     checked = first_step - 1
-    for i in range(steps):
-        batch = order[i * batch_size:(i + 1) * batch_size]
+    for i, (images, labels) in enumerate(feed.train_batches(order, batch_size, steps)):
         optimizer.zero_grad(set_to_none=True)
-        for chunk in batch.split(run.micro):
-            x, y = run.augment(images[chunk], labels[chunk])
+        for chunk_x, chunk_y in zip(images.split(run.micro), labels.split(run.micro)):
+            x, y = run.augment(chunk_x, chunk_y)
             with _autocast(dev, run.dtype):
                 # Weighted by its share of the batch: k micro-batches sum to the batch's mean loss.
-                loss = run.loss(x, y) * (len(chunk) / len(batch))
+                loss = run.loss(x, y) * (len(chunk_y) / len(labels))
             scaler.scale(loss).backward()
             loss_sum += loss.detach().float()
         scaler.unscale_(optimizer)
@@ -189,19 +259,19 @@ def train_one_epoch(run: Trainer, images: torch.Tensor, labels: torch.Tensor, ba
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-             dtype: torch.dtype) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy on un-augmented images."""
+def evaluate(model: nn.Module, batches, n: int, dtype: torch.dtype) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on the `n` un-augmented images of `batches` ((uint8 images, labels))."""
     model.eval()
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), device=images.device)
-    for start in range(0, len(labels), batch_size):
-        x, y = normalize(images[start:start + batch_size]), labels[start:start + batch_size]
+    loss_sum = correct = None
+    for images, y in batches:
+        if loss_sum is None:
+            loss_sum = torch.zeros((), device=images.device)
+            correct = torch.zeros((), device=images.device)
         with _autocast(images.device, dtype):
-            logits = model(x)
+            logits = model(normalize(images))
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
-    return loss_sum.item() / len(labels), correct.item() / len(labels)
+    return loss_sum.item() / n, correct.item() / n
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -334,14 +404,14 @@ def measure_window(cfg: TrainConfig, data: ImageData, device: str = "auto", *, s
     batch = min(cfg.batch_size, len(data.train_y))
     run = setup(cfg, data, dev, len(data.train_y) // batch, batch)
     n = min(len(data.train_y), batch * 4)
-    images, labels = data.train_x[:n].to(dev), data.train_y[:n].to(dev)
-    train_one_epoch(run, images, labels, batch, 1, warmup_steps)
+    feed = Feed(_head(data, n), dev)
+    train_one_epoch(run, feed, batch, 1, warmup_steps)
     _sync(dev)
     if start_at is not None:
         time.sleep(max(0.0, start_at - time.time()))
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < window_s:
-        done += train_one_epoch(run, images, labels, batch, 1, n // batch)["images"]  # ends with a sync
+        done += train_one_epoch(run, feed, batch, 1, n // batch)["images"]  # ends with a sync
     elapsed = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else 0.0
     return done / elapsed, peak
@@ -353,10 +423,15 @@ def measure_throughput(cfg: TrainConfig, data: ImageData, device: str = "auto", 
     batch = min(cfg.batch_size, len(data.train_y))
     run = setup(cfg, data, dev, steps + 1, batch)
     n = min(len(data.train_y), batch * (steps + 1))
-    images, labels = data.train_x[:n].to(dev), data.train_y[:n].to(dev)
-    train_one_epoch(run, images, labels, batch, 1, 1)
+    feed = Feed(_head(data, n), dev)
+    train_one_epoch(run, feed, batch, 1, 1)
     _sync(dev)
     t0 = time.perf_counter()
-    done = train_one_epoch(run, images, labels, batch, 1, max(1, n // batch - 1))["images"]
+    done = train_one_epoch(run, feed, batch, 1, max(1, n // batch - 1))["images"]
     _sync(dev)
     return done / (time.perf_counter() - t0)
+
+
+def _head(data: ImageData, n: int) -> ImageData:
+    """The first `n` training images in memory (read now where streamed), for the throughput probes."""
+    return ImageData(data.name, data.train_x[:n], data.train_y[:n], data.val_x[:1], data.val_y[:1], data.classes)
