@@ -19,8 +19,10 @@ Image folders too large for memory are streamed (`loader: auto` decides from the
 `STREAM_ABOVE_BYTES`; `loader: stream` forces it): the images stay files (`StreamedImages`), and the
 trainer reads each batch through a `torch.utils.data.DataLoader` with `loader_workers` processes that
 decode, resize and centre-crop exactly as the in-memory path does, into pinned memory on a GPU machine.
-Augmentation then runs on the device as for in-memory data. CIFAR's format is a Python pickle: it is read with a restricted unpickler
-that only admits the NumPy array types the format needs.
+Augmentation then runs on the device as for in-memory data.
+
+CIFAR's format is a Python pickle: it is read with a restricted unpickler that only admits the NumPy
+array types the format needs.
 """
 
 from __future__ import annotations
