@@ -14,6 +14,11 @@ Prints images/s of each and the ratio vitsearch / plain (>= 1.0 means the traine
 `--data` with `--aug-strength` (full augmentation: 1.0) against the same trainer on synthetic images of
 the same shape without augmentation, i.e. what the data path and augmentation cost.
 
+With `--stream-vs-memory`, instead: the trainer on an image folder read per batch by
+`--loader-workers` DataLoader processes (`loader: stream`) against the same folder decoded into memory
+(`loader: memory`), both with `--aug-strength`. A `--data` that is no image folder (e.g.
+fashion_mnist) is first written out as one PNG per image into a temporary class-folder tree.
+
 With `--monitors`, instead: the wall time of whole `train()` runs with `monitors: false` and `true`
 (alternating rounds, medians), i.e. what the per-epoch monitors (CLS norm, attention entropy, MLP
 sparsity on 64 fixed validation images) add to a run.
@@ -89,13 +94,20 @@ def main() -> None:
     ap.add_argument("--aug-strength", type=float, default=0.0)
     ap.add_argument("--real-vs-synthetic", action="store_true",
                     help="the trainer on --data with --aug-strength against synthetic data without augmentation")
+    ap.add_argument("--stream-vs-memory", action="store_true",
+                    help="an image folder streamed by --loader-workers processes against the same folder in memory")
+    ap.add_argument("--loader-workers", type=int, default=2)
+    ap.add_argument("--subset", type=int, help="data_subset: only this many training images")
     args = ap.parse_args()
     cfg = TrainConfig.from_dict(dict(model=args.model, data=args.data, image_size=args.image_size,
                                      patch_size=args.patch_size, batch_size=args.batch, epochs=args.epochs,
                                      warmup_epochs=0, aug_strength=0.0, drop_path=0.0,
-                                     precision=args.precision, micro_batch_size=args.batch))
+                                     precision=args.precision, micro_batch_size=args.batch,
+                                     data_subset=args.subset))
     device = resolve_device(args.device)
     dtype = resolve_precision(cfg.precision, device)
+    if args.stream_vs_memory:
+        return stream_vs_memory(cfg, args)
     data = synthetic_data(args.synthetic, args.image_size, 3, 1000) if args.synthetic else load_data(cfg)
     if args.monitors:
         return monitors_cost(cfg, data, args)
@@ -144,6 +156,37 @@ def real_vs_synthetic(cfg: TrainConfig, data, args) -> None:
           f"{data.name}: {len(data.train_y)} training images")
     print(f"{data.name}, aug_strength {args.aug_strength}: {real_med:9.0f} img/s   synthetic, no augmentation: "
           f"{synth_med:9.0f} img/s   ratio real/synthetic {real_med / synth_med:.3f}")
+
+
+def stream_vs_memory(cfg: TrainConfig, args) -> None:
+    import tempfile
+
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory(prefix="vitsearch-bench-") as tmp:
+        if cfg.data_scheme != "imagefolder":
+            source = load_data(cfg.replace(image_size=None, data_subset=None))
+            images = torch.cat([source.train_x, source.val_x])
+            labels = torch.cat([source.train_y, source.val_y]).tolist()
+            for i, (image, label) in enumerate(zip(images, labels)):
+                folder = Path(tmp) / source.classes[label]
+                folder.mkdir(exist_ok=True)
+                array = image.permute(1, 2, 0).numpy()
+                Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(folder / f"{i}.png")
+            cfg = cfg.replace(data=f"imagefolder:{tmp}")
+        memory_cfg = cfg.replace(aug_strength=args.aug_strength, loader="memory")
+        stream_cfg = memory_cfg.replace(loader="stream", loader_workers=args.loader_workers)
+        memory_data, stream_data = load_data(memory_cfg), load_data(stream_cfg)
+        memory, stream = [], []
+        for _ in range(args.rounds):
+            memory.append(mean_images_per_s(memory_cfg, memory_data, args.device))
+            stream.append(mean_images_per_s(stream_cfg, stream_data, args.device))
+    memory_med, stream_med = statistics.median(memory), statistics.median(stream)
+    print(f"device {args.device}, {args.model} {memory_data.image_size}px, batch {args.batch}, {args.precision}, "
+          f"aug_strength {args.aug_strength}, {len(memory_data.train_y)} training images, threads "
+          f"{torch.get_num_threads()}")
+    print(f"streamed ({args.loader_workers} workers): {stream_med:9.0f} img/s   in memory: {memory_med:9.0f} img/s   "
+          f"ratio streamed/memory {stream_med / memory_med:.3f}")
 
 
 def monitors_cost(cfg: TrainConfig, data, args) -> None:
