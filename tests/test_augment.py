@@ -35,3 +35,48 @@ def test_odd_batch_with_mixup():
     data = load_data(micro_config())
     x, y = BatchAugment(1.0, 10, 0.1)(data.train_x[:7], data.train_y[:7])
     assert x.shape[0] == 7 and y.shape == (7, 10)
+
+
+def test_per_image_randaugment_gives_each_image_its_own_draw_in_few_calls():
+    """Batches of > 92 images: RandAugment drawn per image (as RandAugment is defined), applied with one call of
+    torchvision's op per (op, sign) drawn; each image comes out as its own two ops would make it."""
+    from vitsearch.augment import randaugment_per_image
+
+    images = load_data(micro_config(image_size=16)).train_x[:256]
+    augment = BatchAugment(1.0, 10, 0.1)
+    randaug = augment.randaug
+    calls = []
+    apply = randaug._apply_image_or_video_transform
+
+    def counted(image, *args, **kwargs):
+        calls.append(len(image))
+        return apply(image, *args, **kwargs)
+
+    randaug._apply_image_or_video_transform = counted
+    torch.manual_seed(0)
+    out = randaugment_per_image(randaug, images)
+    randaug._apply_image_or_video_transform = apply
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert sum(calls) == 2 * 256 and len(calls) <= 2 * 23  # every image twice, in <= 23 calls per layer
+
+    torch.manual_seed(0)  # the same draws, replayed image by image
+    names = list(randaug._AUGMENTATION_SPACE)
+    draws = [(torch.randint(len(names), (256,)), torch.rand(256) <= 0.5) for _ in range(2)]
+    assert len(draws[0][0].unique()) >= 10  # images got different ops
+    for i in (0, 1, 17, 100, 255):
+        expected = images[i:i + 1]
+        for ops, negative in draws:
+            fn, signed = randaug._AUGMENTATION_SPACE[names[ops[i]]]
+            magnitudes = fn(randaug.num_magnitude_bins, 16, 16)
+            m = float(magnitudes[randaug.magnitude]) if magnitudes is not None else 0.0
+            m = -m if signed and magnitudes is not None and negative[i] else m
+            expected = apply(expected, names[ops[i]], m, interpolation=randaug.interpolation, fill=randaug._fill)
+        assert torch.equal(out[i:i + 1], expected)
+
+    calls.clear()  # through the batch augmentation: 256 images take this path, 32 the groups of 4
+    randaug._apply_image_or_video_transform = counted
+    x, y = augment(images, load_data(micro_config(image_size=16)).train_y[:256])
+    assert x.shape == (256, 1, 16, 16) and y.shape == (256, 10) and len(calls) <= 2 * 23
+    calls.clear()
+    augment(images[:32], y[:32])
+    assert calls == [4] * 16  # 8 groups x 2 layers
