@@ -75,8 +75,9 @@ def test_per_image_randaugment_gives_each_image_its_own_draw_in_few_calls():
 
     calls.clear()  # through the batch augmentation: 256 images take this path, 32 the groups of 4
     randaug._apply_image_or_video_transform = counted
-    x, y = augment(images, load_data(micro_config(image_size=16)).train_y[:256])
+    labels = load_data(micro_config(image_size=16)).train_y[:256]
+    x, y = augment(images, labels)
     assert x.shape == (256, 1, 16, 16) and y.shape == (256, 10) and len(calls) <= 2 * 23
     calls.clear()
-    augment(images[:32], y[:32])
+    augment(images[:32], labels[:32])
     assert calls == [4] * 16  # 8 groups x 2 layers
