@@ -144,14 +144,19 @@ def mean_images_per_s(cfg: TrainConfig, data, device: str) -> float:
     return sum(h["images_per_s"] for h in later) / len(later)
 
 
+def alternating_medians(args, *runs: tuple[TrainConfig, ImageData]) -> list[float]:
+    """Median images/s of each (config, data) run over `args.rounds` rounds, the runs alternating."""
+    seen: list[list[float]] = [[] for _ in runs]
+    for _ in range(args.rounds):
+        for values, (cfg, data) in zip(seen, runs):
+            values.append(mean_images_per_s(cfg, data, args.device))
+    return [statistics.median(values) for values in seen]
+
+
 def real_vs_synthetic(cfg: TrainConfig, data, args) -> None:
     real_cfg = cfg.replace(aug_strength=args.aug_strength)
     fake = synthetic_data(len(data.train_y) + len(data.val_y), data.image_size, data.channels, data.num_classes)
-    real, synth = [], []
-    for _ in range(args.rounds):
-        real.append(mean_images_per_s(real_cfg, data, args.device))
-        synth.append(mean_images_per_s(cfg, fake, args.device))
-    real_med, synth_med = statistics.median(real), statistics.median(synth)
+    real_med, synth_med = alternating_medians(args, (real_cfg, data), (cfg, fake))
     print(f"device {args.device}, {args.model} {data.image_size}px, batch {args.batch}, {args.precision}, "
           f"{data.name}: {len(data.train_y)} training images")
     print(f"{data.name}, aug_strength {args.aug_strength}: {real_med:9.0f} img/s   synthetic, no augmentation: "
@@ -177,11 +182,7 @@ def stream_vs_memory(cfg: TrainConfig, args) -> None:
         memory_cfg = cfg.replace(aug_strength=args.aug_strength, loader="memory")
         stream_cfg = memory_cfg.replace(loader="stream", loader_workers=args.loader_workers)
         memory_data, stream_data = load_data(memory_cfg), load_data(stream_cfg)
-        memory, stream = [], []
-        for _ in range(args.rounds):
-            memory.append(mean_images_per_s(memory_cfg, memory_data, args.device))
-            stream.append(mean_images_per_s(stream_cfg, stream_data, args.device))
-    memory_med, stream_med = statistics.median(memory), statistics.median(stream)
+        memory_med, stream_med = alternating_medians(args, (memory_cfg, memory_data), (stream_cfg, stream_data))
     print(f"device {args.device}, {args.model} {memory_data.image_size}px, batch {args.batch}, {args.precision}, "
           f"aug_strength {args.aug_strength}, {len(memory_data.train_y)} training images, threads "
           f"{torch.get_num_threads()}")
