@@ -251,8 +251,10 @@ def _image_folder(root: Path, image_size: int | None, loader: str = "memory"):
     decoded = len(files) * (1 if gray else 3) * size * size
     if loader == "stream" or (loader == "auto" and decoded > STREAM_ABOVE_BYTES):
         return StreamedImages([path for path, _ in files], gray, size), labels, classes
-    if len(sample) < len(files):
+    if len(sample) < len(files):  # in memory after all: size and colour mode from every image, as always
         pictures = [_open(path) for path, _ in files]
+        gray = all(p.mode in ("1", "L", "I;16", "I") for p in pictures)
+        size = image_size or int(np.median([min(p.size) for p in pictures]))
     arrays = [np.asarray(_square(p.convert("L" if gray else "RGB"), size)) for p in pictures]
     stacked = np.stack(arrays)
     images = torch.from_numpy(stacked[:, None] if gray else stacked.transpose(0, 3, 1, 2).copy())
