@@ -1,11 +1,12 @@
 """Trainer overhead: vitsearch's `train()` against a plain timm loop, same model, data, batch, precision.
 
     python bench/trainer.py [--model vit_micro] [--image-size 16] [--batch 64] [--epochs 3] [--rounds 3]
-                            [--device auto] [--precision fp32]
+                            [--device auto] [--precision fp32] [--compile]
 
 Both train the same timm ViT on the same in-memory digits tensors with augmentation off: the plain loop
 is AdamW + cross-entropy + clip_grad_norm_ + a cosine LambdaLR, nothing else. The two alternate for
-`--rounds` rounds (the machine is shared and noisy) and the median images/s of each is compared.
+`--rounds` rounds (the machine is shared and noisy) and the median images/s of each over epochs 2..
+(epoch 1 is warm-up, and compilation with `--compile`, whose time is printed) is compared.
 Prints images/s of each and the ratio vitsearch / plain (>= 1.0 means the trainer costs no speed).
 
 `--synthetic N` trains on N random RGB images (1,000 classes) held in device memory instead of
@@ -56,7 +57,7 @@ def plain_loop(cfg: TrainConfig, data, device: torch.device, dtype: torch.dtype)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     x_all, y_all = data.train_x.to(device), data.train_y.to(device)
     images, seconds = 0, 0.0
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         model.train()
         order = torch.randperm(len(y_all), device=device)
         t0 = time.perf_counter()
@@ -73,8 +74,9 @@ def plain_loop(cfg: TrainConfig, data, device: torch.device, dtype: torch.dtype)
         loss.item()  # the plain loop's one sync per epoch, as the trainer's
         if device.type == "cuda":
             torch.cuda.synchronize()
-        seconds += time.perf_counter() - t0
-        images += steps * cfg.batch_size
+        if epoch > 0 or cfg.epochs == 1:  # epoch 1 is warm-up, as for the trainer (mean_images_per_s)
+            seconds += time.perf_counter() - t0
+            images += steps * cfg.batch_size
     return images / seconds
 
 
@@ -98,12 +100,15 @@ def main() -> None:
                     help="an image folder streamed by --loader-workers processes against the same folder in memory")
     ap.add_argument("--loader-workers", type=int, default=2)
     ap.add_argument("--subset", type=int, help="data_subset: only this many training images")
+    ap.add_argument("--compile", action="store_true",
+                    help="vitsearch's trainer with compile: true (the plain loop stays eager, as a user writes it)")
     args = ap.parse_args()
     cfg = TrainConfig.from_dict(dict(model=args.model, data=args.data, image_size=args.image_size,
                                      patch_size=args.patch_size, batch_size=args.batch, epochs=args.epochs,
                                      warmup_epochs=0, aug_strength=0.0, drop_path=0.0,
                                      precision=args.precision, micro_batch_size=args.batch,
                                      data_subset=args.subset))
+    ours_cfg = cfg.replace(compile=args.compile)
     device = resolve_device(args.device)
     dtype = resolve_precision(cfg.precision, device)
     if args.stream_vs_memory:
@@ -113,14 +118,18 @@ def main() -> None:
         return monitors_cost(cfg, data, args)
     if args.real_vs_synthetic:
         return real_vs_synthetic(cfg, data, args)
-    ours, plain = [], []
+    ours, plain, first = [], [], []
     for _ in range(args.rounds):
-        history = train(cfg, data=data, device=args.device)["history"]
-        ours.append(sum(h["images_per_s"] for h in history) / len(history))
+        history = train(ours_cfg, data=data, device=args.device)["history"]
+        first.append(history[0]["epoch_time_s"])
+        later = history[1:] or history  # epoch 1 carries warm-up (and compilation with --compile)
+        ours.append(sum(h["images_per_s"] for h in later) / len(later))
         plain.append(plain_loop(cfg, data, device, dtype))
     ours_med, plain_med = statistics.median(ours), statistics.median(plain)
     print(f"device {device.type}, {args.model} {args.image_size}px patch {args.patch_size}, batch {args.batch}, "
-          f"{args.precision}, {args.epochs} epochs x {args.rounds} rounds, threads {torch.get_num_threads()}")
+          f"{args.precision}, {args.epochs} epochs x {args.rounds} rounds (epoch 1 not counted), threads "
+          f"{torch.get_num_threads()}, compile {args.compile}; vitsearch's epoch 1 took "
+          f"{statistics.median(first):.1f} s")
     print(f"vitsearch trainer : {ours_med:9.0f} img/s   (rounds: {', '.join(f'{v:.0f}' for v in ours)})")
     print(f"plain timm loop   : {plain_med:9.0f} img/s   (rounds: {', '.join(f'{v:.0f}' for v in plain)})")
     print(f"ratio vitsearch/plain: {ours_med / plain_med:.3f}")
