@@ -98,12 +98,13 @@ class BatchAugment:
         self.train_loss: nn.Module = (SoftTargetCrossEntropy() if self.mixup
                                       else nn.CrossEntropyLoss(label_smoothing=label_smoothing))
         self.per_image_draws: bool | None = None  # None: per image in a batch with many groups
+        self.per_image_above = RANDAUG_GROUP * _draw_pairs(self.randaug) if self.randaug is not None else 0
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.randaug is not None:
             per_image = self.per_image_draws
             if per_image is None:
-                per_image = len(images) > RANDAUG_GROUP * _draw_pairs(self.randaug)
+                per_image = len(images) > self.per_image_above
             if per_image:
                 images = randaugment_per_image(self.randaug, images)
             else:

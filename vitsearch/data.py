@@ -246,19 +246,20 @@ def _image_folder(root: Path, image_size: int | None, loader: str = "memory"):
     labels = torch.tensor([i for _, i in files])
     sample = files if loader == "memory" else files[::max(1, len(files) // SAMPLE)]
     pictures = [_open(path) for path, _ in sample]
-    gray = all(p.mode in ("1", "L", "I;16", "I") for p in pictures)
-    size = image_size or int(np.median([min(p.size) for p in pictures]))
+    gray, size = _mode_and_size(pictures, image_size)
     decoded = len(files) * (1 if gray else 3) * size * size
     if loader == "stream" or (loader == "auto" and decoded > STREAM_ABOVE_BYTES):
         return StreamedImages([path for path, _ in files], gray, size), labels, classes
     if len(sample) < len(files):  # in memory after all: size and colour mode from every image, as always
         pictures = [_open(path) for path, _ in files]
-        gray = all(p.mode in ("1", "L", "I;16", "I") for p in pictures)
-        size = image_size or int(np.median([min(p.size) for p in pictures]))
-    arrays = [np.asarray(_square(p.convert("L" if gray else "RGB"), size)) for p in pictures]
-    stacked = np.stack(arrays)
-    images = torch.from_numpy(stacked[:, None] if gray else stacked.transpose(0, 3, 1, 2).copy())
-    return images.contiguous(), labels, classes
+        gray, size = _mode_and_size(pictures, image_size)
+    return torch.stack([_to_tensor(p, gray, size) for p in pictures]), labels, classes
+
+
+def _mode_and_size(pictures: list, image_size: int | None) -> tuple[bool, int]:
+    """Grayscale when every picture is; `image_size`, or the median shorter side."""
+    gray = all(p.mode in ("1", "L", "I;16", "I") for p in pictures)
+    return gray, image_size or int(np.median([min(p.size) for p in pictures]))
 
 
 SAMPLE = 256  # files a streamed folder opens up front for its image size and colour mode
@@ -276,8 +277,12 @@ def _open(path: Path):
 
 
 def _read_image(path: Path, gray: bool, size: int) -> torch.Tensor:
-    """One image as the in-memory path stores it: (C, size, size) uint8, shorter side resized, centre-cropped."""
-    array = np.asarray(_square(_open(path).convert("L" if gray else "RGB"), size))
+    return _to_tensor(_open(path), gray, size)
+
+
+def _to_tensor(picture, gray: bool, size: int) -> torch.Tensor:
+    """(C, size, size) uint8: shorter side resized, centre-cropped; in memory and streamed alike."""
+    array = np.asarray(_square(picture.convert("L" if gray else "RGB"), size))
     return torch.from_numpy(array[None].copy() if gray else array.transpose(2, 0, 1).copy())
 
 
