@@ -122,8 +122,7 @@ def main() -> None:
     for _ in range(args.rounds):
         history = train(ours_cfg, data=data, device=args.device)["history"]
         first.append(history[0]["epoch_time_s"])
-        later = history[1:] or history  # epoch 1 carries warm-up (and compilation with --compile)
-        ours.append(sum(h["images_per_s"] for h in later) / len(later))
+        ours.append(later_images_per_s(history))
         plain.append(plain_loop(cfg, data, device, dtype))
     ours_med, plain_med = statistics.median(ours), statistics.median(plain)
     print(f"device {device.type}, {args.model} {args.image_size}px patch {args.patch_size}, batch {args.batch}, "
@@ -148,7 +147,10 @@ def synthetic_data(n: int, size: int, channels: int, classes: int) -> ImageData:
 
 
 def mean_images_per_s(cfg: TrainConfig, data, device: str) -> float:
-    history = train(cfg, data=data, device=device)["history"]
+    return later_images_per_s(train(cfg, data=data, device=device)["history"])
+
+
+def later_images_per_s(history: list[dict]) -> float:
     later = history[1:] or history  # epoch 1 carries warm-up (and compilation with `compile: true`)
     return sum(h["images_per_s"] for h in later) / len(later)
 
