@@ -110,6 +110,42 @@ def test_the_search_scheduler_applies_the_rule_inside_ray():
     assert scheduler.on_trial_result(None, second, {"epoch": 20, "val_acc": 0.9}) == TrialScheduler.STOP  # budget
 
 
+def test_live_view_imports_the_reports_libraries_only_on_an_idle_core(monkeypatch):
+    """Where the trials use every core, the reports' imports wait until every trial has started and a slot
+    has fallen idle; with cores to spare they start with the first result."""
+    from vitsearch import search_cli
+    from vitsearch.space import load_space
+
+    class Trial:  # the view reads only the id and status of Ray's Trial
+        def __init__(self, trial_id, status):
+            self.trial_id, self.status = trial_id, status
+
+    imported = []
+    monkeypatch.setattr(search_cli, "preload", lambda *modules: imported.append(modules))
+    space = load_space("quickstart")  # 16 trials
+    view = search_cli.LiveView(space, 100.0, slots=2)
+    view.spare_cores = False
+    trials = [Trial(f"t{i}", "TERMINATED") for i in range(13)] + [Trial("t13", "RUNNING"), Trial("t14", "RUNNING")]
+    view.update(trials, trials[-1], {"epoch": 3, "val_acc": 0.5})
+    assert not imported  # a trial is still to start: both cores stay with the trials
+    trials[13].status = "TERMINATED"
+    trials.append(Trial("t15", "RUNNING"))  # the last trial
+    view.update(trials, trials[-1], {"epoch": 1, "val_acc": 0.1})
+    assert not imported  # t14 and t15 run
+    trials[14].status = "TERMINATED"
+    view.update(trials, trials[14], None, status="TERMINATED")
+    assert not imported  # waits for a result of the trial left
+    view.update(trials, trials[-1], {"epoch": 2, "val_acc": 0.2})
+    assert len(imported) == 1 and "matplotlib.figure" in imported[0]  # one trial left, one core idle
+    view.update(trials, trials[-1], {"epoch": 3, "val_acc": 0.3})
+    assert len(imported) == 1
+
+    spare = search_cli.LiveView(space, 100.0, slots=2)
+    spare.spare_cores = True
+    spare.update(trials[:2], trials[0], {"epoch": 1, "val_acc": 0.1})
+    assert len(imported) == 2
+
+
 def test_reports_have_the_documented_schema(tiny_search):
     exp, proc = tiny_search
     trials = pd.read_parquet(exp / "trials.parquet")

@@ -37,8 +37,9 @@ def add_search_parser(sub) -> None:
 class LiveView:
     """A rich live table: every trial's status, epoch and metric; overall progress and time estimate."""
 
-    def __init__(self, space, expected_epochs: float):
-        self.space, self.expected_epochs = space, expected_epochs
+    def __init__(self, space, expected_epochs: float, slots: int):
+        self.space, self.expected_epochs, self.slots = space, expected_epochs, slots
+        self.spare_cores = _cpus() > slots * space.cpu  # cores here that no trial uses
         self.start = time.time()
         self.rows: dict[str, dict] = {}
         self.reports_preloaded = False
@@ -54,21 +55,30 @@ class LiveView:
         self.live.__exit__(*exc)
 
     def update(self, trials, trial, result, status: str | None = None) -> None:
-        if result is not None and not self.reports_preloaded:
-            self.reports_preloaded = True
-            # Trials are training and this process waits: import what the reports need (~2 s) now.
-            preload("matplotlib.backends.backend_agg", "matplotlib.figure", "optuna.importance", "vitsearch.figures")
         for t in trials:
             row = self.rows.setdefault(t.trial_id, {"epoch": 0, "metric": None, "order": len(self.rows)})
             row["status"] = t.status
         if status is not None:  # Tune calls back on completion before it flips the trial's status
             self.rows[trial.trial_id]["status"] = status
+        if not self.reports_preloaded and result is not None and self._core_free():
+            # Import what the reports need (~2 s of CPU) while trials train, on a core no trial uses.
+            self.reports_preloaded = True
+            preload("matplotlib.backends.backend_agg", "matplotlib.figure", "optuna.importance", "vitsearch.figures")
         if result is not None:
             row = self.rows[trial.trial_id]
             row["epoch"] = max(row["epoch"], int(result.get("epoch", 0)))
             row["metric"] = result.get(self.space.metric)
             row["diverged"] = result.get("diverged")
         self.live.update(self.render(), refresh=False)
+
+    def _core_free(self) -> bool:
+        """A core no trial uses: on a machine with more cores than trials, at once; where the trials use
+        every core (the quickstart on 2 cores), once every trial has started and a slot has fallen idle.
+        Imported beside busy trials, the ~2 s would slow them as much as it saves at the end."""
+        if self.spare_cores:
+            return True
+        running = sum(r["status"] == "RUNNING" for r in self.rows.values())
+        return len(self.rows) >= self.space.num_samples and running < self.slots
 
     def render(self):
         epochs_done = sum(r["epoch"] for r in self.rows.values())
@@ -299,7 +309,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
     from .search import RAY_DIR, run_search, study_storage
 
     t0 = time.time()
-    with LiveView(space, expected_epochs) as live:
+    with LiveView(space, expected_epochs, _slots(space)) as live:
         results = run_search(space, exp_dir, data=data, device=device, address=args.address, storage=storage,
                              verbose=args.verbose, resume=bool(args.resume), live=live, ray_dir=ray_dir,
                              with_defaults=ray_dir == RAY_DIR)
