@@ -107,9 +107,9 @@ def main() -> None:
     means = df.groupby("tool")[["wall_s", "epochs", "best_val_acc", "best_full_budget"]].mean()
     print()
     print(means.round(4).to_string())
-    ours = means.loc["vitsearch"] if "vitsearch" in means.index else None
-    for peer_name in [t for t in TOOLS[:2] if t in means.index] if "vitsearch" in means.index else []:
-        other = means.loc[peer_name]
+    peers = [t for t in TOOLS if t != "vitsearch" and t in means.index] if "vitsearch" in means.index else []
+    for peer_name in peers:
+        ours, other = means.loc["vitsearch"], means.loc[peer_name]
         print(f"vitsearch / {peer_name}: wall {ours.wall_s / other.wall_s:.2f}x, trial-epochs "
               f"{ours.epochs / other.epochs:.2f}x, mean best val_acc {ours.best_val_acc:.4f} vs "
               f"{other.best_val_acc:.4f} ({ours.best_val_acc - other.best_val_acc:+.4f})" +
