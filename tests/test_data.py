@@ -17,6 +17,18 @@ def test_digits_shape_and_classes():
     assert data.train_x.dtype == torch.uint8 and int(data.train_x.max()) == 255
 
 
+def test_digits_are_scikit_learns_images_and_labels():
+    """The loader reads scikit-learn's data file itself (no sklearn import): same images, same labels."""
+    from sklearn.datasets import load_digits
+
+    data = load_data(micro_config(image_size=None))
+    digits = load_digits()
+    expected = sorted((np.round(img * 255.0 / 16.0).astype(np.uint8).tobytes(), int(y))
+                      for img, y in zip(digits.images, digits.target))
+    images, labels = torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])
+    assert sorted((img.numpy().tobytes(), int(y)) for img, y in zip(images[:, 0], labels)) == expected
+
+
 def test_split_is_deterministic_from_the_seed_and_disjoint():
     a, b, c = (load_data(micro_config(seed=s)) for s in (0, 0, 1))
     assert torch.equal(a.val_x, b.val_x) and torch.equal(a.train_y, b.train_y)

@@ -183,11 +183,22 @@ def split(name: str, images: torch.Tensor, labels: torch.Tensor, classes: list[s
 
 
 def _digits():
-    from sklearn.datasets import load_digits
+    """scikit-learn's bundled digits. Its data file is read as `load_digits` reads it, without
+    importing scikit-learn: that import is ~1 s of CPU on the critical path of every search's start."""
+    import importlib.util
 
-    digits = load_digits()
-    images = torch.from_numpy(digits.images).mul(255.0 / 16.0).round().to(torch.uint8).unsqueeze(1)
-    return images, torch.from_numpy(digits.target).long(), [str(i) for i in range(10)]
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is not None and path.is_file():
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            table = np.loadtxt(f, delimiter=",")
+        flat, target = table[:, :-1], table[:, -1].astype(np.int64)
+    else:  # another layout of scikit-learn's files: its own loader
+        from sklearn.datasets import load_digits
+
+        flat, target = load_digits(return_X_y=True)
+    images = torch.from_numpy(flat.reshape(-1, 8, 8)).mul(255.0 / 16.0).round().to(torch.uint8).unsqueeze(1)
+    return images, torch.from_numpy(target).long(), [str(i) for i in range(10)]
 
 
 def _fashion_mnist(folder: Path):

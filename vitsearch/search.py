@@ -484,13 +484,33 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.num_samples,
-                                        max_concurrent_trials=space.max_concurrent, reuse_actors=True,
+                                        max_concurrent_trials=trial_slots(space), reuse_actors=True,
                                         trial_dirname_creator=lambda t: t.trial_id),
             run_config=tune.RunConfig(
                 name=ray_dir, storage_path=ray_root, verbose=0, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=space.retries),
 ))
     return tuner.fit()
+
+
+def trial_slots(space: SearchSpace) -> int:
+    """Trials at once: what the Ray instance's resources allow per trial, capped by max_concurrent.
+    The search runs no more trials than this at once, and Optuna proposes a trial only when one of
+    these slots is free (Tune's default would start one trial at a time, and keep one proposal waiting
+    that a finished trial could have informed)."""
+    import ray
+
+    resources = ray.cluster_resources() if ray.is_initialized() else {"CPU": local_cpus()}
+    slots = max(1, int(resources.get("CPU", 0) // space.cpu)) if space.cpu else space.num_samples
+    if space.gpu:
+        slots = min(slots, max(1, int(resources.get("GPU", 0) / space.gpu + 1e-9)))
+    if space.max_concurrent:
+        slots = min(slots, space.max_concurrent)
+    return min(slots, space.num_samples)
+
+
+def local_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def finished_trials(exp_dir: Path) -> dict[str, dict]:
