@@ -11,7 +11,7 @@ ratios vitsearch / peer for wall time, trial-epochs and best validation accuracy
 the best last-reported value of any trial, stopped ones included (what both peer scripts print), and
 the best among trials that reached the full budget (what vitsearch recommends, and Optuna alone's
 `study.best_value`; the Ray script prints no such figure). `--tools` runs a subset (e.g. without the
-slow Ray script).
+slow Ray script); `--keep DIR` keeps vitsearch's experiment folders (reports, study) to look into.
 """
 
 from __future__ import annotations
@@ -86,10 +86,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     ap.add_argument("--peer-dir", default=str(ROOT.parent / "shared" / "peer"))
+    ap.add_argument("--keep", metavar="DIR", help="keep vitsearch's experiment folders in DIR (default: deleted)")
     args = ap.parse_args()
     peer = Path(args.peer_dir)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="vitsearch-bench-") as tmp:
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vitsearch-bench-") as scratch:
+        tmp = args.keep or scratch
         for seed in args.seeds:
             for tool in args.tools:
                 if tool == "vitsearch":
