@@ -497,10 +497,9 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
 
 
 def trial_slots(space: SearchSpace) -> int:
-    """Trials at once: what the Ray instance's resources allow per trial, capped by max_concurrent.
-    The search runs no more trials than this at once, and Optuna proposes a trial only when one of
-    these slots is free (Tune's default would start one trial at a time, and keep one proposal waiting
-    that a finished trial could have informed)."""
+    """Trials at once: what the Ray instance's resources allow per trial now, capped by max_concurrent
+    and by the number of trials (the plan's estimate, the live view and, without max_concurrent, Tune's
+    concurrency limit)."""
     import ray
 
     resources = ray.cluster_resources() if ray.is_initialized() else {"CPU": local_cpus()}
@@ -513,6 +512,7 @@ def trial_slots(space: SearchSpace) -> int:
 
 
 def local_cpus() -> int:
+    """Cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
