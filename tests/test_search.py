@@ -178,21 +178,6 @@ def test_stopped_trials_are_pruned_in_the_stored_study(tiny_search):
     assert all(max(t.intermediate_values) < 4 for t in pruned)  # pruned at its last epoch, before the budget
 
 
-def test_optuna_proposes_a_trial_only_for_a_free_slot(tiny_search):
-    """Tune's concurrency limit is the slots (here one per core, 1 CPU per trial): when Optuna is asked
-    for a trial, fewer trials than slots are still running, so every finished trial informs the next
-    proposal; and the slots fill at once (a trial is proposed while the first one runs)."""
-    exp, _ = tiny_search
-    slots = min(len(os.sched_getaffinity(0)), TINY["num_samples"])
-    trials = optuna.load_study(study_name="exp", storage=f"sqlite:///{exp / 'study.db'}").trials
-    assert all(t.datetime_complete is not None for t in trials)
-    live_at_proposal = [sum(o.datetime_start < t.datetime_start < o.datetime_complete for o in trials if o is not t)
-                        for t in trials]
-    assert max(live_at_proposal) <= slots - 1, live_at_proposal
-    if slots > 1:
-        assert live_at_proposal[1] == 1, live_at_proposal
-
-
 def test_diverged_trials_are_recorded_and_scored_worst(tiny_search):
     exp, _ = tiny_search
     trials = pd.read_parquet(exp / "trials.parquet")

@@ -481,13 +481,10 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
         scheduler = _scheduler_class()(time_attr="epoch", metric=space.metric, mode=space.mode,
                                   max_t=space.max_epochs, grace_period=space.grace_period,
                                   reduction_factor=space.reduction_factor)
-        # Every slot starts at once, and Optuna proposes only for a free slot (Tune's default with a custom
-        # searcher: one trial started at a time, one proposal kept waiting).
-        concurrency = space.max_concurrent or trial_slots(space)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.num_samples,
-                                        max_concurrent_trials=concurrency, reuse_actors=True,
+                                        max_concurrent_trials=space.max_concurrent, reuse_actors=True,
                                         trial_dirname_creator=lambda t: t.trial_id),
             run_config=tune.RunConfig(
                 name=ray_dir, storage_path=ray_root, verbose=0, callbacks=callbacks,
@@ -498,8 +495,7 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
 
 def trial_slots(space: SearchSpace) -> int:
     """Trials at once: what the Ray instance's resources allow per trial now, capped by max_concurrent
-    and by the number of trials (the plan's estimate, the live view and, without max_concurrent, Tune's
-    concurrency limit)."""
+    and by the number of trials (for the plan's estimate and the live view)."""
     import ray
 
     resources = ray.cluster_resources() if ray.is_initialized() else {"CPU": local_cpus()}
