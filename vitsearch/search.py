@@ -493,25 +493,6 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
     return tuner.fit()
 
 
-def trial_slots(space: SearchSpace) -> int:
-    """Trials at once: what the Ray instance's resources allow per trial now, capped by max_concurrent
-    and by the number of trials (for the plan's estimate and the live view)."""
-    import ray
-
-    resources = ray.cluster_resources() if ray.is_initialized() else {"CPU": local_cpus()}
-    slots = max(1, int(resources.get("CPU", 0) // space.cpu)) if space.cpu else space.num_samples
-    if space.gpu:
-        slots = min(slots, max(1, int(resources.get("GPU", 0) / space.gpu + 1e-9)))
-    if space.max_concurrent:
-        slots = min(slots, space.max_concurrent)
-    return min(slots, space.num_samples)
-
-
-def local_cpus() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def finished_trials(exp_dir: Path) -> dict[str, dict]:
     """Trials recorded as finished in trial_ends.jsonl, with their last result (torn lines skipped)."""
     finished = {}

@@ -39,9 +39,7 @@ class LiveView:
 
     def __init__(self, space, expected_epochs: float, slots: int):
         self.space, self.expected_epochs, self.slots = space, expected_epochs, slots
-        from .search import local_cpus
-
-        self.spare_cores = local_cpus() > slots * space.cpu  # cores here that no trial uses
+        self.spare_cores = _cpus() > slots * space.cpu  # cores here that no trial uses
         self.start = time.time()
         self.rows: dict[str, dict] = {}
         self.reports_preloaded = False
@@ -257,13 +255,13 @@ def _packing(space, data, device: str, earlier: dict | None):
 def _print_plan(space, data, device: str, ips: float) -> float:
     """The plan and an honest cost estimate from `ips`, the probe's images/s of the largest config.
     Returns the trial-epochs expected."""
-    from .search import expected_trial_epochs, trial_slots
+    from .search import expected_trial_epochs
 
     console.print(f"[bold]search[/] {space.name}: {space.num_samples} trials x <= {space.max_epochs} epochs, "
                   f"ASHA grace {space.grace_period} / factor {space.reduction_factor}, metric {space.metric} "
                   f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val",
                   highlight=False)
-    slots = trial_slots(space)
+    slots = _slots(space)
     epochs = expected_trial_epochs(space, slots)
     seconds = epochs * (len(data.train_y) + len(data.val_y) / 3) / ips / slots
     console.print(f"probe: {ips:,.0f} training images/s per trial ({int(space.cpu)} CPU thread(s), "
@@ -271,6 +269,25 @@ def _print_plan(space, data, device: str, ips: float) -> float:
                   f"estimated {_duration(seconds)} (all {space.num_samples * space.max_epochs} trial-epochs: "
                   f"{_duration(seconds * space.num_samples * space.max_epochs / epochs)})", highlight=False)
     return epochs
+
+
+def _slots(space) -> int:
+    """Trials at once: what the cluster's resources allow per trial, capped by max_concurrent."""
+    import ray
+
+    resources = ray.available_resources() if ray.is_initialized() else {"CPU": _cpus()}
+    slots = max(1, int(resources.get("CPU", 0) // space.cpu)) if space.cpu else space.num_samples
+    if space.gpu:
+        slots = min(slots, max(1, int(resources.get("GPU", 0) / space.gpu + 1e-9)))
+    if space.max_concurrent:
+        slots = min(slots, space.max_concurrent)
+    return min(slots, space.num_samples)
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _duration(seconds: float) -> str:
@@ -289,10 +306,10 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
     from .figures import write_html_report
     from .files import write_bytes
     from .report import TrialOutcome, comparison_line, summary_table, write_reports
-    from .search import RAY_DIR, run_search, study_storage, trial_slots
+    from .search import RAY_DIR, run_search, study_storage
 
     t0 = time.time()
-    with LiveView(space, expected_epochs, trial_slots(space)) as live:
+    with LiveView(space, expected_epochs, _slots(space)) as live:
         results = run_search(space, exp_dir, data=data, device=device, address=args.address, storage=storage,
                              verbose=args.verbose, resume=bool(args.resume), live=live, ray_dir=ray_dir,
                              with_defaults=ray_dir == RAY_DIR)
