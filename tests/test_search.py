@@ -90,6 +90,20 @@ def test_luck_at_an_earlier_rung_is_checked_until_merit_at_a_later_one():
     assert asha_continue(rungs, unopposed, "early", 7, 0.31, 3)
 
 
+def test_the_cost_estimate_simulates_asha_over_the_trial_slots():
+    from vitsearch.search import expected_trial_epochs
+    from vitsearch.space import load_space
+
+    space = load_space("quickstart")  # 16 trials, rungs 2 / 6 / 18 of 20 epochs
+    epochs, epoch_times = expected_trial_epochs(space, 1)
+    assert epoch_times == epochs  # one slot: one trial-epoch after the other
+    epochs, epoch_times = expected_trial_epochs(space, 2)
+    assert 16 * 2 < epochs < 16 * 20  # every trial reaches the first rung; ASHA stops most of them
+    assert epochs / 2 < epoch_times < epochs  # two at a time, but the last trial runs alone at the end
+    epochs, epoch_times = expected_trial_epochs(space, 16)
+    assert epoch_times <= space.max_epochs < epochs  # all at once: as long as the longest trial
+
+
 def test_the_search_scheduler_applies_the_rule_inside_ray():
     from ray.tune.schedulers import TrialScheduler
 

@@ -516,17 +516,18 @@ def _join(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}" if "://" in root else str(Path(root) / name)
 
 
-def expected_trial_epochs(space: SearchSpace, slots: int = 1, simulations: int = 200) -> float:
-    """Trial-epochs the search's ASHA (`asha_continue`) runs on average: a simulation of `slots` trials
-    at a time, one epoch per tick, each trial of a fixed quality drawn at random plus a trend: TPE's
-    proposals improve as the search goes on, and a later trial that beats the earlier ones runs further.
-    A trend of half the random spread over the search matches the quickstart (measured 74-143
-    trial-epochs, means of 3 seeds 108-119; this gives 113)."""
+def expected_trial_epochs(space: SearchSpace, slots: int = 1, simulations: int = 200) -> tuple[float, float]:
+    """Trial-epochs the search's ASHA (`asha_continue`) runs on average, and the epoch-times the search
+    lasts (`slots` trials at a time, the last ones running alone at the end): a simulation, one epoch per
+    tick, each trial of a fixed quality drawn at random plus a trend: TPE's proposals improve as the
+    search goes on, and a later trial that beats the earlier ones runs further. A trend of half the
+    random spread over the search matches the quickstart (measured 74-143 trial-epochs, means of 3 seeds
+    108-119; this gives 113)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     rungs_desc = sorted(space.rungs, reverse=True)
-    total = 0
+    total = ticks = 0
     for _ in range(simulations):
         quality = rng.random(space.num_samples) + 0.5 * np.arange(space.num_samples) / space.num_samples
         rungs: list[tuple[int, dict]] = [(m, {}) for m in rungs_desc]
@@ -536,6 +537,7 @@ def expected_trial_epochs(space: SearchSpace, slots: int = 1, simulations: int =
         while running or waiting:
             while waiting and len(running) < slots:
                 running[waiting.pop(0)] = 0
+            ticks += 1
             for trial in list(running):
                 running[trial] += 1
                 total += 1
@@ -543,4 +545,4 @@ def expected_trial_epochs(space: SearchSpace, slots: int = 1, simulations: int =
                 if epoch >= space.max_epochs or not asha_continue(rungs, unopposed, trial, epoch, quality[trial],
                                                                   space.reduction_factor):
                     del running[trial]
-    return total / simulations
+    return total / simulations, ticks / simulations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -262,12 +263,13 @@ def _print_plan(space, data, device: str, ips: float) -> float:
                   f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val",
                   highlight=False)
     slots = _slots(space)
-    epochs = expected_trial_epochs(space, slots)
-    seconds = epochs * (len(data.train_y) + len(data.val_y) / 3) / ips / slots
+    epochs, epoch_times = expected_trial_epochs(space, slots)
+    epoch_s = (len(data.train_y) + len(data.val_y) / 3) / ips
+    everything = math.ceil(space.num_samples / slots) * space.max_epochs * epoch_s  # no trial stopped early
     console.print(f"probe: {ips:,.0f} training images/s per trial ({int(space.cpu)} CPU thread(s), "
                   f"device {device}); ~{epochs:.0f} trial-epochs expected with ASHA, {slots} at a time -> "
-                  f"estimated {_duration(seconds)} (all {space.num_samples * space.max_epochs} trial-epochs: "
-                  f"{_duration(seconds * space.num_samples * space.max_epochs / epochs)})", highlight=False)
+                  f"estimated {_duration(epoch_times * epoch_s)} (all {space.num_samples * space.max_epochs} "
+                  f"trial-epochs: {_duration(everything)})", highlight=False)
     return epochs
 
 
