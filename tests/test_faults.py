@@ -81,3 +81,80 @@ def test_losing_a_node_mid_search_still_completes_the_report(tmp_path):
         assert (trials["node_id"] != worker.node_id).all()
     finally:
         cluster.shutdown()
+
+
+def test_ctrl_c_keeps_everything_and_resume_finishes_the_search(tmp_path):
+    proc, exp = start_search(tmp_path)
+    log = exp / "epochs.jsonl"
+
+    def one_done_one_halfway(rs):
+        latest = {}
+        for r in rs:
+            latest[r["trial_id"]] = r["epoch"]
+        return any(e == 6 for e in latest.values()) and any(2 <= e < 6 for e in latest.values())
+
+    wait_for(one_done_one_halfway, log, proc)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "Traceback" not in out + err
+    assert f"python main.py search --resume {exp}" in out
+    assert not (exp / "trials.parquet").exists()  # the reports wait for the whole search
+    before = rows(log)
+    done_before = {r["trial_id"] for r in before if r["epoch"] == 6}
+
+    resumed = subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--resume", str(exp)],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    trials = pd.read_parquet(exp / "trials.parquet")
+    epochs = pd.read_parquet(exp / "epochs.parquet")
+    assert len(trials) == 4 and (trials["status"] == "completed").all(), trials[["status", "reason"]]
+    assert len(epochs) == 24 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    after = rows(log)[len(before):]
+    assert all(r["epoch"] == 6 for r in after if r["trial_id"] in done_before)  # not trained again
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_a_trial_that_dies_before_its_first_report_is_recorded_as_failed(tmp_path):
+    space = {**SLOW, "retries": 0}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "search", "--space", str(tmp_path / "s.yaml"),
+                             "--out", str(tmp_path), "--name", "exp"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline, victim = time.time() + 120, None
+    while victim is None and time.time() < deadline:  # the first trial process, killed while it imports
+        for pid in _descendants(proc.pid):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                    victim = pid
+                    break
+            except OSError:
+                continue
+        time.sleep(0.02)
+    assert victim is not None, "no trial process appeared"
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-2000:] + err[-2000:]
+    assert victim not in {r["pid"] for r in rows(tmp_path / "exp" / "epochs.jsonl")}  # it never reported
+    trials = pd.read_parquet(tmp_path / "exp" / "trials.parquet")
+    failed = trials[trials["status"] == "failed"]
+    assert len(trials) == 4 and len(failed) == 1, trials[["status", "reason"]]
+    row = failed.iloc[0]
+    assert row["epochs_run"] == 0 and row["reason"]
+    assert row["batch_size"] > 0 and row["lr"] > 0  # its config is kept
+    assert (trials["status"] == "completed").sum() == 3

@@ -506,6 +506,15 @@ def finished_trials(exp_dir: Path) -> dict[str, dict]:
     return finished
 
 
+def ended_trials(results, exp_dir: Path) -> int:
+    """How many of the trials in Tune's `results` ended: recorded as finished (completed or stopped by
+    ASHA, in trial_ends.jsonl) or failed. Fewer than the trials: the search was interrupted (Ctrl-C),
+    after which Tune marks the trials it stopped as terminated too."""
+    finished = finished_trials(exp_dir)
+    return sum(r.error is not None or ((r.config or {}).get(CHECKPOINT_OF) or Path(r.path).name) in finished
+               for r in results)
+
+
 def startup_trials(num_samples: int) -> int:
     """Random trials before TPE models the results. Optuna's 10 suits 100+ trials; with 16 it would
     leave TPE only 6, so a quarter of the budget is used (at least 4, at most 10)."""

@@ -54,6 +54,8 @@ class LiveView:
 
     def __exit__(self, *exc):
         self.live.__exit__(*exc)
+        if not console.is_terminal:  # rich ends the last frame with a newline only on a terminal
+            console.line()
 
     def update(self, trials, trial, result, status: str | None = None) -> None:
         for t in trials:
@@ -308,18 +310,26 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
     from .figures import write_html_report
     from .files import write_bytes
     from .report import TrialOutcome, comparison_line, summary_table, write_reports
-    from .search import RAY_DIR, run_search, study_storage
+    from .search import RAY_DIR, ended_trials, run_search, study_storage
 
     t0 = time.time()
     with LiveView(space, expected_epochs, _slots(space)) as live:
         results = run_search(space, exp_dir, data=data, device=device, address=args.address, storage=storage,
                              verbose=args.verbose, resume=bool(args.resume), live=live, ray_dir=ray_dir,
                              with_defaults=ray_dir == RAY_DIR)
-    # Ray is done: stop it (a second or two of waiting on its processes) while the reports are written.
     import threading
 
     import ray
 
+    ended = ended_trials(results, exp_dir)
+    if ended < max(len(results), space.num_samples):
+        # Ctrl-C (SIGINT): Tune stopped the running trials and saved its state. Every reported epoch is in
+        # epochs.jsonl, the study and the trials' checkpoints are kept; the reports wait for the whole search.
+        ray.shutdown()
+        console.print(f"interrupted: {ended} of {space.num_samples} trials finished; nothing is lost. Continue "
+                      f"with: python main.py search --resume {exp_dir}", highlight=False, soft_wrap=True)
+        return 130
+    # Ray is done: stop it (a second or two of waiting on its processes) while the reports are written.
     stopping = threading.Thread(target=ray.shutdown)
     stopping.start()
     outcomes = []
