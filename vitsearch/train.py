@@ -417,18 +417,28 @@ def measure_window(cfg: TrainConfig, data: ImageData, device: str = "auto", *, s
     return done / elapsed, peak
 
 
-def measure_throughput(cfg: TrainConfig, data: ImageData, device: str = "auto", steps: int = 3) -> float:
-    """Training images/s of `cfg` over a few real optimizer steps (after one warm-up step)."""
+def measure_throughput(cfg: TrainConfig, data: ImageData, device: str = "auto", steps: int = 3,
+                       max_seconds: float = 5.0) -> float:
+    """Training images/s of `cfg` over up to `steps` real optimizer steps (after one warm-up step), fewer
+    where they take more than `max_seconds` (at least one). On a CPU a step is one micro-batch (at most
+    CPU_MICRO_BATCH images, or the config's `micro_batch_size`): a larger batch is accumulated from such
+    micro-batches at the same images/s, and one step of it can take minutes (ViT-S at batch 1,024)."""
     dev = resolve_device(device)
     batch = min(cfg.batch_size, len(data.train_y))
+    if dev.type == "cpu":
+        batch = min(batch, cfg.micro_batch_size or CPU_MICRO_BATCH)
     run = setup(cfg, data, dev, steps + 1, batch)
     n = min(len(data.train_y), batch * (steps + 1))
     feed = Feed(_head(data, n), dev)
     train_one_epoch(run, feed, batch, 1, 1)
     _sync(dev)
     t0 = time.perf_counter()
-    done = train_one_epoch(run, feed, batch, 1, max(1, n // batch - 1))["images"]
-    _sync(dev)
+    done = 0
+    for _ in range(max(1, n // batch - 1)):
+        done += train_one_epoch(run, feed, batch, 1, 1)["images"]
+        _sync(dev)
+        if time.perf_counter() - t0 > max_seconds:
+            break
     return done / (time.perf_counter() - t0)
 
 
