@@ -317,8 +317,6 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         results = run_search(space, exp_dir, data=data, device=device, address=args.address, storage=storage,
                              verbose=args.verbose, resume=bool(args.resume), live=live, ray_dir=ray_dir,
                              with_defaults=ray_dir == RAY_DIR)
-    import threading
-
     import ray
 
     ended = ended_trials(results, exp_dir)
@@ -330,6 +328,8 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
                       f"with: python main.py search --resume {exp_dir}", highlight=False, soft_wrap=True)
         return 130
     # Ray is done: stop it (a second or two of waiting on its processes) while the reports are written.
+    import threading
+
     stopping = threading.Thread(target=ray.shutdown)
     stopping.start()
     outcomes = []
