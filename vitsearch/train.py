@@ -422,7 +422,8 @@ def measure_throughput(cfg: TrainConfig, data: ImageData, device: str = "auto", 
     """Training images/s of `cfg` over up to `steps` real optimizer steps (after one warm-up step), fewer
     where they take more than `max_seconds` (at least one). On a CPU a step is one micro-batch (at most
     CPU_MICRO_BATCH images, or the config's `micro_batch_size`): a larger batch is accumulated from such
-    micro-batches at the same images/s, and one step of it can take minutes (ViT-S at batch 1,024)."""
+    micro-batches at the same images/s, and one step of it can take minutes (ViT-S at batch 1,024). With
+    one CPU thread the images/s are per second of the thread's CPU time (see below)."""
     dev = resolve_device(device)
     batch = min(cfg.batch_size, len(data.train_y))
     if dev.type == "cpu":
@@ -432,14 +433,20 @@ def measure_throughput(cfg: TrainConfig, data: ImageData, device: str = "auto", 
     feed = Feed(_head(data, n), dev)
     train_one_epoch(run, feed, batch, 1, 1)
     _sync(dev)
-    t0 = time.perf_counter()
+    # On a CPU with one thread every operation runs on the calling thread, so its CPU time is the
+    # trial's own compute, whatever else the process and the machine do meanwhile. The search probes
+    # while Ray starts and Ray Tune is imported on other threads: with another program busy on one of
+    # the 2 cores, the wall clock read ~430 images/s and this clock ~1,800 (the quickstart's batch-128
+    # trials train at ~1,850 on the quiet machine). Elsewhere (GPU, several threads) the wall clock.
+    clock = time.thread_time if dev.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+    t0, c0 = time.perf_counter(), clock()
     done = 0
     for _ in range(max(1, n // batch - 1)):
         done += train_one_epoch(run, feed, batch, 1, 1)["images"]
         _sync(dev)
         if time.perf_counter() - t0 > max_seconds:
             break
-    return done / (time.perf_counter() - t0)
+    return done / (clock() - c0)
 
 
 def _head(data: ImageData, n: int) -> ImageData:
