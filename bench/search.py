@@ -11,7 +11,8 @@ ratios vitsearch / peer for wall time, trial-epochs and best validation accuracy
 the best last-reported value of any trial, stopped ones included (what both peer scripts print), and
 the best among trials that reached the full budget (what vitsearch recommends, and Optuna alone's
 `study.best_value`; the Ray script prints no such figure). `--tools` runs a subset (e.g. without the
-slow Ray script); `--keep DIR` keeps vitsearch's experiment folders (reports, study) to look into.
+slow Ray script); `--keep DIR` keeps vitsearch's experiment folders (reports, study) to look into;
+`--key-order file` runs the quickstart's space with its keys in the file's order instead of sorted.
 """
 
 from __future__ import annotations
@@ -50,12 +51,14 @@ def run_peer(script: Path, trials: int, epochs: int, seed: int) -> dict:
             "best_full_budget": report.get("best_complete", float("nan"))}
 
 
-def run_vitsearch(trials: int, epochs: int, seed: int, work: Path) -> dict:
+def run_vitsearch(trials: int, epochs: int, seed: int, work: Path, key_order: str = "sorted") -> dict:
     space = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
     space.update(seed=seed, num_samples=trials)
     space["scheduler"]["max_epochs"] = epochs
     path = work / f"quickstart_seed{seed}.yaml"
-    path.write_text(yaml.safe_dump(space))
+    # Optuna draws a trial's values key by key, so the key order is part of the seed: "sorted" (the
+    # default, every published run) is another search than the quickstart file's own order ("file").
+    path.write_text(yaml.safe_dump(space, sort_keys=key_order == "sorted"))
     name = f"bench-seed{seed}-{int(time.time())}"
     wall, _ = timed([sys.executable, str(ROOT / "main.py"), "search", "--space", str(path), "--out", str(work),
                      "--name", name], ROOT)
@@ -87,6 +90,8 @@ def main() -> None:
     ap.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     ap.add_argument("--peer-dir", default=str(ROOT.parent / "shared" / "peer"))
     ap.add_argument("--keep", metavar="DIR", help="keep vitsearch's experiment folders in DIR (default: deleted)")
+    ap.add_argument("--key-order", choices=("sorted", "file"), default="sorted",
+                    help="vitsearch's space keys sorted (default) or in the quickstart file's order")
     args = ap.parse_args()
     peer = Path(args.peer_dir)
     rows = []
@@ -97,7 +102,7 @@ def main() -> None:
         for seed in args.seeds:
             for tool in args.tools:
                 if tool == "vitsearch":
-                    measured = run_vitsearch(args.trials, args.epochs, seed, Path(tmp))
+                    measured = run_vitsearch(args.trials, args.epochs, seed, Path(tmp), args.key_order)
                 else:
                     script = peer / ("peer_tune.py" if tool == "ray_script" else "peer_optuna.py")
                     measured = run_peer(script, args.trials, args.epochs, seed)
@@ -114,7 +119,7 @@ def main() -> None:
     peers = [t for t in TOOLS if t != "vitsearch" and t in means.index] if "vitsearch" in means.index else []
     for peer_name in peers:
         ours, other = means.loc["vitsearch"], means.loc[peer_name]
-        print(f"vitsearch / {peer_name}: wall {ours.wall_s / other.wall_s:.2f}x, trial-epochs "
+        print(f"vitsearch / {peer_name}: wall {ours.wall_s / other.wall_s:.3f}x, trial-epochs "
               f"{ours.epochs / other.epochs:.2f}x, mean best val_acc {ours.best_val_acc:.4f} vs "
               f"{other.best_val_acc:.4f} ({ours.best_val_acc - other.best_val_acc:+.4f})" +
               ("" if math.isnan(other.best_full_budget) else
