@@ -159,6 +159,11 @@ def test_live_view_imports_the_reports_libraries_only_on_an_idle_core(monkeypatc
     spare.update(trials[:2], trials[0], {"epoch": 1, "val_acc": 0.1})
     assert len(imported) == 2
 
+    spare.log_lines = False  # on a terminal: the live table
+    spare.update(trials[:2], trials[1], {"epoch": 4, "val_acc": 0.25})
+    head, table = spare.live.renderable.renderables
+    assert head.plain.startswith("2/16 trials finished, 5 trial-epochs") and table.row_count == 2
+
 
 def test_reports_have_the_documented_schema(tiny_search):
     exp, proc = tiny_search
@@ -384,3 +389,22 @@ def test_interop_pyarrow_sql_optuna_and_plain_timm(tiny_search):
     with torch.no_grad():
         accuracy = (model.eval()(normalize(data.val_x)).argmax(1) == data.val_y).float().mean().item()
     assert abs(accuracy - best["final_val_acc"]) <= 1 / len(data.val_y)
+
+
+def test_in_a_log_each_finished_trial_is_a_progress_line(tiny_search):
+    """Piped output (nohup, CI, a cluster job) gets plain lines, not the terminal's live table: one per
+    finished trial with its status as in trials.parquet, its last epoch and the search's progress."""
+    import re
+
+    exp, proc = tiny_search
+    trials = pd.read_parquet(exp / "trials.parquet").set_index("trial_id")
+    pattern = re.compile(r"trial (\w+) (completed|stopped_early|diverged|failed) at epoch (\d+) \(val_acc [-.\d]+\); "
+                         r"(\d+)/8 trials finished, \d+ trial-epochs, \d+s elapsed")
+    ended = [m.groups() for m in map(pattern.match, proc.stdout.splitlines()) if m]
+    assert sorted(trial_id for trial_id, *_ in ended) == sorted(trials.index)
+    assert [int(finished) for *_, finished in ended] == list(range(1, 9))
+    for trial_id, status, epoch, _ in ended:
+        assert status == trials.loc[trial_id, "status"]
+        if status in ("completed", "stopped_early"):
+            assert int(epoch) == trials.loc[trial_id, "epochs_run"]
+    assert not any(line.split() == ["trial", "status", "epoch", "val_acc"] for line in proc.stdout.splitlines())

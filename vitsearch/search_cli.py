@@ -18,6 +18,7 @@ from rich.text import Text
 from .errors import UserError
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the full tables
+LOG_EVERY_S = 60.0  # without a terminal: a progress line per finished trial, and on a result at least this often
 
 
 def add_search_parser(sub) -> None:
@@ -36,7 +37,8 @@ def add_search_parser(sub) -> None:
 
 
 class LiveView:
-    """A rich live table: every trial's status, epoch and metric; overall progress and time estimate."""
+    """A rich live table: every trial's status, epoch and metric; overall progress and time estimate. In a
+    log or a pipe: a line per finished trial with the progress, and the progress at least every minute."""
 
     def __init__(self, space, expected_epochs: float, slots: int):
         self.space, self.expected_epochs, self.slots = space, expected_epochs, slots
@@ -44,18 +46,22 @@ class LiveView:
         self.start = time.time()
         self.rows: dict[str, dict] = {}
         self.reports_preloaded = False
+        # rich redraws the live table only on a terminal; in a log or a pipe (nohup, CI, a cluster job)
+        # the view prints plain progress lines instead.
+        self.log_lines = not console.is_terminal
+        self.last_line = self.start
         # Rendering happens on rich's own thread, 4 times a second: Tune waits for its callbacks before a
         # trial may continue, so drawing on every result would slow every epoch.
         self.live = Live(console=console, auto_refresh=True, refresh_per_second=4, transient=False)
 
     def __enter__(self):
-        self.live.__enter__()
+        if not self.log_lines:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.live.__exit__(*exc)
-        if not console.is_terminal:  # rich ends the last frame with a newline only on a terminal
-            console.line()
+        if not self.log_lines:
+            self.live.__exit__(*exc)
 
     def update(self, trials, trial, result, status: str | None = None) -> None:
         for t in trials:
@@ -71,8 +77,26 @@ class LiveView:
             row = self.rows[trial.trial_id]
             row["epoch"] = max(row["epoch"], int(result.get("epoch", 0)))
             row["metric"] = result.get(self.space.metric)
-            row["diverged"] = result.get("diverged")
-        self.live.update(self.render(), refresh=False)
+            row["diverged"], row["failed"] = result.get("diverged"), result.get("failed")
+        if self.log_lines:
+            self._log(trial.trial_id, status)
+        else:
+            self.live.update(self.render(), refresh=False)
+
+    def _log(self, trial_id: str, status: str | None) -> None:
+        """A plain line when a trial ends, and on other events at most every LOG_EVERY_S."""
+        if status is None and time.time() - self.last_line < LOG_EVERY_S:
+            return
+        self.last_line = time.time()
+        line = self._progress()
+        if status is not None:
+            row = self.rows[trial_id]
+            # the statuses of trials.parquet (report.trial_status), from what the view has seen
+            ended = ("failed" if status == "ERROR" or row.get("failed") else "diverged" if row.get("diverged")
+                     else "completed" if row["epoch"] >= self.space.max_epochs else "stopped_early")
+            metric = "-" if row["metric"] is None else f"{row['metric']:.4f}"
+            line = f"trial {trial_id} {ended} at epoch {row['epoch']} ({self.space.metric} {metric}); {line}"
+        console.print(line, highlight=False, soft_wrap=True)
 
     def _core_free(self) -> bool:
         """A core no trial uses: on a machine with more cores than trials, at once; where the trials use
@@ -83,14 +107,17 @@ class LiveView:
         running = sum(r["status"] == "RUNNING" for r in self.rows.values())
         return len(self.rows) >= self.space.num_samples and running < self.slots
 
-    def render(self):
+    def _progress(self) -> str:
         epochs_done = sum(r["epoch"] for r in self.rows.values())
         finished = sum(r["status"] in ("TERMINATED", "ERROR") for r in self.rows.values())
         elapsed = time.time() - self.start
         remaining = max(0.0, self.expected_epochs - epochs_done)
         eta = f"~{remaining * elapsed / epochs_done:.0f}s left" if epochs_done else "estimating"
-        head = Text(f"{finished}/{self.space.num_samples} trials finished, {epochs_done} trial-epochs, "
-                    f"{elapsed:.0f}s elapsed, {eta}")
+        return (f"{finished}/{self.space.num_samples} trials finished, {epochs_done} trial-epochs, "
+                f"{elapsed:.0f}s elapsed, {eta}")
+
+    def render(self):
+        head = Text(self._progress())
         table = Table(box=None, pad_edge=False)
         for col in ("trial", "status", "epoch", self.space.metric):
             table.add_column(col, justify="right")
