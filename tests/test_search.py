@@ -408,3 +408,23 @@ def test_in_a_log_each_finished_trial_is_a_progress_line(tiny_search):
         if status in ("completed", "stopped_early"):
             assert int(epoch) == trials.loc[trial_id, "epochs_run"]
     assert not any(line.split() == ["trial", "status", "epoch", "val_acc"] for line in proc.stdout.splitlines())
+
+
+def test_in_a_log_the_progress_comes_at_least_every_minute_while_results_arrive(monkeypatch, capsys):
+    from vitsearch import search_cli
+    from vitsearch.space import load_space
+
+    class Trial:
+        def __init__(self, trial_id, status):
+            self.trial_id, self.status = trial_id, status
+
+    view = search_cli.LiveView(load_space("quickstart"), 100.0, slots=2)
+    assert view.log_lines  # pytest's captured stdout is no terminal
+    trials = [Trial("a", "RUNNING"), Trial("b", "RUNNING")]
+    view.update(trials, trials[0], {"epoch": 1, "val_acc": 0.1})
+    assert capsys.readouterr().out == ""  # less than a minute since the start
+    view.last_line -= search_cli.LOG_EVERY_S
+    view.update(trials, trials[1], {"epoch": 1, "val_acc": 0.2})
+    view.update(trials, trials[1], {"epoch": 2, "val_acc": 0.3})
+    lines = capsys.readouterr().out.splitlines()  # the first result after a minute, not the next one
+    assert len(lines) == 1 and lines[0].startswith("0/16 trials finished, 2 trial-epochs, 0s elapsed"), lines
