@@ -140,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if png is not None:
         write_bytes(png, run_dir / "attention_maps.png")
         written.append("attention_maps.png")
-    console.print("wrote " + ", ".join(f"{run_dir}/{name}" for name in written), highlight=False)
+    console.print("wrote " + ", ".join(f"{run_dir}/{name}" for name in written), highlight=False, soft_wrap=True)
     return 0
 
 
@@ -182,7 +182,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
         write_html_report(out_dir)
     console.print(f"wrote {out_dir}/reproduce.parquet" + (" and report.html" if args.source else ""),
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     return 0
 
 
@@ -190,7 +190,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .figures import write_html_report
 
     path = write_html_report(Path(args.experiment))
-    console.print(f"wrote {path} and its figures", highlight=False)
+    console.print(f"wrote {path} and its figures", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -290,7 +290,7 @@ def _print_plan(space, data, device: str, ips: float) -> float:
     console.print(f"[bold]search[/] {space.name}: {space.num_samples} trials x <= {space.max_epochs} epochs, "
                   f"ASHA grace {space.grace_period} / factor {space.reduction_factor}, metric {space.metric} "
                   f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     slots = _slots(space)
     epochs, epoch_times = expected_trial_epochs(space, slots)
     epoch_s = (len(data.train_y) + len(data.val_y) / 3) / ips
@@ -298,7 +298,7 @@ def _print_plan(space, data, device: str, ips: float) -> float:
     console.print(f"probe: {ips:,.0f} training images/s per trial ({int(space.cpu)} CPU thread(s), "
                   f"device {device}); ~{epochs:.0f} trial-epochs expected with ASHA, {slots} at a time -> "
                   f"estimated {_duration(epoch_times * epoch_s)} (all {space.num_samples * space.max_epochs} "
-                  f"trial-epochs: {_duration(everything)})", highlight=False)
+                  f"trial-epochs: {_duration(everything)})", highlight=False, soft_wrap=True)
     return epochs
 
 
@@ -377,6 +377,6 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
     console.print(f"{len(trials)} trials, {len(epochs)} trial-epochs in {time.time() - t0:.0f} s; wrote "
                   f"{exp_dir}/trials.parquet, epochs.parquet, {report_path.name}" +
                   (", best_config.yaml" if (exp_dir / "best_config.yaml").is_file() else "") +
-                  f"; Optuna study: {study_storage(exp_dir)} (name {exp_dir.name!r})", highlight=False)
+                  f"; Optuna study: {study_storage(exp_dir)} (name {exp_dir.name!r})", highlight=False, soft_wrap=True)
     stopping.join()
     return 0
