@@ -39,6 +39,19 @@ def test_measure_window_trains_for_the_window():
     assert rate > 0 and peak == 0.0
 
 
+def test_packing_is_measured_with_plain_processes_where_ray_is_missing():
+    """bench/packing.py on a machine without Ray: k spawned processes train together after a barrier
+    (here on the CPU, which has no peak GPU memory), and a failing process is one error, not a hang."""
+    from vitsearch.packing import measure_in_processes
+
+    cfg = micro_config(batch_size=32)
+    data = load_data(cfg)
+    row = measure_in_processes(cfg, data, "cpu", 2, window_s=0.5)
+    assert row["k"] == 2 and row["aggregate_img_s"] > 0 and row["peak_memory_gb"] == 0.0
+    with pytest.raises(RuntimeError, match="a packing probe process failed: ConfigError"):
+        measure_in_processes(cfg, data, "cuda:7" if not torch.cuda.is_available() else "nodevice", 2, window_s=0.5)
+
+
 def test_gpu_auto_is_the_default_and_falls_back_to_cpu_trials():
     space = parse_space({"metric": "val_acc", "mode": "max", "num_samples": 2,
                          "scheduler": {"max_epochs": 2, "grace_period": 1}, "resources": {"cpu": 1},

@@ -87,3 +87,40 @@ def _window_task(cfg, data, device: str, start_at: float, window_s: float) -> tu
     from .train import measure_window
 
     return measure_window(cfg, data, device, start_at=start_at, window_s=window_s)
+
+
+def measure_in_processes(cfg, data, device: str, k: int, window_s: float = WINDOW_S,
+                         timeout_s: float = 600.0) -> dict[str, float]:
+    """`measure` without Ray: k spawned processes on one GPU, each building the trainer and warming up,
+    then all training for the same `window_s` after a barrier. For machines where Ray is not installed
+    (bench/packing.py on a lent GPU machine whose image has torch and timm but no Ray); the GPU sees
+    the same k processes as with Ray's fractional GPUs."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(k), ctx.Queue()
+    procs = [ctx.Process(target=_window_process, args=(cfg, data, device, window_s, barrier, results), daemon=True)
+             for _ in range(k)]
+    for proc in procs:
+        proc.start()
+    try:
+        rates = [results.get(timeout=timeout_s) for _ in range(k)]
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    failed = [r for r in rates if isinstance(r, str)]
+    if failed:
+        raise RuntimeError(f"a packing probe process failed: {failed[0]}")
+    return {"k": k, "aggregate_img_s": sum(r[0] for r in rates), "peak_memory_gb": max(r[1] for r in rates)}
+
+
+def _window_process(cfg, data, device: str, window_s: float, barrier, results) -> None:
+    try:
+        from vitsearch.train import measure_window
+
+        results.put(measure_window(cfg, data, device, window_s=window_s, ready=barrier.wait))
+    except BaseException as exc:  # noqa: BLE001 (reported to the parent as text; the others stop waiting)
+        barrier.abort()
+        results.put(f"{exc.__class__.__name__}: {exc}")

@@ -396,10 +396,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def measure_window(cfg: TrainConfig, data: ImageData, device: str = "auto", *, start_at: float | None = None,
-                   window_s: float = 3.0, warmup_steps: int = 2) -> tuple[float, float]:
+                   window_s: float = 3.0, warmup_steps: int = 2,
+                   ready: Callable[[], Any] | None = None) -> tuple[float, float]:
     """Training images/s of `cfg` over a wall-clock window and the peak GPU memory in GB (0 on a CPU).
-    After `warmup_steps` real steps it waits for `start_at` (a time.time() value), so that probes
-    running at once on one GPU measure the same window (packing.probe)."""
+    After `warmup_steps` real steps it calls `ready` (a barrier's wait) and waits for `start_at` (a
+    time.time() value), so that probes running at once on one GPU measure the same window (packing)."""
     dev = resolve_device(device)
     batch = min(cfg.batch_size, len(data.train_y))
     run = setup(cfg, data, dev, len(data.train_y) // batch, batch)
@@ -407,6 +408,8 @@ def measure_window(cfg: TrainConfig, data: ImageData, device: str = "auto", *, s
     feed = Feed(_head(data, n), dev)
     train_one_epoch(run, feed, batch, 1, warmup_steps)
     _sync(dev)
+    if ready is not None:
+        ready()
     if start_at is not None:
         time.sleep(max(0.0, start_at - time.time()))
     done, t0 = 0, time.perf_counter()

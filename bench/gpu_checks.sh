@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every GPU figure of the performance issue in one run (at most 9.5 min: 240 + 120 + 210 s): the commands of the
+# README's benchmark section, each under its own time limit, each log written to OUT_DIR as it runs.
+#
+#   bash bench/gpu_checks.sh [OUT_DIR]          # default OUT_DIR: gpu-checks
+#
+# Needs python3 with torch (CUDA), timm, torchvision, numpy, pyyaml, pillow and scikit-learn; not Ray
+# (bench/packing.py then runs its trials as plain processes). Real data: Fashion-MNIST when its four
+# .gz files are in .data/fashion-mnist (copy them from /usr/share/datasets/fashion-mnist), else digits.
+# On this workplace's lent GPU machine (the device tool; its image has no Ray, and Ray's 79 MB wheel is
+# larger than what travels there): run `bash bench/gpu_checks.sh $OUT` with carry [".data"] and
+# timeout_s 600; the logs come back from $OUT.
+set -u
+out=${1:-gpu-checks}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+cd "$(dirname "$0")/.." || exit 1
+
+data=digits
+if [ -f .data/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  data=fashion_mnist:.data/fashion-mnist
+fi
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $py -c "import sys, torch, timm, torchvision; print(sys.version.split()[0], 'torch', torch.__version__, 'timm', timm.__version__, 'torchvision', torchvision.__version__)"
+  echo "real data: $data"
+} 2>&1 | tee "$out/env.txt"
+
+# 1. trainer vs timm's eager plain loop, ViT-S/16 at 224 px, bf16, batch 256 (target >= 1.3x)
+timeout 240 $py bench/trainer.py --model vit_small --synthetic 8192 --image-size 224 --patch-size 16 \
+  --batch 256 --precision bf16 --compile --epochs 3 --rounds 2 2>&1 | tee "$out/trainer_vit_small.txt"
+
+# 2. real data with full augmentation vs synthetic, CIFAR-sized ViT-Ti (target >= 0.9x)
+timeout 120 $py bench/trainer.py --real-vs-synthetic --aug-strength 1.0 --data "$data" --subset 20000 \
+  --image-size 32 --patch-size 4 --model vit_tiny --batch 256 --precision bf16 --epochs 3 --rounds 2 \
+  2>&1 | tee "$out/real_vs_synthetic.txt"
+
+# 3. packing: aggregate throughput of k trials on one GPU vs one (target >= 2.2x for ViT-Ti)
+timeout 210 $py bench/packing.py 2>&1 | tee "$out/packing.txt"
