@@ -12,6 +12,7 @@ trials run on CPUs with `resources.cpu` each.
 
 from __future__ import annotations
 
+import queue
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,8 +104,18 @@ def measure_in_processes(cfg, data, device: str, k: int, window_s: float = WINDO
              for _ in range(k)]
     for proc in procs:
         proc.start()
+    rates: list = []
+    deadline = time.time() + timeout_s
     try:
-        rates = [results.get(timeout=timeout_s) for _ in range(k)]
+        while len(rates) < k:
+            try:
+                rates.append(results.get(timeout=1.0))
+            except queue.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead or time.time() > deadline:  # killed (OOM, signal) before it could report
+                    rates.append(f"exit code {dead[0]}" if dead else f"no result within {timeout_s:.0f} s")
+                    barrier.abort()  # the others stop waiting for it
+                    break
     finally:
         for proc in procs:
             proc.join(timeout=30)
