@@ -428,3 +428,7 @@ def test_in_a_log_the_progress_comes_at_least_every_minute_while_results_arrive(
     view.update(trials, trials[1], {"epoch": 2, "val_acc": 0.3})
     lines = capsys.readouterr().out.splitlines()  # the first result after a minute, not the next one
     assert len(lines) == 1 and lines[0].startswith("0/16 trials finished, 2 trial-epochs, 0s elapsed"), lines
+    view.expected_epochs = 3.0  # more trial-epochs than the plan expected: no "~0s left" while trials run
+    view.last_line -= search_cli.LOG_EVERY_S
+    view.update(trials, trials[0], {"epoch": 2, "val_acc": 0.2})
+    assert capsys.readouterr().out.strip().endswith("4 trial-epochs, 0s elapsed, past the estimate")

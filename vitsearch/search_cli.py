@@ -111,8 +111,13 @@ class LiveView:
         epochs_done = sum(r["epoch"] for r in self.rows.values())
         finished = sum(r["status"] in ("TERMINATED", "ERROR") for r in self.rows.values())
         elapsed = time.time() - self.start
-        remaining = max(0.0, self.expected_epochs - epochs_done)
-        eta = f"~{remaining * elapsed / epochs_done:.0f}s left" if epochs_done else "estimating"
+        remaining = self.expected_epochs - epochs_done
+        if not epochs_done:
+            eta = "estimating"
+        elif remaining > 0:
+            eta = f"~{remaining * elapsed / epochs_done:.0f}s left"
+        else:  # ASHA let more trials go on than the plan's simulation expected
+            eta = "done" if finished >= self.space.num_samples else "past the estimate"
         return (f"{finished}/{self.space.num_samples} trials finished, {epochs_done} trial-epochs, "
                 f"{elapsed:.0f}s elapsed, {eta}")
 
