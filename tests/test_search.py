@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -394,8 +395,6 @@ def test_interop_pyarrow_sql_optuna_and_plain_timm(tiny_search):
 def test_in_a_log_each_finished_trial_is_a_progress_line(tiny_search):
     """Piped output (nohup, CI, a cluster job) gets plain lines, not the terminal's live table: one per
     finished trial with its status as in trials.parquet, its last epoch and the search's progress."""
-    import re
-
     exp, proc = tiny_search
     trials = pd.read_parquet(exp / "trials.parquet").set_index("trial_id")
     pattern = re.compile(r"trial (\w+) (completed|stopped_early|diverged|failed) at epoch (\d+) \(val_acc [-.\d]+\); "
@@ -408,6 +407,13 @@ def test_in_a_log_each_finished_trial_is_a_progress_line(tiny_search):
         if status in ("completed", "stopped_early"):
             assert int(epoch) == trials.loc[trial_id, "epochs_run"]
     assert not any(line.split() == ["trial", "status", "epoch", "val_acc"] for line in proc.stdout.splitlines())
+
+
+def test_the_plan_probes_the_largest_and_the_smallest_batch(tiny_search):
+    exp, proc = tiny_search
+    assert re.search(r"probe: [\d,]+ at batch 64 and [\d,]+ at batch 32 training images/s per trial "
+                     r"\(1 CPU thread\(s\), device auto\); ~\d+ trial-epochs expected with ASHA, \d at a time -> "
+                     r"estimated \d+ s", proc.stdout), proc.stdout[:1000]
 
 
 def test_in_a_log_the_progress_comes_at_least_every_minute_while_results_arrive(monkeypatch, capsys):

@@ -18,6 +18,7 @@ from rich.text import Text
 from .errors import UserError
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the full tables
+SECOND_PROBE_WITHIN_S = 5.0  # the smallest batch is probed too when the largest's probe took less
 LOG_EVERY_S = 60.0  # without a terminal: a progress line per finished trial, and on a result at least this often
 
 
@@ -232,13 +233,31 @@ def _largest(space) -> dict:
             if k in ("batch_size",)}
 
 
+def _probe_points(space, data, device: str) -> list[dict]:
+    """What the cost probe measures: the space's largest batch and, where the batch is searched, also its
+    smallest, which trains fewer images per second (quickstart on the CPU: 1,850 at 128, 1,440 at 32) and
+    takes as many trials. On a CPU a probe steps one micro-batch at most, so two batches that both fill
+    one are measured once."""
+    from .train import probe_batch, resolve_device
+
+    largest = _largest(space)
+    dist = space.search.get("batch_size")
+    if dist is None:
+        return [largest]
+    smallest = {**largest, "batch_size": min(dist.choices) if dist.kind == "choice" else dist.low}
+    dev, n = resolve_device(device), len(data.train_y)
+    same = probe_batch(space.trial_config(smallest), n, dev) == probe_batch(space.trial_config(largest), n, dev)
+    return [largest] if same else [largest, smallest]
+
+
 class _Probe:
-    """The throughput probe in a background thread: a few real steps of the space's largest config."""
+    """The throughput probe in a background thread: a few real steps of each of `_probe_points`.
+    Its value: (batch size, training images/s) per point."""
 
     def __init__(self, space, data, device: str):
         import threading
 
-        self.value: float | None = None
+        self.value: list[tuple[int, float]] | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(space, data, device), daemon=True)
         self.thread.start()
@@ -248,16 +267,22 @@ class _Probe:
 
         from .train import measure_throughput
 
+        started = time.time()
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, int(space.cpu)))
         try:
-            self.value = measure_throughput(space.trial_config(_largest(space)), data, device)
+            self.value = []
+            for point in _probe_points(space, data, device):
+                if self.value and time.time() - started > SECOND_PROBE_WITHIN_S:
+                    break  # a slow first probe (ViT-S on a CPU: ~30 s) is what the estimate gets
+                cfg = space.trial_config(point)
+                self.value.append((cfg.batch_size, measure_throughput(cfg, data, device)))
         except BaseException as exc:  # re-raised in the main thread (a bad teacher path is a UserError)
             self.error = exc
         finally:
             torch.set_num_threads(threads)
 
-    def result(self) -> float:
+    def result(self) -> list[tuple[int, float]]:
         self.thread.join()
         if self.error is not None:
             raise self.error
@@ -287,9 +312,9 @@ def _packing(space, data, device: str, earlier: dict | None):
     return replace(space, gpu=1.0 / earlier["trials_per_gpu"]), earlier
 
 
-def _print_plan(space, data, device: str, ips: float) -> float:
-    """The plan and an honest cost estimate from `ips`, the probe's images/s of the largest config.
-    Returns the trial-epochs expected."""
+def _print_plan(space, data, device: str, probes: list[tuple[int, float]]) -> float:
+    """The plan and an honest cost estimate from `probes`, (batch size, images/s) of the probed configs:
+    an image costs the mean of their times per image. Returns the trial-epochs expected."""
     from .search import expected_trial_epochs
 
     console.print(f"[bold]search[/] {space.name}: {space.num_samples} trials x <= {space.max_epochs} epochs, "
@@ -298,9 +323,12 @@ def _print_plan(space, data, device: str, ips: float) -> float:
                   highlight=False, soft_wrap=True)
     slots = _slots(space)
     epochs, epoch_times = expected_trial_epochs(space, slots)
+    ips = len(probes) / sum(1.0 / rate for _, rate in probes)
     epoch_s = (len(data.train_y) + len(data.val_y) / 3) / ips
     everything = math.ceil(space.num_samples / slots) * space.max_epochs * epoch_s  # no trial stopped early
-    console.print(f"probe: {ips:,.0f} training images/s per trial ({int(space.cpu)} CPU thread(s), "
+    speeds = " and ".join(f"{rate:,.0f} at batch {batch}" for batch, rate in probes) if len(probes) > 1 \
+        else f"{probes[0][1]:,.0f}"
+    console.print(f"probe: {speeds} training images/s per trial ({int(space.cpu)} CPU thread(s), "
                   f"device {device}); ~{epochs:.0f} trial-epochs expected with ASHA, {slots} at a time -> "
                   f"estimated {_duration(epoch_times * epoch_s)} (all {space.num_samples * space.max_epochs} "
                   f"trial-epochs: {_duration(everything)})", highlight=False, soft_wrap=True)

@@ -428,9 +428,7 @@ def measure_throughput(cfg: TrainConfig, data: ImageData, device: str = "auto", 
     micro-batches at the same images/s, and one step of it can take minutes (ViT-S at batch 1,024). With
     one CPU thread the images/s are per second of the thread's CPU time (see below)."""
     dev = resolve_device(device)
-    batch = min(cfg.batch_size, len(data.train_y))
-    if dev.type == "cpu":
-        batch = min(batch, cfg.micro_batch_size or CPU_MICRO_BATCH)
+    batch = probe_batch(cfg, len(data.train_y), dev)
     run = setup(cfg, data, dev, steps + 1, batch)
     n = min(len(data.train_y), batch * (steps + 1))
     feed = Feed(_head(data, n), dev)
@@ -450,6 +448,12 @@ def measure_throughput(cfg: TrainConfig, data: ImageData, device: str = "auto", 
         if time.perf_counter() - t0 > max_seconds:
             break
     return done / (clock() - c0)
+
+
+def probe_batch(cfg: TrainConfig, n_train: int, dev: torch.device) -> int:
+    """The batch `measure_throughput` steps with: the config's, on a CPU at most one micro-batch."""
+    batch = min(cfg.batch_size, n_train)
+    return min(batch, cfg.micro_batch_size or CPU_MICRO_BATCH) if dev.type == "cpu" else batch
 
 
 def _head(data: ImageData, n: int) -> ImageData:
