@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 from test_search import TINY
 
@@ -83,7 +84,10 @@ def test_losing_a_node_mid_search_still_completes_the_report(tmp_path):
         cluster.shutdown()
 
 
-def test_ctrl_c_keeps_everything_and_resume_finishes_the_search(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_keeps_everything_and_resume_finishes_the_search(tmp_path, sig, code):
+    """Ctrl-C, or SIGTERM (`kill`, a batch system's time limit; Ray's driver used to abort with a stack
+    dump), stops the search with every finished trial kept and the resume command printed."""
     proc, exp = start_search(tmp_path)
     log = exp / "epochs.jsonl"
 
@@ -94,10 +98,10 @@ def test_ctrl_c_keeps_everything_and_resume_finishes_the_search(tmp_path):
         return any(e == 6 for e in latest.values()) and any(2 <= e < 6 for e in latest.values())
 
     wait_for(one_done_one_halfway, log, proc)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out[-2000:] + err[-2000:]
-    assert "Traceback" not in out + err
+    assert proc.returncode == code, out[-2000:] + err[-2000:]
+    assert "Traceback" not in out + err and "SIGTERM received" not in out + err
     assert f"python main.py search --resume {exp}" in out
     assert not (exp / "trials.parquet").exists()  # the reports wait for the whole search
     before = rows(log)

@@ -490,7 +490,28 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
                 name=ray_dir, storage_path=ray_root, verbose=0, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=space.retries),
 ))
+    _stop_on_sigterm()
     return tuner.fit()
+
+
+STOP_SIGNALS: list[int] = []  # the signals that stopped this process's search early (SIGTERM)
+
+
+def _stop_on_sigterm() -> None:
+    """`kill PID` (SIGTERM: systemd, Kubernetes, a batch system's time limit) stops the search as Ctrl-C
+    does: Tune stops the running trials and saves its state, and the search prints the resume command.
+    Ray's driver otherwise dumps a stack trace and aborts on SIGTERM. Tune stops on SIGUSR1 as on SIGINT."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        return
+
+    def on_sigterm(signum, frame):
+        STOP_SIGNALS.append(signum)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def finished_trials(exp_dir: Path) -> dict[str, dict]:

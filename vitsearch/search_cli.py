@@ -370,7 +370,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
     from .figures import write_html_report
     from .files import write_bytes
     from .report import TrialOutcome, comparison_line, summary_table, write_reports
-    from .search import RAY_DIR, ended_trials, run_search, study_storage
+    from .search import RAY_DIR, STOP_SIGNALS, ended_trials, run_search, study_storage
 
     t0 = time.time()
     with LiveView(space, expected_epochs, _slots(space)) as live:
@@ -386,7 +386,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         ray.shutdown()
         console.print(f"interrupted: {ended} of {space.num_samples} trials finished; nothing is lost. Continue "
                       f"with: python main.py search --resume {exp_dir}", highlight=False, soft_wrap=True)
-        return 130
+        return 128 + STOP_SIGNALS[0] if STOP_SIGNALS else 130  # 143 after SIGTERM, 130 after Ctrl-C
     # Ray is done: stop it (a second or two of waiting on its processes) while the reports are written.
     import threading
 
