@@ -47,6 +47,7 @@ def main() -> int:
         import ray
 
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    measure_k = measure if runner == "ray" else measure_in_processes  # same arguments: data or Ray's reference
     quick = TrainConfig(model="vit_micro", data="digits", image_size=16, patch_size=4, batch_size=128,
                         lr_scaling="none", aug_strength=0.5)
     cifar = TrainConfig(model="vit_tiny", patch_size=4, batch_size=256, aug_strength=0.5)
@@ -64,7 +65,7 @@ def main() -> int:
         for k in CANDIDATES:
             if rows and k * rows[0]["peak_memory_gb"] > MEMORY_SHARE * total:
                 break
-            rows.append(measure(cfg, ref, "cuda", k) if runner == "ray" else measure_in_processes(cfg, data, "cuda", k))
+            rows.append(measure_k(cfg, ref, "cuda", k))
         base = rows[0]["aggregate_img_s"]
         print(f"\n{label}")
         print("| trials per GPU | aggregate img/s | vs 1 | peak memory per trial |")

@@ -416,7 +416,7 @@ def test_the_plan_probes_the_largest_and_the_smallest_batch(tiny_search):
                      r"estimated \d+ s", proc.stdout), proc.stdout[:1000]
 
 
-def test_in_a_log_the_progress_comes_at_least_every_minute_while_results_arrive(monkeypatch, capsys):
+def test_in_a_log_the_progress_comes_at_least_every_minute_while_results_arrive(capsys):
     from vitsearch import search_cli
     from vitsearch.space import load_space
 

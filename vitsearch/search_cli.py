@@ -78,7 +78,7 @@ class LiveView:
             row = self.rows[trial.trial_id]
             row["epoch"] = max(row["epoch"], int(result.get("epoch", 0)))
             row["metric"] = result.get(self.space.metric)
-            row["diverged"], row["failed"] = result.get("diverged"), result.get("failed")
+            row["diverged"], row["last"] = result.get("diverged"), result
         if self.log_lines:
             self._log(trial.trial_id, status)
         else:
@@ -91,10 +91,11 @@ class LiveView:
         self.last_line = time.time()
         line = self._progress()
         if status is not None:
+            from .report import TrialOutcome, trial_status  # the statuses of trials.parquet
+
             row = self.rows[trial_id]
-            # the statuses of trials.parquet (report.trial_status), from what the view has seen
-            ended = ("failed" if status == "ERROR" or row.get("failed") else "diverged" if row.get("diverged")
-                     else "completed" if row["epoch"] >= self.space.max_epochs else "stopped_early")
+            outcome = TrialOutcome(trial_id, {}, row.get("last") or {}, "error" if status == "ERROR" else None)
+            ended = trial_status(outcome, self.space.max_epochs)[0]
             metric = "-" if row["metric"] is None else f"{row['metric']:.4f}"
             line = f"trial {trial_id} {ended} at epoch {row['epoch']} ({self.space.metric} {metric}); {line}"
         console.print(line, highlight=False, soft_wrap=True)
