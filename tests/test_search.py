@@ -438,3 +438,54 @@ def test_in_a_log_the_progress_comes_at_least_every_minute_while_results_arrive(
     view.last_line -= search_cli.LOG_EVERY_S
     view.update(trials, trials[0], {"epoch": 2, "val_acc": 0.2})
     assert capsys.readouterr().out.strip().endswith("4 trial-epochs, 0s elapsed, past the estimate")
+
+
+PRESTART_PROBE = r"""
+import json, os, sys, time
+from ray import tune
+from ray.tune.execution.class_cache import _ActorClassCache
+from vitsearch.search import _actors_on_prestarted_workers, init_ray
+
+def idle_workers():
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().startswith(b"ray::IDLE"):
+                    found.add(int(pid))
+        except OSError:
+            pass
+    return found
+
+init_ray(None, verbose=False)
+deadline = time.time() + 60
+while len(idle_workers()) < 2 and time.time() < deadline:  # Ray prestarts one worker per CPU
+    time.sleep(0.2)
+prestarted = idle_workers()
+stock_env = _ActorClassCache().get(tune.Trainable).__ray_metadata__.runtime_env
+
+def trial(config):
+    time.sleep(1)  # both trials run at once, on two actors
+    tune.report({"pid": os.getpid()})
+
+tuner = tune.Tuner(tune.with_resources(trial, {"cpu": 1}),
+                   tune_config=tune.TuneConfig(num_samples=2, max_concurrent_trials=2, reuse_actors=True),
+                   run_config=tune.RunConfig(storage_path=sys.argv[1], verbose=0))
+with _actors_on_prestarted_workers():
+    results = tuner.fit()
+print(json.dumps({"prestarted": sorted(prestarted), "trials": sorted({r.metrics["pid"] for r in results}),
+                  "stock_env": bool(stock_env)}))
+"""
+
+
+def test_trial_actors_start_on_the_workers_ray_prestarted(tmp_path):
+    """Tune declares its trial actors with a runtime env, and Ray gives such an actor a new process instead of
+    a worker it prestarted at `ray.init` (~2 s later). On the local instance vitsearch starts, the actors go
+    to the prestarted workers."""
+    proc = subprocess.run([sys.executable, "-c", PRESTART_PROBE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["stock_env"]  # why it matters: Tune's own actor class carries a runtime env
+    assert len(found["prestarted"]) >= 2 and len(found["trials"]) == 2
+    assert set(found["trials"]) <= set(found["prestarted"]), found
