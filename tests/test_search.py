@@ -478,14 +478,22 @@ print(json.dumps({"prestarted": sorted(prestarted), "trials": sorted({r.metrics[
 """
 
 
-def test_trial_actors_start_on_the_workers_ray_prestarted(tmp_path):
+@pytest.mark.parametrize("pl_disable_fork", [None, "0"])
+def test_trial_actors_start_on_the_workers_ray_prestarted(tmp_path, pl_disable_fork):
     """Tune declares its trial actors with a runtime env, and Ray gives such an actor a new process instead of
     a worker it prestarted at `ray.init` (~2 s later). On the local instance vitsearch starts, the actors go
-    to the prestarted workers."""
+    to the prestarted workers, which inherited the same environment; where the driver's environment
+    differs from Tune's runtime env (PL_DISABLE_FORK=0 against Tune's 1), Tune's runtime env is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "PL_DISABLE_FORK"}
+    if pl_disable_fork is not None:
+        env["PL_DISABLE_FORK"] = pl_disable_fork
     proc = subprocess.run([sys.executable, "-c", PRESTART_PROBE, str(tmp_path)], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+                          timeout=300, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found["stock_env"]  # why it matters: Tune's own actor class carries a runtime env
     assert len(found["prestarted"]) >= 2 and len(found["trials"]) == 2
-    assert set(found["trials"]) <= set(found["prestarted"]), found
+    if pl_disable_fork is None:
+        assert set(found["trials"]) <= set(found["prestarted"]), found
+    else:
+        assert not set(found["trials"]) & set(found["prestarted"]), found

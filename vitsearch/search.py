@@ -408,7 +408,9 @@ def _callbacks(exp_dir: Path, live, checkpoint_root: str, max_epochs: int):
 
 # --- the search ----------------------------------------------------------------------------------
 
-_LOCAL_INSTANCE: list[str] = []  # the GCS address of the local Ray instance init_ray started in this process
+# The local Ray instance init_ray started in this process: its GCS address and the environment its processes
+# inherited from this one.
+_LOCAL_INSTANCE: list[tuple[str, dict[str, str]]] = []
 
 
 def init_ray(address: str | None, verbose: bool) -> None:
@@ -432,7 +434,7 @@ def init_ray(address: str | None, verbose: bool) -> None:
             # the rest of this environment) from the driver, see _actors_on_prestarted_workers.
             os.environ.setdefault("PL_DISABLE_FORK", "1")
             context = ray.init(address="local", **kwargs)  # a new local instance, even where a cluster runs here
-            _LOCAL_INSTANCE[:] = [context.address_info.get("gcs_address", "")]
+            _LOCAL_INSTANCE[:] = [(context.address_info.get("gcs_address", ""), dict(os.environ))]
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         where = f"--address {address!r}" if address else "a local Ray instance"
         raise UserError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
@@ -510,28 +512,33 @@ def _actors_on_prestarted_workers():
     Tune declares its actor class with a runtime env of environment variables (PL_DISABLE_FORK and the
     driver's AWS/checkpoint settings, `ray.tune.execution.class_cache`), and Ray never gives an actor
     with a runtime env a worker prestarted without one: it kills those and starts new processes, ~2 s
-    later. On a local instance that runtime env changes nothing, because every worker inherits the
-    driver's environment (`init_ray` sets PL_DISABLE_FORK there first), so here the class is declared
-    without it: the quickstart's first training steps start ~1.2 and ~2 s sooner. On a cluster
-    (`--address`), where workers do not share the driver's environment, Tune's own class is kept."""
+    later. Where every such variable already has that value in the environment the local instance's
+    processes inherited from this one (`init_ray` sets PL_DISABLE_FORK there first), that runtime env
+    changes nothing, and the class is declared without it: the quickstart's first training steps start
+    ~1 s sooner. On a cluster (`--address`), or with any other runtime env, Tune's own class is kept."""
     try:
         from ray.tune.execution.class_cache import _ActorClassCache
     except ImportError:  # another Ray layout: Tune's default
         _ActorClassCache = None
     import ray
 
-    local = bool(_LOCAL_INSTANCE) and _LOCAL_INSTANCE[0] == ray.get_runtime_context().gcs_address
-    if not local or _ActorClassCache is None or not hasattr(_ActorClassCache, "get"):
+    here = ray.get_runtime_context().gcs_address
+    inherited = next((env for address, env in _LOCAL_INSTANCE if address == here), None)
+    if inherited is None or _ActorClassCache is None or not hasattr(_ActorClassCache, "get"):
         yield
         return
-
     stock = _ActorClassCache.get
+    plain: dict = {}
 
-    def get(self, trainable_cls):
-        cache = self.__dict__.setdefault("_cache", {})
-        if trainable_cls not in cache:
-            cache[trainable_cls] = ray.remote(trainable_cls)
-        return cache[trainable_cls]
+    def get(self, trainable_cls, *args, **kwargs):
+        remote_cls = stock(self, trainable_cls, *args, **kwargs)
+        runtime_env = getattr(getattr(remote_cls, "__ray_metadata__", None), "runtime_env", None) or {}
+        env_vars = dict(runtime_env).get("env_vars") or {}
+        if args or kwargs or set(runtime_env) - {"env_vars"} or any(inherited.get(k) != v for k, v in env_vars.items()):
+            return remote_cls
+        if trainable_cls not in plain:
+            plain[trainable_cls] = ray.remote(trainable_cls)
+        return plain[trainable_cls]
 
     _ActorClassCache.get = get
     try:
