@@ -118,6 +118,44 @@ def test_ctrl_c_keeps_everything_and_resume_finishes_the_search(tmp_path, sig, c
     assert all(r["epoch"] == 6 for r in after if r["trial_id"] in done_before)  # not trained again
 
 
+SIGNAL_AT = r"""
+import os, signal, sys
+import vitsearch.data, vitsearch.search_cli
+from vitsearch.cli import main
+
+where, sig = sys.argv[1], getattr(signal, sys.argv[2])
+module, name = where.rsplit(".", 1)
+module = sys.modules[module]
+real = getattr(module, name)
+
+def signalled(*args, **kwargs):  # the signal comes while this step runs
+    os.kill(os.getpid(), sig)
+    return real(*args, **kwargs)
+
+setattr(module, name, signalled)
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("where", ["vitsearch.data.load_data", "vitsearch.search_cli._print_plan"],
+                         ids=["loading-data", "ray-started"])
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)], ids=["ctrl-c", "sigterm"])
+def test_a_stop_before_the_first_trial_leaves_no_half_made_experiment(tmp_path, where, sig, code):
+    """Ctrl-C or SIGTERM while the data loads, or once Ray has started but before Ray Tune runs: one line,
+    the signal's exit code, no traceback (Ray's driver used to exit with code 15 or abort on SIGTERM
+    here), and no experiment folder that --resume could not continue."""
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(SLOW))
+    exp = tmp_path / "exp"
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_AT, where, sig, "search", "--space",
+                           str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--name", "exp"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == code, out[-3000:]
+    assert "interrupted before any trial started: nothing was trained" in proc.stdout, out[-3000:]
+    assert "Traceback" not in out and "SIGTERM received" not in out
+    assert not exp.exists()
+
+
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):

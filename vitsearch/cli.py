@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        return 130
+        search = sys.modules.get("vitsearch.search")  # a search stops on SIGTERM as on Ctrl-C
+        return 128 + search.STOP_SIGNALS[0] if search and search.STOP_SIGNALS else 130
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -439,6 +439,7 @@ def init_ray(address: str | None, verbose: bool) -> None:
         where = f"--address {address!r}" if address else "a local Ray instance"
         raise UserError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
                         "check that `ray start --head` runs there and the address is HOST:PORT") from None
+    stop_on_sigterm()  # instead of the handler ray.init has put in place
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -500,9 +501,13 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
                 name=ray_dir, storage_path=ray_root, verbose=0, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=space.retries),
 ))
-    _stop_on_sigterm()
-    with _actors_on_prestarted_workers():
-        return tuner.fit()
+    stop_on_sigterm()
+    SEARCH_STARTED[:] = _TUNE_RUNNING[:] = [True]
+    try:
+        with _actors_on_prestarted_workers():
+            return tuner.fit()
+    finally:
+        _TUNE_RUNNING.clear()
 
 
 @contextlib.contextmanager
@@ -548,23 +553,32 @@ def _actors_on_prestarted_workers():
 
 
 STOP_SIGNALS: list[int] = []  # the signals that stopped this process's search early (SIGTERM)
+SEARCH_STARTED: list[bool] = []  # [True] once tuner.fit() has been called in this process
+_TUNE_RUNNING: list[bool] = []  # [True] while tuner.fit() runs
 
 
-def _stop_on_sigterm() -> None:
-    """`kill PID` (SIGTERM: systemd, Kubernetes, a batch system's time limit) stops the search as Ctrl-C
-    does: Tune stops the running trials and saves its state, and the search prints the resume command.
-    Ray's driver otherwise dumps a stack trace and aborts on SIGTERM. Tune stops on SIGUSR1 as on SIGINT."""
+def stop_on_sigterm() -> None:
+    """`kill PID` (SIGTERM: systemd, Kubernetes, a batch system's time limit) stops a search as Ctrl-C
+    does. While Tune runs the trials it stops them and saves its state (Tune stops on SIGUSR1 as on
+    SIGINT), and the search prints the resume command; before and after, the signal raises
+    KeyboardInterrupt in the main thread. Ray's driver puts its own handlers in place at `ray.init` (an
+    exit with code 15, later a stack dump and an abort), so this is called again after it and before
+    `tuner.fit()`."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
-        return
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
-    def on_sigterm(signum, frame):
-        STOP_SIGNALS.append(signum)
+
+def _on_sigterm(signum, frame) -> None:
+    import signal
+
+    STOP_SIGNALS.append(signum)
+    if _TUNE_RUNNING and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
         os.kill(os.getpid(), signal.SIGUSR1)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    else:
+        raise KeyboardInterrupt
 
 
 def finished_trials(exp_dir: Path) -> dict[str, dict]:

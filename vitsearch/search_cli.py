@@ -139,9 +139,10 @@ class LiveView:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .data import load_data
-    from .files import write_bytes, write_yaml
-    from .search import RAY_DIR, RUN_FILE, SPACE_FILE, init_ray
+    import shutil
+
+    from .files import write_bytes
+    from .search import RAY_DIR, RUN_FILE
 
     chosen = [flag for flag in ("space", "resume", "extend") if getattr(args, flag)]
     if len(chosen) != 1:
@@ -167,6 +168,31 @@ def cmd_search(args: argparse.Namespace) -> int:
         if exp_dir.exists() and any(exp_dir.iterdir()):
             raise UserError(f"experiment folder {str(exp_dir)!r} already exists; use --resume or another --name")
         device, storage, ray_dir, run = args.device, args.storage, RAY_DIR, {}
+
+    from .search import SEARCH_STARTED, STOP_SIGNALS, stop_on_sigterm
+
+    stop_on_sigterm()  # from here `kill PID` stops the search as Ctrl-C does
+    run_before = (exp_dir / RUN_FILE).read_bytes() if args.extend else None
+    try:
+        return _prepare_and_run(space, exp_dir, device, storage, ray_dir, run, args)
+    except KeyboardInterrupt:
+        if SEARCH_STARTED:
+            raise  # after the search (the reports): the experiment is kept as it is
+        # Ctrl-C or SIGTERM before Ray Tune started: nothing was trained, and the experiment folder (the
+        # space and the empty study) would be one that --resume cannot continue.
+        if args.space:
+            shutil.rmtree(exp_dir, ignore_errors=True)
+        elif run_before is not None:
+            write_bytes(run_before, exp_dir / RUN_FILE)
+        console.print("interrupted before any trial started: nothing was trained" +
+                      (f"; {exp_dir} was removed" if args.space else ""), highlight=False, soft_wrap=True)
+        return 128 + STOP_SIGNALS[0] if STOP_SIGNALS else 130  # 143 after SIGTERM, 130 after Ctrl-C
+
+
+def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, run: dict, args) -> int:
+    from .data import load_data
+    from .files import write_bytes, write_yaml
+    from .search import RUN_FILE, SPACE_FILE, init_ray
 
     data = load_data(space.trial_config({}))  # once per search; every trial shares it through Ray's object store
     # On a CPU the throughput probe runs while Ray starts (mostly waiting on processes); on a GPU after
