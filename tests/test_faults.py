@@ -120,7 +120,7 @@ def test_ctrl_c_keeps_everything_and_resume_finishes_the_search(tmp_path, sig, c
 
 SIGNAL_AT = r"""
 import os, signal, sys
-import vitsearch.data, vitsearch.search_cli
+import vitsearch.data, vitsearch.figures, vitsearch.search_cli
 from vitsearch.cli import main
 
 where, sig = sys.argv[1], getattr(signal, sys.argv[2])
@@ -154,6 +154,24 @@ def test_a_stop_before_the_first_trial_leaves_no_half_made_experiment(tmp_path, 
     assert "interrupted before any trial started: nothing was trained" in proc.stdout, out[-3000:]
     assert "Traceback" not in out and "SIGTERM received" not in out
     assert not exp.exists()
+
+
+def test_a_stop_while_the_reports_are_drawn_keeps_the_parquet_files(tmp_path):
+    """SIGTERM after the last trial, while report.html is drawn: exit code 143, no traceback and no error of
+    Ray's (Ray is stopped before the process exits), and `python main.py report` draws the rest."""
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**SLOW, "num_samples": 2}))
+    exp = tmp_path / "exp"
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_AT, "vitsearch.figures.write_html_report", "SIGTERM",
+                           "search", "--space", str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--name", "exp"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 143, out[-3000:]
+    assert f"`python main.py report {exp}` draws the rest" in proc.stdout, out[-3000:]
+    assert "Traceback" not in out and "core worker" not in out and "SIGTERM received" not in out
+    assert len(pd.read_parquet(exp / "trials.parquet")) == 2 and not (exp / "report.html").exists()
+    drawn = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(exp)], capture_output=True,
+                           text=True, timeout=300)
+    assert drawn.returncode == 0 and (exp / "report.html").is_file(), drawn.stderr[-2000:]
 
 
 def _descendants(pid: int) -> list[int]:

@@ -419,24 +419,35 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
 
     stopping = threading.Thread(target=ray.shutdown)
     stopping.start()
-    outcomes = []
-    for r in results:
-        trial_id = Path(r.path).name
-        error = str(r.error).strip().splitlines()[-1][:300] if r.error else None
-        outcomes.append(TrialOutcome(trial_id, dict(r.config), dict(r.metrics or {}), error))
-    study = optuna.load_study(study_name=exp_dir.name, storage=study_storage(exp_dir))
-    numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in study.trials}
-    numbers.update({t.user_attrs["checkpoint_of"]: t.number for t in study.trials if "checkpoint_of" in t.user_attrs})
-    previous = pd.read_parquet(exp_dir / "trials.parquet") if ray_dir != RAY_DIR else None
-    trials, epochs = write_reports(exp_dir, space, outcomes, numbers, previous)
-    run_file = exp_dir / "run.json"
-    write_bytes(json.dumps({**json.loads(run_file.read_text()), "wall_s": time.time() - t0}).encode(), run_file)
-    report_path = write_html_report(exp_dir)
-    console.print(summary_table(trials, space))
-    console.print(comparison_line(trials, space), highlight=False)
-    console.print(f"{len(trials)} trials, {len(epochs)} trial-epochs in {time.time() - t0:.0f} s; wrote "
-                  f"{exp_dir}/trials.parquet, epochs.parquet, {report_path.name}" +
-                  (", best_config.yaml" if (exp_dir / "best_config.yaml").is_file() else "") +
-                  f"; Optuna study: {study_storage(exp_dir)} (name {exp_dir.name!r})", highlight=False, soft_wrap=True)
-    stopping.join()
+    drawn_from = None  # the Parquet files, once written: `python main.py report` can draw the rest from them
+    try:
+        outcomes = []
+        for r in results:
+            trial_id = Path(r.path).name
+            error = str(r.error).strip().splitlines()[-1][:300] if r.error else None
+            outcomes.append(TrialOutcome(trial_id, dict(r.config), dict(r.metrics or {}), error))
+        study = optuna.load_study(study_name=exp_dir.name, storage=study_storage(exp_dir))
+        numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in study.trials}
+        numbers.update({t.user_attrs["checkpoint_of"]: t.number for t in study.trials
+                        if "checkpoint_of" in t.user_attrs})
+        previous = pd.read_parquet(exp_dir / "trials.parquet") if ray_dir != RAY_DIR else None
+        trials, epochs = write_reports(exp_dir, space, outcomes, numbers, previous)
+        drawn_from = exp_dir
+        run_file = exp_dir / "run.json"
+        write_bytes(json.dumps({**json.loads(run_file.read_text()), "wall_s": time.time() - t0}).encode(), run_file)
+        report_path = write_html_report(exp_dir)
+        console.print(summary_table(trials, space))
+        console.print(comparison_line(trials, space), highlight=False)
+        console.print(f"{len(trials)} trials, {len(epochs)} trial-epochs in {time.time() - t0:.0f} s; wrote "
+                      f"{exp_dir}/trials.parquet, epochs.parquet, {report_path.name}" +
+                      (", best_config.yaml" if (exp_dir / "best_config.yaml").is_file() else "") +
+                      f"; Optuna study: {study_storage(exp_dir)} (name {exp_dir.name!r})", highlight=False,
+                      soft_wrap=True)
+    except KeyboardInterrupt:  # SIGTERM or Ctrl-C during the reports: every trial is done and recorded
+        if drawn_from is not None:
+            console.print(f"interrupted while drawing the reports; the Parquet files are written, and "
+                          f"`python main.py report {drawn_from}` draws the rest", highlight=False, soft_wrap=True)
+        raise
+    finally:
+        stopping.join()  # Ray is down before the process exits, however it exits
     return 0
