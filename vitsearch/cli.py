@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         search = sys.modules.get("vitsearch.search")  # a search stops on SIGTERM as on Ctrl-C
-        return 128 + search.STOP_SIGNALS[0] if search and search.STOP_SIGNALS else 130
+        return search.stop_exit_code() if search else 130
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -557,6 +557,11 @@ SEARCH_STARTED: list[bool] = []  # [True] once tuner.fit() has been called in th
 _TUNE_RUNNING: list[bool] = []  # [True] while tuner.fit() runs
 
 
+def stop_exit_code() -> int:
+    """The exit code of a search stopped by a signal: 143 after SIGTERM, 130 after Ctrl-C (SIGINT)."""
+    return 128 + STOP_SIGNALS[0] if STOP_SIGNALS else 130
+
+
 def stop_on_sigterm() -> None:
     """`kill PID` (SIGTERM: systemd, Kubernetes, a batch system's time limit) stops a search as Ctrl-C
     does. While Tune runs the trials it stops them and saves its state (Tune stops on SIGUSR1 as on

@@ -169,7 +169,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise UserError(f"experiment folder {str(exp_dir)!r} already exists; use --resume or another --name")
         device, storage, ray_dir, run = args.device, args.storage, RAY_DIR, {}
 
-    from .search import SEARCH_STARTED, STOP_SIGNALS, stop_on_sigterm
+    from .search import SEARCH_STARTED, stop_exit_code, stop_on_sigterm
 
     stop_on_sigterm()  # from here `kill PID` stops the search as Ctrl-C does
     run_before = (exp_dir / RUN_FILE).read_bytes() if args.extend else None
@@ -186,7 +186,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             write_bytes(run_before, exp_dir / RUN_FILE)
         console.print("interrupted before any trial started: nothing was trained" +
                       (f"; {exp_dir} was removed" if args.space else ""), highlight=False, soft_wrap=True)
-        return 128 + STOP_SIGNALS[0] if STOP_SIGNALS else 130  # 143 after SIGTERM, 130 after Ctrl-C
+        return stop_exit_code()
 
 
 def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, run: dict, args) -> int:
@@ -397,7 +397,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
     from .figures import write_html_report
     from .files import write_bytes
     from .report import TrialOutcome, comparison_line, summary_table, write_reports
-    from .search import RAY_DIR, STOP_SIGNALS, ended_trials, run_search, study_storage
+    from .search import RAY_DIR, ended_trials, run_search, stop_exit_code, study_storage
 
     t0 = time.time()
     with LiveView(space, expected_epochs, _slots(space)) as live:
@@ -413,7 +413,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         ray.shutdown()
         console.print(f"interrupted: {ended} of {space.num_samples} trials finished; nothing is lost. Continue "
                       f"with: python main.py search --resume {exp_dir}", highlight=False, soft_wrap=True)
-        return 128 + STOP_SIGNALS[0] if STOP_SIGNALS else 130  # 143 after SIGTERM, 130 after Ctrl-C
+        return stop_exit_code()
     # Ray is done: stop it (a second or two of waiting on its processes) while the reports are written.
     import threading
 
