@@ -7,7 +7,7 @@ from vitsearch.cli import main
 
 code = main()
 ray = sys.modules.get("ray")
-if ray is not None and ray.is_initialized():
+if ray is not None and getattr(ray, "is_initialized", bool)():  # (a stop while Ray was imported: not yet)
     sys.exit(code)  # the normal exit, whose atexit hook stops the local Ray instance
 # Everything is written and closed, and no Ray instance is left: skip the interpreter's teardown of
 # torch and Ray's core worker (~1.6 s after a search).

@@ -119,34 +119,44 @@ def test_ctrl_c_keeps_everything_and_resume_finishes_the_search(tmp_path, sig, c
 
 
 SIGNAL_AT = r"""
-import os, signal, sys
+import os, signal, sys, threading
+import ray
 import vitsearch.data, vitsearch.figures, vitsearch.search_cli
 from vitsearch.cli import main
 
-where, sig = sys.argv[1], getattr(signal, sys.argv[2])
+where, sig, when = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3]
 module, name = where.rsplit(".", 1)
 module = sys.modules[module]
 real = getattr(module, name)
+real_shutdown, ray_stopped = ray.shutdown, threading.Event()
+
+def shutdown(*args, **kwargs):
+    real_shutdown(*args, **kwargs)
+    ray_stopped.set()
 
 def signalled(*args, **kwargs):  # the signal comes while this step runs
+    if when == "after-ray-stopped":
+        assert ray_stopped.wait(60)
     os.kill(os.getpid(), sig)
     return real(*args, **kwargs)
 
+ray.shutdown = shutdown
 setattr(module, name, signalled)
-sys.exit(main(sys.argv[3:]))
+sys.exit(main(sys.argv[4:]))
 """
 
 
-@pytest.mark.parametrize("where", ["vitsearch.data.load_data", "vitsearch.search_cli._print_plan"],
-                         ids=["loading-data", "ray-started"])
+@pytest.mark.parametrize("where", ["vitsearch.data.load_data", "ray._private.worker.connect",
+                                   "vitsearch.search_cli._print_plan"],
+                         ids=["loading-data", "inside-ray-init", "ray-started"])
 @pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)], ids=["ctrl-c", "sigterm"])
 def test_a_stop_before_the_first_trial_leaves_no_half_made_experiment(tmp_path, where, sig, code):
-    """Ctrl-C or SIGTERM while the data loads, or once Ray has started but before Ray Tune runs: one line,
-    the signal's exit code, no traceback (Ray's driver used to exit with code 15 or abort on SIGTERM
-    here), and no experiment folder that --resume could not continue."""
+    """Ctrl-C or SIGTERM while the data loads, inside ray.init (as the driver connects), or once Ray has
+    started but before Ray Tune runs: one line, the signal's exit code, no traceback (Ray's driver used to
+    exit with code 15 or abort on SIGTERM here), and no experiment folder that --resume could not continue."""
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(SLOW))
     exp = tmp_path / "exp"
-    proc = subprocess.run([sys.executable, "-c", SIGNAL_AT, where, sig, "search", "--space",
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_AT, where, sig, "now", "search", "--space",
                            str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--name", "exp"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     out = proc.stdout + proc.stderr
@@ -158,10 +168,13 @@ def test_a_stop_before_the_first_trial_leaves_no_half_made_experiment(tmp_path, 
 
 def test_a_stop_while_the_reports_are_drawn_keeps_the_parquet_files(tmp_path):
     """SIGTERM after the last trial, while report.html is drawn: exit code 143, no traceback and no error of
-    Ray's (Ray is stopped before the process exits), and `python main.py report` draws the rest."""
+    Ray's (Ray is stopped before the process exits), and `python main.py report` draws the rest. The signal
+    comes once Ray has stopped (on its own thread, while the reports are drawn): ray.shutdown used to put
+    SIGTERM's default action back, and the process died silently with -15."""
     (tmp_path / "s.yaml").write_text(yaml.safe_dump({**SLOW, "num_samples": 2}))
     exp = tmp_path / "exp"
     proc = subprocess.run([sys.executable, "-c", SIGNAL_AT, "vitsearch.figures.write_html_report", "SIGTERM",
+                           "after-ray-stopped",
                            "search", "--space", str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--name", "exp"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     out = proc.stdout + proc.stderr

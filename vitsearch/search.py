@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -426,20 +427,80 @@ def init_ray(address: str | None, verbose: bool) -> None:
         logging.getLogger("ray.tune").setLevel(logging.ERROR)
     if address and address != "auto":
         _check_reachable(address)
+    _no_crash_handler_in_driver()
     try:
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            # Tune's trial actors would set this in their runtime env; here every worker inherits it (and
-            # the rest of this environment) from the driver, see _actors_on_prestarted_workers.
-            os.environ.setdefault("PL_DISABLE_FORK", "1")
-            context = ray.init(address="local", **kwargs)  # a new local instance, even where a cluster runs here
-            _LOCAL_INSTANCE[:] = [(context.address_info.get("gcs_address", ""), dict(os.environ))]
+        with _stops_wait_for_ray_init():
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                # Tune's trial actors would set this in their runtime env; here every worker inherits it (and
+                # the rest of this environment) from the driver, see _actors_on_prestarted_workers.
+                os.environ.setdefault("PL_DISABLE_FORK", "1")
+                context = ray.init(address="local", **kwargs)  # a new local instance, even if a cluster runs here
+                _LOCAL_INSTANCE[:] = [(context.address_info.get("gcs_address", ""), dict(os.environ))]
+        stop_on_sigterm()  # instead of the handler ray.init has put in place
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         where = f"--address {address!r}" if address else "a local Ray instance"
         raise UserError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
                         "check that `ray start --head` runs there and the address is HOST:PORT") from None
-    stop_on_sigterm()  # instead of the handler ray.init has put in place
+    except SystemExit as exc:  # SIGTERM inside ray.init where Ray's own handler is in place: sys.exit(SIGTERM)
+        if exc.code != signal.SIGTERM:
+            raise
+        STOP_SIGNALS.append(signal.SIGTERM)
+        raise KeyboardInterrupt from None
+
+
+@contextlib.contextmanager
+def _stops_wait_for_ray_init():
+    """Ctrl-C and SIGTERM during ray.init stop the search once ray.init has returned (~3 s at most), not in
+    its middle. An exception raised there at an arbitrary point (Ray's own SIGTERM handler calls
+    sys.exit; Python's SIGINT handler raises KeyboardInterrupt) can land in one of logging's weakref
+    callbacks, which swallows it with logging's lock still held: the search then hung for good instead
+    of stopping (1 of 12 `kill`s in one measurement). Ray's handler is kept out (it is put in place
+    through ray._private.utils; where that is missing, a SystemExit from it is still taken as the stop)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        from ray._private import utils as ray_utils
+    except ImportError:
+        ray_utils = None
+    stock = getattr(ray_utils, "set_sigterm_handler", None)
+    deferred: list[int] = []
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in handlers:
+        signal.signal(signum, lambda signum, frame: deferred.append(signum))
+    if stock is not None:
+        ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        if stock is not None:
+            ray_utils.set_sigterm_handler = stock
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    if deferred:
+        if deferred[0] == signal.SIGTERM:
+            STOP_SIGNALS.append(signal.SIGTERM)
+        raise KeyboardInterrupt
+
+
+def _no_crash_handler_in_driver() -> None:
+    """Ray's C++ crash handler, which the driver's core worker installs at ray.init, also takes SIGTERM:
+    a `kill` inside ray.init dumped a stack and aborted, and ray.shutdown (run on a thread while the
+    reports are drawn) put SIGTERM's default action back under our handler, so a `kill` then ended the
+    process silently (-15) instead of stopping it cleanly. Only the driver goes without it (Ray's trial
+    workers and its own processes keep theirs), and Python's faulthandler, which Ray enables, still
+    prints a traceback on a crash. RAY_DISABLE_FAILURE_SIGNAL_HANDLER set by the user is respected."""
+    if "RAY_DISABLE_FAILURE_SIGNAL_HANDLER" in os.environ:
+        return
+    with contextlib.suppress(ImportError):
+        from ray._private import ray_constants  # read when the driver's core worker starts
+
+        if hasattr(ray_constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"):
+            ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:

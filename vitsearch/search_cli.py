@@ -290,10 +290,13 @@ class _Probe:
         self.thread.start()
 
     def _run(self, space, data, device: str) -> None:
-        import torch
+        try:  # a search stopped before the probe is done exits while this thread may still import torch
+            import torch
 
-        from .train import measure_throughput
-
+            from .train import measure_throughput
+        except BaseException as exc:
+            self.error = exc
+            return
         started = time.time()
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, int(space.cpu)))
