@@ -630,7 +630,6 @@ def stop_on_sigterm() -> None:
     KeyboardInterrupt in the main thread. Ray's driver puts its own handlers in place at `ray.init` (an
     exit with code 15, later a stack dump and an abort), so this is called again after it and before
     `tuner.fit()`."""
-    import signal
     import threading
 
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1"):
@@ -638,8 +637,6 @@ def stop_on_sigterm() -> None:
 
 
 def _on_sigterm(signum, frame) -> None:
-    import signal
-
     STOP_SIGNALS.append(signum)
     if _TUNE_RUNNING and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
         os.kill(os.getpid(), signal.SIGUSR1)

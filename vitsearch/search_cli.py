@@ -422,7 +422,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
 
     stopping = threading.Thread(target=ray.shutdown)
     stopping.start()
-    drawn_from = None  # the Parquet files, once written: `python main.py report` can draw the rest from them
+    parquet_written = False  # from then on `python main.py report` can draw the rest
     try:
         outcomes = []
         for r in results:
@@ -435,7 +435,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
                         if "checkpoint_of" in t.user_attrs})
         previous = pd.read_parquet(exp_dir / "trials.parquet") if ray_dir != RAY_DIR else None
         trials, epochs = write_reports(exp_dir, space, outcomes, numbers, previous)
-        drawn_from = exp_dir
+        parquet_written = True
         run_file = exp_dir / "run.json"
         write_bytes(json.dumps({**json.loads(run_file.read_text()), "wall_s": time.time() - t0}).encode(), run_file)
         report_path = write_html_report(exp_dir)
@@ -447,9 +447,9 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
                       f"; Optuna study: {study_storage(exp_dir)} (name {exp_dir.name!r})", highlight=False,
                       soft_wrap=True)
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C during the reports: every trial is done and recorded
-        if drawn_from is not None:
+        if parquet_written:
             console.print(f"interrupted while drawing the reports; the Parquet files are written, and "
-                          f"`python main.py report {drawn_from}` draws the rest", highlight=False, soft_wrap=True)
+                          f"`python main.py report {exp_dir}` draws the rest", highlight=False, soft_wrap=True)
         raise
     finally:
         stopping.join()  # Ray is down before the process exits, however it exits
