@@ -123,6 +123,7 @@ def _learning_curves(space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFr
 
 def _knobs(space: SearchSpace, trials: pd.DataFrame) -> bytes:
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     knobs = list(space.search)
     cols = min(3, len(knobs))
@@ -138,7 +139,11 @@ def _knobs(space: SearchSpace, trials: pd.DataFrame) -> bytes:
         ax.scatter(defaults[knob], defaults[metric], marker="*", s=160, color="#4575b4", label="defaults", zorder=3)
         if space.search[knob].kind in ("loguniform", "int-log"):
             ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels overlap on short log ranges
+            # Labels at 1, 2 and 5 x 10^k: a range within a decade or two (lr 1e-4..3e-3) otherwise shows a
+            # single labelled tick; the other minor ticks stay unlabelled (their labels overlap).
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ticker.LogFormatterSciNotation(labelOnlyBase=False))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set(xlabel=knob, ylabel=f"{space.metric} at last epoch")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(knobs):]:
