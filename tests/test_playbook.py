@@ -212,3 +212,27 @@ def test_a_teacher_at_weight_zero_changes_nothing(teacher_run):
     silent = train(cfg.replace(teacher=str(teacher_run), distill_weight=0.0))["history"]
     assert [r["train_loss"] for r in silent] == [r["train_loss"] for r in alone]
     assert [r["val_acc"] for r in silent] == [r["val_acc"] for r in alone]
+
+
+def test_attention_map_png_shows_colour_images_in_their_colours():
+    """The image column of an RGB dataset is drawn from its uint8 pixels as they are (an orange image
+    stays that orange), and every layer's map is drawn over it."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from vitsearch.data import ImageData
+    from vitsearch.figures import ATTENTION_IMAGES, attention_maps_png, attention_png_size
+
+    orange = (200, 100, 50)
+    val_x = torch.tensor(orange, dtype=torch.uint8).view(1, 3, 1, 1).repeat(ATTENTION_IMAGES, 1, 16, 16)
+    labels = torch.arange(ATTENTION_IMAGES)
+    data = ImageData("orange", val_x, labels, val_x, labels, [str(i) for i in range(ATTENTION_IMAGES)])
+    torch.manual_seed(0)
+    png = attention_maps_png(build_model(micro_config(), 3, 16, ATTENTION_IMAGES), data)
+    with Image.open(BytesIO(png)) as image:
+        assert image.size == attention_png_size(layers=4, images=ATTENTION_IMAGES)
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    same = (np.abs(pixels - np.array(orange)) <= 3).all(-1)
+    assert same.sum() > ATTENTION_IMAGES * 100 * 100  # the image column: four orange squares (~135 px a side)
+    assert same[:, pixels.shape[1] // 3:].sum() == 0  # the maps are drawn over the faded image

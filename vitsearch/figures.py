@@ -434,7 +434,7 @@ def attention_maps_png(model, data) -> bytes | None:
     gap = max(1, size // 8)
     mosaic = np.ones((len(picked) * (size + gap) - gap, cols * (size + gap) - gap, 3))
     for r in range(len(picked)):
-        img = raw[r].permute(1, 2, 0).float().numpy()
+        img = raw[r].permute(1, 2, 0).float().numpy() / 255.0  # uint8 pixels
         gray = _unit(img.mean(-1) if img.shape[-1] > 1 else img[..., 0])
         panels = [None, *[cls[layer, r] for layer in range(layers)], rollout[r]]
         for c, attn in enumerate(panels):
