@@ -377,12 +377,6 @@ def _hardware() -> list[list]:
 
 # --- attention maps ------------------------------------------------------------------------------
 
-
-def _unit(values: np.ndarray) -> np.ndarray:
-    """Scaled to [0, 1] by its own minimum and maximum, as imshow's default normalisation does."""
-    low, high = float(values.min()), float(values.max())
-    return (values - low) / (high - low) if high > low else np.zeros_like(values)
-
 ATTENTION_IMAGES = 4
 ATTENTION_CELL_INCHES = (1.45, 1.6)
 
@@ -430,7 +424,7 @@ def attention_maps_png(model, data) -> bytes | None:
     size = raw.shape[-1]
     layers = cls.shape[0]
     cols = layers + 2
-    # One axes showing one mosaic of composited cells (24 axes for 4 layers took ~0.9 s to draw; this ~0.1 s).
+    # One mosaic of composited cells on one axes: 0.12-0.13 s to draw, against 0.31-0.71 s for 24 axes.
     gap = max(1, size // 8)
     mosaic = np.ones((len(picked) * (size + gap) - gap, cols * (size + gap) - gap, 3))
     for r in range(len(picked)):
@@ -464,3 +458,9 @@ def attention_maps_png(model, data) -> bytes | None:
                  "each map on its own colour scale; row label: true → predicted", fontsize=8)
     fig.tight_layout()
     return _png(fig, tight=False)
+
+
+def _unit(values: np.ndarray) -> np.ndarray:
+    """Scaled to [0, 1] by its own minimum and maximum, as imshow's default normalisation does."""
+    low, high = float(values.min()), float(values.max())
+    return (values - low) / (high - low) if high > low else np.zeros_like(values)
