@@ -81,3 +81,24 @@ def test_per_image_randaugment_gives_each_image_its_own_draw_in_few_calls():
     calls.clear()
     augment(images[:32], labels[:32])
     assert calls == [4] * 16  # 8 groups x 2 layers
+
+
+
+def test_small_batches_get_torchvisions_randaugment_per_group_of_four_bit_for_bit():
+    """The group path calls torchvision's ops directly: the same images and the same random stream as
+    calling torchvision's RandAugment on each group of 4, at several strengths, for 1 and 3 channels."""
+    from vitsearch.augment import randaugment_groups
+
+    gray = load_data(micro_config(image_size=16)).train_x[:30]  # 7 groups of 4 and one of 2
+    colour = torch.randint(0, 256, (30, 3, 16, 16), dtype=torch.uint8)
+    for strength in (0.2, 0.5, 1.0):
+        for images in (gray, colour):
+            randaug = BatchAugment(strength, 10, 0.1).randaug
+            torch.manual_seed(3)
+            expected = torch.cat([randaug(group) for group in images.split(4)])
+            next_draws = torch.rand(8)
+            torch.manual_seed(3)
+            got = randaugment_groups(randaug, images, {})
+            assert torch.equal(got, expected), strength
+            assert torch.equal(torch.rand(8), next_draws)  # the same draws, no more, no fewer
+            assert not torch.equal(got, images)

@@ -138,12 +138,18 @@ def _trial(config: dict[str, Any], data=None, base: dict[str, Any] | None = None
         local = Path(work) / CHECKPOINT_NAME
         resume = work if store.download(trial_id, local) else None
         last_upload = [time.monotonic()]
+        upload_epoch = [0]
         resumed_history: list[dict] = []
 
+        def checkpoint_due(epoch: int) -> bool:
+            # Checkpoints go to the store at most every checkpoint_every_s, and always at the last epoch;
+            # the trainer writes one (locally, ~10 ms for a micro ViT) only for those epochs.
+            if time.monotonic() - last_upload[0] >= checkpoint_every_s or epoch == cfg.epochs:
+                upload_epoch[0] = epoch
+            return upload_epoch[0] == epoch
+
         def report(metrics: dict[str, Any]) -> None:
-            # The trainer has just written this epoch's checkpoint locally (milliseconds); its upload to
-            # the store is paced by checkpoint_every_s and always done at the last epoch.
-            if time.monotonic() - last_upload[0] >= checkpoint_every_s or metrics["epoch"] == cfg.epochs:
+            if upload_epoch[0] == metrics["epoch"]:
                 store.upload(local, trial_id)
                 last_upload[0] = time.monotonic()
             tune.report({**metrics, "diverged": 0, "failed": 0, "reason": "", "node_id": node_id})
@@ -158,7 +164,8 @@ def _trial(config: dict[str, Any], data=None, base: dict[str, Any] | None = None
                 if resumed_history:
                     tune.report({**resumed_history[-1], "diverged": 0, "failed": 0, "reason": "",
                                  "node_id": node_id})
-            train(cfg, report, data=data, device=device, checkpoint_dir=work, resume_from=resume)
+            train(cfg, report, data=data, device=device, checkpoint_dir=work, resume_from=resume,
+                  checkpoint_due=checkpoint_due)
         except NonFiniteLossError as exc:
             tune.report({"epoch": exc.epoch, metric: worst, "diverged": 1, "failed": 0, "reason": str(exc)})
         except UserError as exc:  # a config the data cannot take (e.g. batch > training images): no retry helps

@@ -108,8 +108,11 @@ def setup(cfg: TrainConfig, data: ImageData, dev: torch.device, steps_per_epoch:
 
 
 def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | None = None, device: str = "auto",
-          checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None) -> dict[str, Any]:
-    """Train `cfg`; call `report` once per epoch; return the final metrics, the best and the history."""
+          checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None,
+          checkpoint_due: Callable[[int], bool] | None = None) -> dict[str, Any]:
+    """Train `cfg`; call `report` once per epoch; return the final metrics, the best and the history.
+    With `checkpoint_dir`, a checkpoint is written there after every epoch, or only after the epochs for
+    which `checkpoint_due(epoch)` is true."""
     dev = resolve_device(device)
     data = data if data is not None else load_data(cfg)
     if cfg.batch_size > len(data.train_y):
@@ -139,7 +142,7 @@ def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | N
         if cfg.monitors:
             metrics.update(monitor.measure(model, normalize(feed.probe_images(monitor.PROBE_IMAGES))))
         history.append(metrics)
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and (checkpoint_due is None or checkpoint_due(epoch)):
             save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, run, epoch, history, data_shape)
         if report is not None:
             report(dict(metrics))
@@ -290,9 +293,10 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torc
 
     # filter_bias_and_bn: no weight decay on 1-d parameters (biases, norms) nor on the names the model
     # lists in no_weight_decay() (pos_embed, cls_token).
-    # Fused (CUDA) or multi-tensor (CPU) AdamW: torch's CPU default updates one tensor at a time, ~3 % of
-    # a micro ViT's step.
-    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    # Fused AdamW (one kernel over all parameters) on CUDA and CPU; multi-tensor elsewhere. torch's CPU
+    # default updates one tensor at a time. On the CPU, for the quickstart's micro ViT, fused against
+    # multi-tensor: 0.34 against 1.09 ms per step, whole 3-epoch runs 2.4-5.4 % faster (batch 128-32).
+    extra = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     return create_optimizer_v2(model, "adamw", lr=cfg.scaled_lr, weight_decay=cfg.weight_decay,
                                filter_bias_and_bn=True, layer_decay=cfg.layer_decay, **extra)
 
