@@ -83,7 +83,6 @@ def test_per_image_randaugment_gives_each_image_its_own_draw_in_few_calls():
     assert calls == [4] * 16  # 8 groups x 2 layers
 
 
-
 def test_small_batches_get_torchvisions_randaugment_per_group_of_four_bit_for_bit():
     """The group path calls torchvision's ops directly: the same images and the same random stream as
     calling torchvision's RandAugment on each group of 4, at several strengths, for 1 and 3 channels."""

@@ -51,6 +51,21 @@ def test_accumulation_matches_one_big_batch(tmp_path):
         assert (states[0][key] - states[1][key]).abs().max() <= 0.01 * moved, key  # ...the same way (float noise)
 
 
+def test_checkpoint_due_picks_the_epochs_that_write_a_checkpoint(tmp_path):
+    """A search trial writes its checkpoint only for the epochs it uploads: `checkpoint_due` decides."""
+    from vitsearch.train import peek_history
+
+    asked = []
+
+    def due(epoch):
+        asked.append(epoch)
+        return epoch == 2
+
+    train(micro_config(epochs=3, data_subset=128, batch_size=32), checkpoint_dir=tmp_path, checkpoint_due=due)
+    assert asked == [1, 2, 3]
+    assert [m["epoch"] for m in peek_history(tmp_path / CHECKPOINT_NAME)] == [1, 2]  # written at epoch 2 only
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_paths_run_on_cpu(precision):
     result = train(micro_config(epochs=1, precision=precision, data_subset=128, batch_size=32))
