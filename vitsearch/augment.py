@@ -107,7 +107,7 @@ class BatchAugment:
             if per_image is None:
                 per_image = len(images) > self.per_image_above
             if per_image:
-                images = randaugment_per_image(self.randaug, images)
+                images = randaugment_per_image(self.randaug, images, self._magnitudes)
             else:
                 # One RandAugment draw (ops and their random signs) per group of RANDAUG_GROUP images: on
                 # small images the per-call cost dominates, and a draw per image cost ~15 % of a CPU epoch.
@@ -152,15 +152,10 @@ def randaugment_groups(randaug, images: torch.Tensor, magnitudes: dict) -> torch
     for group in images.split(RANDAUG_GROUP):
         for _ in range(randaug.num_ops):
             name = names[int(torch.randint(len(names), ()))]  # torchvision's _get_random_item
-            magnitudes_fn, signed = space[name]
-            key = (name, height, width)
-            if key not in magnitudes:
-                bins = magnitudes_fn(randaug.num_magnitude_bins, height, width)
-                magnitudes[key] = float(bins[randaug.magnitude]) if bins is not None else None
-            magnitude = magnitudes[key]
+            magnitude = _magnitude(randaug, name, height, width, magnitudes)
             if magnitude is None:
                 magnitude = 0.0
-            elif signed and torch.rand(()) <= 0.5:
+            elif space[name][1] and torch.rand(()) <= 0.5:  # a signed op
                 magnitude = -magnitude
             group = randaug._apply_image_or_video_transform(group, name, magnitude,
                                                             interpolation=randaug.interpolation, fill=randaug._fill)
@@ -168,10 +163,11 @@ def randaugment_groups(randaug, images: torch.Tensor, magnitudes: dict) -> torch
     return torch.cat(out)
 
 
-def randaugment_per_image(randaug, images: torch.Tensor) -> torch.Tensor:
+def randaugment_per_image(randaug, images: torch.Tensor, magnitudes: dict | None = None) -> torch.Tensor:
     """torchvision's RandAugment (`randaug`) with its own draw per image and layer (op uniformly, sign
     with probability 0.5 for signed ops, magnitude fixed), as RandAugment is defined, applied with one
-    call of torchvision's op per (op, sign) drawn in the batch."""
+    call of torchvision's op per (op, sign) drawn in the batch (`magnitudes`: as for `randaugment_groups`)."""
+    magnitudes = {} if magnitudes is None else magnitudes
     space = randaug._AUGMENTATION_SPACE
     names = list(space)
     height, width = images.shape[-2:]
@@ -180,10 +176,9 @@ def randaugment_per_image(randaug, images: torch.Tensor) -> torch.Tensor:
         ops = torch.randint(len(names), (len(out),))
         negative = torch.rand(len(out)) <= 0.5
         for k in ops.unique().tolist():
-            magnitudes_fn, signed = space[names[k]]
-            magnitudes = magnitudes_fn(randaug.num_magnitude_bins, height, width)
-            magnitude = float(magnitudes[randaug.magnitude]) if magnitudes is not None else 0.0
-            signs = (False, True) if signed and magnitudes is not None else (False,)
+            magnitude = _magnitude(randaug, names[k], height, width, magnitudes)
+            signs = (False, True) if space[names[k]][1] and magnitude is not None else (False,)
+            magnitude = magnitude if magnitude is not None else 0.0
             for sign in signs:
                 chosen = (ops == k) & (negative == sign) if len(signs) == 2 else ops == k
                 idx = chosen.nonzero().squeeze(1).to(out.device)
@@ -192,6 +187,16 @@ def randaugment_per_image(randaug, images: torch.Tensor) -> torch.Tensor:
                         out[idx], names[k], -magnitude if sign else magnitude,
                         interpolation=randaug.interpolation, fill=randaug._fill)
     return out
+
+
+def _magnitude(randaug, name: str, height: int, width: int, cache: dict) -> float | None:
+    """The magnitude of op `name` at `randaug`'s level for this image size (None: the op takes none),
+    computed once per op and size (torchvision builds the whole bin table on each call)."""
+    key = (name, height, width)
+    if key not in cache:
+        bins = randaug._AUGMENTATION_SPACE[name][0](randaug.num_magnitude_bins, height, width)
+        cache[key] = float(bins[randaug.magnitude]) if bins is not None else None
+    return cache[key]
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -444,10 +444,10 @@ def attention_maps_png(model, data) -> bytes | None:
     inches = tuple(px / DPI for px in attention_png_size(layers, len(picked)))
     fig, ax = plt.subplots(figsize=inches)
     ax.imshow(mosaic, interpolation="nearest")
-    ax.set_xticks([(c + 0.5) * (size + gap) - 0.5 - gap / 2 for c in range(cols)],
-                  ["image", *(f"layer {c}" for c in range(1, layers + 1)), "rollout"], fontsize=8)
+    centres = [i * (size + gap) + (size - 1) / 2 for i in range(max(cols, len(picked)))]  # of the cells
+    ax.set_xticks(centres[:cols], ["image", *(f"layer {c}" for c in range(1, layers + 1)), "rollout"], fontsize=8)
     ax.xaxis.tick_top()
-    ax.set_yticks([(r + 0.5) * (size + gap) - 0.5 - gap / 2 for r in range(len(picked))],
+    ax.set_yticks(centres[:len(picked)],
                   [f"{data.classes[data.val_y[i]]}\n→ {data.classes[preds[r]]}" for r, i in enumerate(picked)],
                   fontsize=7)
     for label, (r, i) in zip(ax.get_yticklabels(), enumerate(picked)):
