@@ -175,17 +175,21 @@ def randaugment_per_image(randaug, images: torch.Tensor, magnitudes: dict | None
     for _ in range(randaug.num_ops):
         ops = torch.randint(len(names), (len(out),))
         negative = torch.rand(len(out)) <= 0.5
+        calls = []  # (op name, signed magnitude, indices of its images), drawn on the CPU
         for k in ops.unique().tolist():
             magnitude = _magnitude(randaug, names[k], height, width, magnitudes)
             signs = (False, True) if space[names[k]][1] and magnitude is not None else (False,)
             magnitude = magnitude if magnitude is not None else 0.0
             for sign in signs:
                 chosen = (ops == k) & (negative == sign) if len(signs) == 2 else ops == k
-                idx = chosen.nonzero().squeeze(1).to(out.device)
+                idx = chosen.nonzero().squeeze(1)
                 if len(idx):
-                    out[idx] = randaug._apply_image_or_video_transform(
-                        out[idx], names[k], -magnitude if sign else magnitude,
-                        interpolation=randaug.interpolation, fill=randaug._fill)
+                    calls.append((names[k], -magnitude if sign else magnitude, idx))
+        # On a GPU: all indices in one copy that does not wait for the GPU (a plain .to() per call would).
+        indices = torch.cat([idx for *_, idx in calls]).to(out.device, non_blocking=True)
+        for (name, magnitude, _), idx in zip(calls, indices.split([len(idx) for *_, idx in calls])):
+            out[idx] = randaug._apply_image_or_video_transform(out[idx], name, magnitude,
+                                                               interpolation=randaug.interpolation, fill=randaug._fill)
     return out
 
 

@@ -1,0 +1,132 @@
+"""Where a training step's time goes on a GPU: augmentation alone, whole steps with and without it, how
+busy the GPU is, and which lines make the host wait for the GPU (synchronising calls).
+
+    python bench/gpu_profile.py [--data fashion_mnist:.data/fashion-mnist] [--model vit_tiny]
+                                [--image-size 32] [--patch-size 4] [--batch 256] [--aug-strength 1.0]
+
+Prints, for the config given (default: the CIFAR-sized ViT-Ti of bench/packing.py on real data):
+- augmentation alone: ms per batch (median of 30 calls, each ended by a synchronisation);
+- whole training steps (the trainer's `train_one_epoch`, bf16 on a GPU) with augmentation and without:
+  ms per step, medians of 3 timed passes of 30 steps;
+- GPU busy: the summed time of the GPU's kernels over 20 steps against their wall time (torch.profiler);
+  well under 100 % means the step waits on the host (Python, kernel launches, synchronisations);
+- synchronising calls over 10 steps (torch.cuda.set_sync_debug_mode), by source line.
+On a CPU only the first two (the rest need CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vitsearch.config import TrainConfig  # noqa: E402
+from vitsearch.data import load_data  # noqa: E402
+from vitsearch.train import Feed, _sync, resolve_device, setup, train_one_epoch  # noqa: E402
+
+
+def steps_ms(cfg, data, dev, steps: int, passes: int = 3) -> float:
+    """Median ms per training step over `passes` passes of `steps` steps (after a warm-up pass)."""
+    run = setup(cfg, data, dev, steps, cfg.batch_size)
+    feed = Feed(data, dev)
+    times = []
+    for i in range(passes + 1):
+        _sync(dev)
+        t0 = time.perf_counter()
+        train_one_epoch(run, feed, cfg.batch_size, 1, steps)  # ends with .item(): synchronised
+        if i:
+            times.append((time.perf_counter() - t0) / steps * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="digits")
+    ap.add_argument("--model", default="vit_tiny")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--patch-size", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--aug-strength", type=float, default=1.0)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    dev = resolve_device(args.device)
+    cfg = TrainConfig.from_dict(dict(model=args.model, data=args.data, image_size=args.image_size,
+                                     patch_size=args.patch_size, batch_size=args.batch, epochs=1, warmup_epochs=0,
+                                     aug_strength=args.aug_strength, micro_batch_size=args.batch,
+                                     data_subset=max(args.batch * args.steps, 2 * args.batch)))
+    data = load_data(cfg)
+    run = setup(cfg, data, dev, 1, cfg.batch_size)
+    x, y = data.train_x[:args.batch].to(dev), data.train_y[:args.batch].to(dev)
+    times = []
+    for i in range(31):
+        _sync(dev)
+        t0 = time.perf_counter()
+        run.augment(x, y)
+        _sync(dev)
+        if i:
+            times.append((time.perf_counter() - t0) * 1000)
+    aug_ms = statistics.median(times)
+    with_aug = steps_ms(cfg, data, dev, args.steps)
+    without = steps_ms(cfg.replace(aug_strength=0.0), data, dev, args.steps)
+    print(f"device {dev}, {args.model} {data.image_size}px patch {args.patch_size}, batch {args.batch}, "
+          f"{run.dtype}, {data.name}, aug_strength {args.aug_strength}")
+    print(f"augmentation alone: {aug_ms:.2f} ms per batch")
+    print(f"training step: {with_aug:.2f} ms with augmentation, {without:.2f} ms without "
+          f"(throughput with / without augmentation: {without / with_aug:.3f})")
+    if dev.type != "cuda":
+        return
+    for part in (gpu_busy, sync_sources):
+        try:
+            part(cfg, data, dev, args)
+        except Exception as exc:  # noqa: BLE001 (a diagnostic: report and go on)
+            print(f"{part.__name__} failed: {exc.__class__.__name__}: {exc}")
+
+
+def gpu_busy(cfg, data, dev, args) -> None:
+    for strength in (args.aug_strength, 0.0):
+        c = cfg.replace(aug_strength=strength)
+        r, feed = setup(c, data, dev, 20, c.batch_size), Feed(data, dev)
+        train_one_epoch(r, feed, c.batch_size, 1, 3)
+        _sync(dev)
+        from torch.profiler import ProfilerActivity, profile
+
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            train_one_epoch(r, feed, c.batch_size, 1, 20)
+            _sync(dev)
+        wall = time.perf_counter() - t0
+        kernels = sum(e.device_time_total for e in prof.key_averages()
+                      if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
+        print(f"aug_strength {strength}: GPU kernels {kernels * 1000 / 20:.2f} ms per step of "
+              f"{wall * 1000 / 20:.2f} ms wall (profiled): GPU busy {kernels / wall:.0%}")
+
+
+def sync_sources(cfg, data, dev, args) -> None:
+    r, feed = setup(cfg, data, dev, 10, cfg.batch_size), Feed(data, dev)
+    train_one_epoch(r, feed, cfg.batch_size, 1, 2)
+    _sync(dev)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train_one_epoch(r, feed, cfg.batch_size, 1, 10)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    sources = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
+                                  if "synchroniz" in str(w.message))
+    print(f"synchronising calls in 10 steps: {sum(sources.values())}")
+    for source, count in sources.most_common(12):
+        print(f"  {count:5d}  {source}")
+
+
+if __name__ == "__main__":
+    main()
