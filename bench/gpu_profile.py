@@ -5,9 +5,11 @@ busy the GPU is, and which lines make the host wait for the GPU (synchronising c
                                 [--image-size 32] [--patch-size 4] [--batch 256] [--aug-strength 1.0]
 
 Prints, for the config given (default: the CIFAR-sized ViT-Ti of bench/packing.py on real data):
-- augmentation alone: ms per batch (median of 30 calls, each ended by a synchronisation);
-- whole training steps (the trainer's `train_one_epoch`, bf16 on a GPU) with augmentation and without:
-  ms per step, medians of 3 timed passes of 30 steps;
+- augmentation alone: ms per batch (median of 30 calls, each ended by a synchronisation), as the trainer
+  runs it (batched on a GPU: `augment.randaugment_batched`, `augment.erase_batched`) and unbatched
+  (torchvision's RandAugment ops per (op, sign) drawn, timm's erasing per image);
+- whole training steps (the trainer's `train_one_epoch`, bf16 on a GPU) with augmentation, batched and
+  unbatched, and without: ms per step, medians of 3 timed passes of 30 steps;
 - GPU busy: the summed time of the GPU's kernels over 20 steps against their wall time (torch.profiler);
   well under 100 % means the step waits on the host (Python, kernel launches, synchronisations);
 - synchronising calls over 10 steps (torch.cuda.set_sync_debug_mode), by source line.
@@ -33,9 +35,10 @@ from vitsearch.data import load_data  # noqa: E402
 from vitsearch.train import Feed, _sync, resolve_device, setup, train_one_epoch  # noqa: E402
 
 
-def steps_ms(cfg, data, dev, steps: int, passes: int = 3) -> float:
+def steps_ms(cfg, data, dev, steps: int, passes: int = 3, batched: bool | None = None) -> float:
     """Median ms per training step over `passes` passes of `steps` steps (after a warm-up pass)."""
     run = setup(cfg, data, dev, steps, cfg.batch_size)
+    run.augment.batched = batched
     feed = Feed(data, dev)
     times = []
     for i in range(passes + 1):
@@ -66,22 +69,27 @@ def main() -> None:
     data = load_data(cfg)
     run = setup(cfg, data, dev, 1, cfg.batch_size)
     x, y = data.train_x[:args.batch].to(dev), data.train_y[:args.batch].to(dev)
-    times = []
-    for i in range(31):
-        _sync(dev)
-        t0 = time.perf_counter()
-        run.augment(x, y)
-        _sync(dev)
-        if i:
-            times.append((time.perf_counter() - t0) * 1000)
-    aug_ms = statistics.median(times)
-    with_aug = steps_ms(cfg, data, dev, args.steps)
+    aug_ms = {}
+    for batched in (None, False):  # None: the default (batched on a GPU); False: torchvision's ops per (op, sign)
+        run.augment.batched = batched
+        times = []
+        for i in range(31):
+            _sync(dev)
+            t0 = time.perf_counter()
+            run.augment(x, y)
+            _sync(dev)
+            if i:
+                times.append((time.perf_counter() - t0) * 1000)
+        aug_ms[batched] = statistics.median(times)
     without = steps_ms(cfg.replace(aug_strength=0.0), data, dev, args.steps)
+    with_aug = steps_ms(cfg, data, dev, args.steps)
+    unbatched = steps_ms(cfg, data, dev, args.steps, batched=False)
     print(f"device {dev}, {args.model} {data.image_size}px patch {args.patch_size}, batch {args.batch}, "
           f"{run.dtype}, {data.name}, aug_strength {args.aug_strength}")
-    print(f"augmentation alone: {aug_ms:.2f} ms per batch")
-    print(f"training step: {with_aug:.2f} ms with augmentation, {without:.2f} ms without "
-          f"(throughput with / without augmentation: {without / with_aug:.3f})")
+    print(f"augmentation alone: {aug_ms[None]:.2f} ms per batch ({aug_ms[False]:.2f} ms unbatched)")
+    print(f"training step: {with_aug:.2f} ms with augmentation ({unbatched:.2f} ms unbatched), {without:.2f} ms "
+          f"without; throughput with / without augmentation: {without / with_aug:.3f} "
+          f"({without / unbatched:.3f} unbatched)")
     if dev.type != "cuda":
         return
     for part in (gpu_busy, sync_sources):

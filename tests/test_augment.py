@@ -101,3 +101,68 @@ def test_small_batches_get_torchvisions_randaugment_per_group_of_four_bit_for_bi
             assert torch.equal(got, expected), strength
             assert torch.equal(torch.rand(8), next_draws)  # the same draws, no more, no fewer
             assert not torch.equal(got, images)
+
+
+def test_batched_randaugment_is_torchvisions_per_image_randaugment_bit_for_bit():
+    """The GPU path (`randaugment_batched`: one grid_sample for all geometric ops, one blend per colour op)
+    gives the images of torchvision's ops with the same per-image draws, here on the CPU bit for bit, and
+    calls torchvision only for the 4 ops without a sign (posterize, solarize, autocontrast, equalize)."""
+    from vitsearch.augment import randaugment_batched, randaugment_per_image
+
+    gray = load_data(micro_config(image_size=16)).train_x[:256]
+    colour = torch.randint(0, 256, (130, 3, 20, 20), dtype=torch.uint8)
+    for strength in (0.2, 0.5, 1.0):
+        for images in (gray, colour):
+            randaug = BatchAugment(strength, 10, 0.1).randaug
+            torch.manual_seed(7)
+            expected = randaugment_per_image(randaug, images)
+            next_draws = torch.rand(8)
+            calls = []
+            apply = randaug._apply_image_or_video_transform
+            randaug._apply_image_or_video_transform = lambda image, op, *a, **k: calls.append(op) or apply(
+                image, op, *a, **k)
+            torch.manual_seed(7)
+            got = randaugment_batched(randaug, images, {})
+            assert torch.equal(got, expected), (strength, images.shape)
+            assert torch.equal(torch.rand(8), next_draws)  # the same draws, no more, no fewer
+            assert not torch.equal(got, images)
+            assert set(calls) <= {"Posterize", "Solarize", "AutoContrast", "Equalize"} and len(calls) <= 8
+
+
+def test_batched_erasing_erases_timms_rectangles_with_normal_noise():
+    import random
+
+    from vitsearch.augment import erase_batched
+
+    erasing = BatchAugment(1.0, 10, 0.1).erasing
+    x = torch.full((256, 3, 24, 24), 7.0)
+    random.seed(1)
+    expected = erasing(x.clone()) != 7.0
+    after = random.random()
+    random.seed(1)
+    got = erase_batched(erasing, x.clone())
+    assert torch.equal(got != 7.0, expected) and random.random() == after  # same rectangles, same draws
+    erased = got[got != 7.0]
+    assert 40 <= expected.flatten(1).any(1).sum() <= 90  # p = 0.25 of 256 images
+    assert abs(erased.mean()) < 0.1 and abs(erased.std() - 1) < 0.1
+
+
+def test_batched_augmentation_differs_from_the_cpu_path_only_in_the_erasing_noise():
+    """BatchAugment on a GPU (forced here with `batched = True`): per-image RandAugment and batched erasing
+    give what the CPU's per-image path gives, except the noise values inside the erased rectangles."""
+    import random
+
+    import numpy as np
+
+    data = load_data(micro_config(image_size=16))
+    images, labels = data.train_x[:128], data.train_y[:128]
+    results = []
+    for batched in (False, True):
+        augment = BatchAugment(1.0, 10, 0.1)
+        augment.per_image_draws, augment.batched = True, batched
+        torch.manual_seed(0), random.seed(0), np.random.seed(0)
+        results.append(augment(images, labels))
+    (x0, y0), (x1, y1) = results
+    assert torch.equal(y0, y1)
+    differ = (x0 != x1).flatten(1).any(1)
+    assert 10 <= differ.sum() <= 60  # the erased images (p = 0.25), nothing else
