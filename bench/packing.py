@@ -1,6 +1,6 @@
 """Trial packing on one GPU: aggregate training throughput of k trials sharing the GPU against one.
 
-    python bench/packing.py [--runner auto|ray|processes]   # needs a CUDA GPU; says why not otherwise
+    python bench/packing.py [--runner auto|ray|processes] [--only quickstart|cifar]   # needs a CUDA GPU
 
 Two trial sizes, each measured with k = 1, 2, 4 (8 where it fits) concurrent trials as Ray tasks
 holding 1/k of the GPU (vitsearch.packing.measure: common start, fixed window, real trainer with bf16
@@ -36,6 +36,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runner", choices=("auto", "ray", "processes"), default="auto",
                     help="auto: Ray tasks where Ray is installed, else spawned processes")
+    ap.add_argument("--only", choices=("quickstart", "cifar"), help="measure one of the two trial sizes")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench/packing.py measures GPU packing and needs a CUDA GPU; none is available here.")
@@ -58,8 +59,10 @@ def main() -> int:
                      [str(i) for i in range(10)])
     total = torch.cuda.get_device_properties(0).total_memory / 1e9
     print(f"GPU: {torch.cuda.get_device_name(0)}, {total:.0f} GB; trials run as {runner}", flush=True)
-    for label, cfg, data in (("quickstart-sized micro ViT, 16 px, batch 128", quick, load_data(quick)),
-                             ("CIFAR-sized ViT-Ti, 32 px / patch 4, batch 256", cifar, fake)):
+    sizes = {"quickstart": ("quickstart-sized micro ViT, 16 px, batch 128", quick, lambda: load_data(quick)),
+             "cifar": ("CIFAR-sized ViT-Ti, 32 px / patch 4, batch 256", cifar, lambda: fake)}
+    for label, cfg, load in [sizes[args.only]] if args.only else sizes.values():
+        data = load()
         ref = ray.put(data) if runner == "ray" else data
         rows = []
         for k in CANDIDATES:

@@ -1,5 +1,7 @@
 """aug_strength: a monotone ladder that really changes the batches; validation is never augmented."""
 
+import functools
+
 import torch
 from conftest import micro_config
 
@@ -103,6 +105,11 @@ def test_small_batches_get_torchvisions_randaugment_per_group_of_four_bit_for_bi
             assert not torch.equal(got, images)
 
 
+def _counted(apply, calls, image, op, *args, **kwargs):
+    calls.append(op)
+    return apply(image, op, *args, **kwargs)
+
+
 def test_batched_randaugment_is_torchvisions_per_image_randaugment_bit_for_bit():
     """The GPU path (`randaugment_batched`: one grid_sample for all geometric ops, one blend per colour op)
     gives the images of torchvision's ops with the same per-image draws, here on the CPU bit for bit, and
@@ -118,9 +125,8 @@ def test_batched_randaugment_is_torchvisions_per_image_randaugment_bit_for_bit()
             expected = randaugment_per_image(randaug, images)
             next_draws = torch.rand(8)
             calls = []
-            apply = randaug._apply_image_or_video_transform
-            randaug._apply_image_or_video_transform = lambda image, op, *a, **k: calls.append(op) or apply(
-                image, op, *a, **k)
+            randaug._apply_image_or_video_transform = functools.partial(
+                _counted, randaug._apply_image_or_video_transform, calls)
             torch.manual_seed(7)
             got = randaugment_batched(randaug, images, {})
             assert torch.equal(got, expected), (strength, images.shape)
@@ -129,27 +135,34 @@ def test_batched_randaugment_is_torchvisions_per_image_randaugment_bit_for_bit()
             assert set(calls) <= {"Posterize", "Solarize", "AutoContrast", "Equalize"} and len(calls) <= 8
 
 
-def test_batched_erasing_erases_timms_rectangles_with_normal_noise():
-    import random
-
+def test_batched_erasing_draws_timms_rectangles_with_normal_noise():
+    """erase_batched draws as timm's RandomErasing does: an image erased with probability p, one rectangle
+    whose area is 2-33 % of the image and aspect 0.3-3.3, inside the image, filled with N(0, 1) noise."""
     from vitsearch.augment import erase_batched
 
     erasing = BatchAugment(1.0, 10, 0.1).erasing
-    x = torch.full((256, 3, 24, 24), 7.0)
-    random.seed(1)
-    expected = erasing(x.clone()) != 7.0
-    after = random.random()
-    random.seed(1)
+    torch.manual_seed(1)
+    x = torch.full((4000, 3, 24, 24), 7.0)
     got = erase_batched(erasing, x.clone())
-    assert torch.equal(got != 7.0, expected) and random.random() == after  # same rectangles, same draws
-    erased = got[got != 7.0]
-    assert 40 <= expected.flatten(1).any(1).sum() <= 90  # p = 0.25 of 256 images
-    assert abs(erased.mean()) < 0.1 and abs(erased.std() - 1) < 0.1
+    changed = got != 7.0
+    assert torch.equal(changed, changed[:, :1].expand_as(changed))  # every channel of the same pixels
+    per_image = changed[:, 0]
+    erased = per_image.flatten(1).any(1)
+    assert abs(erased.float().mean() - erasing.probability) < 0.03
+    for image in per_image[erased][:300]:
+        rows, cols = image.any(1).nonzero().squeeze(1), image.any(0).nonzero().squeeze(1)
+        h, w = len(rows), len(cols)
+        assert image.sum() == h * w and rows[-1] - rows[0] == h - 1 and cols[-1] - cols[0] == w - 1  # a rectangle
+        assert 0.015 * 24 * 24 <= h * w <= 0.36 * 24 * 24 and 0.2 <= h / w <= 4.5
+    noise = got[changed]
+    assert abs(noise.mean()) < 0.02 and abs(noise.std() - 1) < 0.02
+    torch.manual_seed(1)
+    assert torch.equal(erase_batched(erasing, x.clone()), got)  # seeded: the same
 
 
-def test_batched_augmentation_differs_from_the_cpu_path_only_in_the_erasing_noise():
-    """BatchAugment on a GPU (forced here with `batched = True`): per-image RandAugment and batched erasing
-    give what the CPU's per-image path gives, except the noise values inside the erased rectangles."""
+def test_batched_augmentation_is_the_cpu_paths_augmentation():
+    """BatchAugment as on a GPU (forced here with `batched = True`): at a strength without erasing, the
+    same images and targets as the CPU's per-image path; at full strength, erased and mixed batches."""
     import random
 
     import numpy as np
@@ -158,11 +171,14 @@ def test_batched_augmentation_differs_from_the_cpu_path_only_in_the_erasing_nois
     images, labels = data.train_x[:128], data.train_y[:128]
     results = []
     for batched in (False, True):
-        augment = BatchAugment(1.0, 10, 0.1)
+        augment = BatchAugment(2 / 6, 10, 0.1)  # RandAugment magnitude 10, Mixup/CutMix, no erasing
+        assert augment.erasing is None and augment.mixup is not None
         augment.per_image_draws, augment.batched = True, batched
         torch.manual_seed(0), random.seed(0), np.random.seed(0)
         results.append(augment(images, labels))
-    (x0, y0), (x1, y1) = results
-    assert torch.equal(y0, y1)
-    differ = (x0 != x1).flatten(1).any(1)
-    assert 10 <= differ.sum() <= 60  # the erased images (p = 0.25), nothing else
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    augment = BatchAugment(1.0, 10, 0.1)
+    augment.batched = True
+    x, y = augment(images, labels)
+    assert x.shape == (128, 1, 16, 16) and torch.allclose(y.sum(1), torch.ones(128))
+    assert (x - normalize(images)).abs().mean() > 0.1 and (x.flatten(1).amax(1) > 1.0).any()  # noise > 1

@@ -220,52 +220,73 @@ def randaugment_batched(randaug, images: torch.Tensor, magnitudes: dict) -> torc
     inverse affine matrix for its op and sign) becomes one `grid_sample` over all of them with a matrix
     per image; brightness, colour, contrast and sharpness are one blend each with a factor per image
     (torchvision's formulas); the other ops are torchvision's, one call per op. 9 calls per layer instead
-    of up to 23, and no call that waits for the GPU (torchvision's affine ops copy their matrix to the
-    GPU with one). The images equal torchvision's up to float rounding (nearest-pixel sampling, uint8)."""
-    space = randaug._AUGMENTATION_SPACE
-    names = list(space)
-    n, _channels, height, width = images.shape
+    of up to 23; images are sorted into them with tensor operations (no Python loop over images); and
+    nothing waits for the GPU (torchvision's affine ops copy their matrix to the GPU with a wait)."""
+    n, channels, height, width = images.shape
+    key = ("table", channels, height, width)
+    if key not in magnitudes:
+        magnitudes[key] = _op_table(randaug, channels, height, width, magnitudes)
+    groups, group_of, signed, params, unsigned_value = magnitudes[key]
     mode = randaug.interpolation  # "nearest", or InterpolationMode.NEAREST in older torchvision
+    mode = getattr(mode, "value", mode)
     out = images.clone()
     for _ in range(randaug.num_ops):
-        ops = torch.randint(len(names), (n,)).tolist()
-        negative = (torch.rand(n) <= 0.5).tolist()
-        groups: dict[str, tuple[list[int], list[float]]] = {}  # op (GEOMETRIC_OPS as "affine") -> images, values
-        for i, (k, neg) in enumerate(zip(ops, negative)):
-            name = names[k]
-            magnitude = _magnitude(randaug, name, height, width, magnitudes)
-            if name == "Identity":
+        ops = torch.randint(len(group_of), (n,))
+        sign = ((torch.rand(n) <= 0.5) & signed[ops]).long()
+        group = group_of[ops]
+        kept = (group >= 0).nonzero().squeeze(1)
+        order = kept[torch.argsort(group[kept], stable=True)]
+        counts = torch.bincount(group[kept], minlength=len(groups)).tolist()
+        index = _to_device(order, out.device).split(counts)
+        rows = _to_device(params[ops[order], sign[order]], out.device).split(counts)
+        for op, idx, vals, count in zip(groups, index, rows, counts):
+            if not count:
                 continue
-            value = -magnitude if space[name][1] and magnitude is not None and neg else magnitude
-            if name in GEOMETRIC_OPS:
-                images_of, values = groups.setdefault("affine", ([], []))
-                values.extend(_inverse_affine(name, value, height, width, magnitudes))
-            else:
-                images_of, values = groups.setdefault(name, ([], []))
-                if name in BLEND_OPS:  # factor f and 1 - f, both rounded from doubles as torchvision's
-                    values.extend((1.0 + value, 1.0 - (1.0 + value)))
-                else:
-                    values.append(0.0 if value is None else value)
-            images_of.append(i)
-        if not groups:
-            continue
-        order = list(groups)
-        # Indices and per-image values reach the GPU in two copies that do not wait for it.
-        index = torch.tensor([i for op in order for i in groups[op][0]]).to(out.device, non_blocking=True)
-        values = torch.tensor([v for op in order for v in groups[op][1]]).to(out.device, non_blocking=True)
-        index_parts = index.split([len(groups[op][0]) for op in order])
-        value_parts = values.split([len(groups[op][1]) for op in order])
-        for op, idx, vals in zip(order, index_parts, value_parts):
             if op == "affine":
-                out[idx] = _affine_batch(out[idx], vals.view(-1, 2, 3), getattr(mode, "value", mode))
+                out[idx] = _affine_batch(out[idx], vals.view(-1, 2, 3), mode)
             elif op in BLEND_OPS:
-                out[idx] = _blend_batch(out[idx], op, *vals.view(-1, 2, 1, 1, 1).unbind(1))
-            else:
-                value = groups[op][1][0]  # the same for every image: these ops take no sign
-                out[idx] = randaug._apply_image_or_video_transform(out[idx], op, value,
+                out[idx] = _blend_batch(out[idx], op, vals[:, 0].view(-1, 1, 1, 1), vals[:, 1].view(-1, 1, 1, 1))
+            else:  # the same value for every image: these ops take no sign
+                out[idx] = randaug._apply_image_or_video_transform(out[idx], op, unsigned_value[op],
                                                                    interpolation=randaug.interpolation,
                                                                    fill=randaug._fill)
     return out
+
+
+def _op_table(randaug, channels: int, height: int, width: int, magnitudes: dict):
+    """For `randaugment_batched`, per op of RandAugment's space (in its order): its call group (-1: none),
+    whether it takes a sign, and 6 parameters per sign (an inverse affine matrix; a blend's f and 1 - f,
+    both rounded from doubles as torchvision's), plus the value of each op that takes no sign."""
+    space = randaug._AUGMENTATION_SPACE
+    groups = ["affine", *BLEND_OPS]
+    group_of, signed, params, unsigned_value = [], [], [], {}
+    for name, (_bins, takes_sign) in space.items():
+        magnitude = _magnitude(randaug, name, height, width, magnitudes)
+        has_sign = takes_sign and magnitude is not None
+        values = (magnitude, -magnitude) if has_sign else (magnitude, magnitude)
+        if name in GEOMETRIC_OPS:
+            group_of.append(0)
+            params.append([_inverse_affine(name, v, height, width, magnitudes) for v in values])
+        elif name in BLEND_OPS:
+            group_of.append(-1 if name == "Color" and channels == 1 else groups.index(name))  # gray: as PIL
+            params.append([[1.0 + v, 1.0 - (1.0 + v), 0.0, 0.0, 0.0, 0.0] for v in values])
+        elif name == "Identity":
+            group_of.append(-1)
+            params.append([[0.0] * 6] * 2)
+        else:
+            groups.append(name)
+            group_of.append(len(groups) - 1)
+            unsigned_value[name] = 0.0 if magnitude is None else magnitude
+            params.append([[0.0] * 6] * 2)
+        signed.append(has_sign)
+    return groups, torch.tensor(group_of), torch.tensor(signed), torch.tensor(params), unsigned_value
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A copy that does not wait for the GPU (from pinned memory: from pageable memory it would)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _inverse_affine(name: str, value: float, height: int, width: int, cache: dict) -> list[float]:
@@ -338,37 +359,29 @@ def _blend_batch(images: torch.Tensor, op: str, factor: torch.Tensor, rest: torc
 
 
 def erase_batched(erasing, x: torch.Tensor) -> torch.Tensor:
-    """timm's RandomErasing (`erasing`, per-pixel normal noise) on a batch on a GPU: the same rectangles
-    (drawn with Python's `random` in timm's order), filled from one normal draw for the whole batch
-    instead of one small draw and copy per erased image."""
-    import math
-    import random
-
+    """timm's RandomErasing (`erasing`: its probability, area and aspect ranges, one rectangle per image,
+    per-pixel normal noise) on a batch on a GPU, drawn with tensor operations instead of a Python loop
+    over the images: an image is erased with `erasing.probability`; its rectangle is the first of 10
+    draws (area uniform in [min_area, max_area] of the image, log-aspect uniform) that fits, as in timm's
+    loop, placed uniformly; the noise is one normal draw for the whole batch."""
+    if erasing.max_count != 1:  # several rectangles per image: timm's own loop
+        erasing.device = x.device
+        return erasing(x)
     n, _channels, height, width = x.shape
-    rects = []  # (image, top, left, h, w)
-    for i in range(n):
-        if random.random() > erasing.probability:
-            continue
-        count = (erasing.min_count if erasing.min_count == erasing.max_count
-                 else random.randint(erasing.min_count, erasing.max_count))
-        for _ in range(count):
-            for _attempt in range(10):
-                target_area = random.uniform(erasing.min_area, erasing.max_area) * height * width / count
-                aspect_ratio = math.exp(random.uniform(*erasing.log_aspect_ratio))
-                h = int(round(math.sqrt(target_area * aspect_ratio)))
-                w = int(round(math.sqrt(target_area / aspect_ratio)))
-                if w < width and h < height:
-                    rects.append((i, random.randint(0, height - h), random.randint(0, width - w), h, w))
-                    break
-    if not rects:
-        return x
-    r = torch.tensor(rects).to(x.device, non_blocking=True)
-    rows = torch.arange(height, device=x.device)
-    cols = torch.arange(width, device=x.device)
-    inside = (((rows >= r[:, 1:2]) & (rows < r[:, 1:2] + r[:, 3:4])).unsqueeze(2)
-              & ((cols >= r[:, 2:3]) & (cols < r[:, 2:3] + r[:, 4:5])).unsqueeze(1))
-    mask = torch.zeros(n, height, width, device=x.device).index_add_(0, r[:, 0], inside.float()) > 0
-    return torch.where(mask.unsqueeze(1), torch.randn_like(x), x)
+    erased = torch.rand(n, dtype=torch.float64) <= erasing.probability
+    area = torch.empty(n, 10, dtype=torch.float64).uniform_(erasing.min_area, erasing.max_area) * height * width
+    aspect = torch.empty(n, 10, dtype=torch.float64).uniform_(*erasing.log_aspect_ratio).exp_()
+    h, w = (area * aspect).sqrt_().round_().long(), (area / aspect).sqrt_().round_().long()
+    fits = (h < height) & (w < width)
+    first, images = fits.int().argmax(1), torch.arange(n)  # the first attempt that fits (timm: up to 10)
+    h, w = h[images, first] * (fits[images, first] & erased), w[images, first]  # h = 0: nothing erased
+    top = (torch.rand(n, dtype=torch.float64) * (height - h + 1)).long()
+    left = (torch.rand(n, dtype=torch.float64) * (width - w + 1)).long()
+    r = _to_device(torch.stack([top, h, left, w], 1), x.device)
+    rows, cols = torch.arange(height, device=x.device), torch.arange(width, device=x.device)
+    inside = (((rows >= r[:, 0:1]) & (rows < r[:, 0:1] + r[:, 1:2])).unsqueeze(2)
+              & ((cols >= r[:, 2:3]) & (cols < r[:, 2:3] + r[:, 3:4])).unsqueeze(1))
+    return torch.where(inside.unsqueeze(1), torch.randn_like(x), x)
 
 
 def _magnitude(randaug, name: str, height: int, width: int, cache: dict) -> float | None:
