@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of the performance issue in one run (~5 min; at most 8 min: 60 + 90 + 180 + 150 + 60 s):
+# Every GPU figure of the performance issue in one run (5.5 min on an H100; at most 9 min: 60+90+180+150+60 s):
 # the commands of the README's benchmark section, each under its own time limit, each log written to
 # OUT_DIR as it runs, and a summary of their result lines at the end.
 #
