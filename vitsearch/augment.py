@@ -267,7 +267,7 @@ def _op_table(randaug, channels: int, height: int, width: int, magnitudes: dict)
         values = (magnitude, -magnitude) if has_sign else (magnitude, magnitude)
         if name in GEOMETRIC_OPS:
             group_of.append(0)
-            params.append([_inverse_affine(name, v, height, width, magnitudes) for v in values])
+            params.append([_inverse_affine(name, v, height, width) for v in values])
         elif name in BLEND_OPS:
             group_of.append(-1 if name == "Color" and channels == 1 else groups.index(name))  # gray: as PIL
             params.append([[1.0 + v, 1.0 - (1.0 + v), 0.0, 0.0, 0.0, 0.0] for v in values])
@@ -290,27 +290,24 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-def _inverse_affine(name: str, value: float, height: int, width: int, cache: dict) -> list[float]:
+def _inverse_affine(name: str, value: float, height: int, width: int) -> list[float]:
     """torchvision's inverse affine matrix (6 numbers) for RandAugment's geometric op `name` at `value`,
     with the arguments its `_apply_image_or_video_transform` and `affine`/`rotate` pass."""
     import math
 
     from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
 
-    key = ("affine", name, value, height, width)
-    if key not in cache:
-        centre, angle, translate, shear = [0.0, 0.0], 0.0, [0.0, 0.0], [0.0, 0.0]
-        if name in ("ShearX", "ShearY"):  # sheared about the corner (centre=[0, 0] in pixels)
-            centre = [-width * 0.5, -height * 0.5]
-            shear = [math.degrees(math.atan(value)), 0.0] if name == "ShearX" else [0.0, math.degrees(math.atan(value))]
-        elif name == "TranslateX":
-            translate = [float(int(value)), 0.0]
-        elif name == "TranslateY":
-            translate = [0.0, float(int(value))]
-        else:  # Rotate: rotate() turns the angle into [0, 360) and passes it negated
-            angle = -(value % 360)
-        cache[key] = _get_inverse_affine_matrix(centre, angle, translate, 1.0, shear)
-    return cache[key]
+    centre, angle, translate, shear = [0.0, 0.0], 0.0, [0.0, 0.0], [0.0, 0.0]
+    if name in ("ShearX", "ShearY"):  # sheared about the corner (centre=[0, 0] in pixels)
+        centre = [-width * 0.5, -height * 0.5]
+        shear = [math.degrees(math.atan(value)), 0.0] if name == "ShearX" else [0.0, math.degrees(math.atan(value))]
+    elif name == "TranslateX":
+        translate = [float(int(value)), 0.0]
+    elif name == "TranslateY":
+        translate = [0.0, float(int(value))]
+    else:  # Rotate: rotate() turns the angle into [0, 360) and passes it negated
+        angle = -(value % 360)
+    return _get_inverse_affine_matrix(centre, angle, translate, 1.0, shear)
 
 
 def _affine_batch(images: torch.Tensor, theta: torch.Tensor, mode: str) -> torch.Tensor:
@@ -342,7 +339,8 @@ def _sharpness_kernel(channels: int, device: torch.device) -> torch.Tensor:
 
 def _blend_batch(images: torch.Tensor, op: str, factor: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
     """torchvision's adjust_brightness / _saturation / _contrast / _sharpness on uint8 images with a factor
-    per image (`factor` and `rest` = 1 - factor: N x 1 x 1 x 1)."""
+    per image (`factor` and `rest` = 1 - factor: N x 1 x 1 x 1). Saturation on gray images is never called
+    (it leaves them as they are: `_op_table` gives it no call there)."""
     channels, height, width = images.shape[-3:]
     x = images.float()
     if op == "Brightness":
@@ -354,8 +352,6 @@ def _blend_batch(images: torch.Tensor, op: str, factor: torch.Tensor, rest: torc
         inner = x[..., 1:-1, 1:-1]
         inner.addcmul_(blurred.sub_(inner), rest)  # x + (1 - f) (blur - x), as torchvision
         return x.clamp_(0, 255).to(images.dtype)
-    if op == "Color" and channels == 1:  # saturation leaves gray images as they are (as PIL)
-        return images
     if channels == 3:
         gray = x[:, 0:1].mul(0.2989).add_(x[:, 1:2], alpha=0.587).add_(x[:, 2:3], alpha=0.114).floor_()
     else:
