@@ -108,7 +108,10 @@ class BatchAugment:
         self.train_loss: nn.Module = (SoftTargetCrossEntropy() if self.mixup
                                       else nn.CrossEntropyLoss(label_smoothing=label_smoothing))
         self.per_image_draws: bool | None = None  # None: per image in a batch with many groups, or on a GPU
-        self.batched: bool | None = None  # per-image draws in few calls (and batched erasing); None: on a GPU
+        # Per-image draws applied in few calls (`randaugment_batched`, the same images as torchvision's ops)
+        # and erasing drawn with tensor operations (`erase_batched`, timm's distribution but another random
+        # stream). None: the first always, the second on a GPU; False: neither; True: both.
+        self.batched: bool | None = None
         self.per_image_above = RANDAUG_GROUP * _draw_pairs(self.randaug) if self.randaug is not None else 0
         self._magnitudes: dict[tuple, Any] = {}  # per op and image size: magnitudes, matrices, op tables
 
@@ -117,7 +120,7 @@ class BatchAugment:
             per_image = self.per_image_draws
             if per_image is None:
                 per_image = len(images) > self.per_image_above or images.is_cuda
-            if per_image and self._batched(images):
+            if per_image and self.batched is not False:
                 images = randaugment_batched(self.randaug, images, self._magnitudes)
             elif per_image:
                 images = randaugment_per_image(self.randaug, images, self._magnitudes)
