@@ -161,8 +161,10 @@ def test_batched_erasing_draws_timms_rectangles_with_normal_noise():
 
 
 def test_batched_augmentation_is_the_cpu_paths_augmentation():
-    """BatchAugment as on a GPU (forced here with `batched = True`): at a strength without erasing, the
-    same images and targets as the CPU's per-image path; at full strength, erased and mixed batches."""
+    """BatchAugment as on a GPU (forced here with `batched = True`) and as on a CPU by default (`None`:
+    RandAugment's per-image draws applied by randaugment_batched): at a strength without erasing, the
+    same images and targets as torchvision's calls per (op, sign) (`False`); at full strength, erased and
+    mixed batches."""
     import random
 
     import numpy as np
@@ -170,13 +172,15 @@ def test_batched_augmentation_is_the_cpu_paths_augmentation():
     data = load_data(micro_config(image_size=16))
     images, labels = data.train_x[:128], data.train_y[:128]
     results = []
-    for batched in (False, True):
+    for batched in (False, None, True):
         augment = BatchAugment(2 / 6, 10, 0.1)  # RandAugment magnitude 10, Mixup/CutMix, no erasing
         assert augment.erasing is None and augment.mixup is not None
-        augment.per_image_draws, augment.batched = True, batched
+        augment.batched = batched  # 128 images: per-image draws by default on a CPU too
         torch.manual_seed(0), random.seed(0), np.random.seed(0)
         results.append(augment(images, labels))
-    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    for x, y in results[1:]:
+        assert torch.equal(x, results[0][0]) and torch.equal(y, results[0][1])
+    assert not torch.equal(results[0][0], normalize(images))
     augment = BatchAugment(1.0, 10, 0.1)
     augment.batched = True
     x, y = augment(images, labels)

@@ -22,17 +22,17 @@ batch uses one of them with probability 0.5 (timm's `Mixup`). All pieces are tor
 
 RandAugment's cost is mostly per call. In a small batch one draw of ops covers a group of 4 images. A
 batch with more such groups than RandAugment has (op, sign) pairs (23: more than 92 images) draws per
-image and makes one call per pair drawn (`randaugment_per_image`): at most 23 calls per layer whatever
-the batch, instead of one per group (64 per layer at batch 256; on a CPU at 16 px, batch 256, that
-halves the augmentation's time: 14.3 -> 7.2 ms).
+image, and `randaugment_batched` applies the draws in 9 calls per layer whatever the batch: one
+`grid_sample` with a matrix per image for all geometric ops, one blend per colour op with a factor per
+image (the same images as torchvision's ops, bit for bit on a CPU), and torchvision's own call for each
+of the 4 ops without a sign. On a CPU at 16 px, strength 0.7, a batch of 128 takes 1.8 ms (5.3 ms with
+one torchvision call per (op, sign) drawn, `randaugment_per_image`; 5.4 ms in groups of 4).
 
 On a GPU a training step of a small ViT is bound by the host's work per kernel launch, not by the GPU,
-so what counts is the number of calls. There every batch draws per image, and `randaugment_batched`
-applies the draws in 9 calls per layer (one `grid_sample` with a matrix per image for all geometric
-ops, one blend per colour op with a factor per image; the same images as torchvision's ops, bit for bit
-on a CPU), and `erase_batched` draws timm's rectangles (the same distribution) with tensor operations
-and fills them from one noise draw for the batch. Neither waits for the GPU. On an H100 (ViT-Ti, 32 px,
-batch 256, strength 1.0) the augmentation of a batch took 3.73 ms instead of 10.98 ms.
+so what counts is the number of calls. There every batch draws per image, and `erase_batched` draws
+timm's rectangles (the same distribution, another random stream) with tensor operations and fills them
+from one noise draw for the batch. Neither waits for the GPU. On an H100 (ViT-Ti, 32 px, batch 256,
+strength 1.0) the augmentation of a batch took 3.73 ms instead of 10.98 ms.
 Validation images are never augmented.
 """
 
