@@ -111,7 +111,7 @@ def _counted(apply, calls, image, op, *args, **kwargs):
 
 
 def test_batched_randaugment_is_torchvisions_per_image_randaugment_bit_for_bit():
-    """The GPU path (`randaugment_batched`: one grid_sample for all geometric ops, one blend per colour op)
+    """The per-image path (`randaugment_batched`: one grid_sample for all geometric ops, one blend per colour op)
     gives the images of torchvision's ops with the same per-image draws, here on the CPU bit for bit, and
     calls torchvision only for the 4 ops without a sign (posterize, solarize, autocontrast, equalize)."""
     from vitsearch.augment import randaugment_batched, randaugment_per_image

@@ -188,7 +188,8 @@ def randaugment_groups(randaug, images: torch.Tensor, magnitudes: dict) -> torch
 def randaugment_per_image(randaug, images: torch.Tensor, magnitudes: dict | None = None) -> torch.Tensor:
     """torchvision's RandAugment (`randaug`) with its own draw per image and layer (op uniformly, sign
     with probability 0.5 for signed ops, magnitude fixed), as RandAugment is defined, applied with one
-    call of torchvision's op per (op, sign) drawn in the batch (`magnitudes`: as for `randaugment_groups`)."""
+    call of torchvision's op per (op, sign) drawn in the batch (`magnitudes`: as for `randaugment_groups`).
+    The reference `randaugment_batched` is tested against; BatchAugment runs it only with `batched = False`."""
     magnitudes = {} if magnitudes is None else magnitudes
     space = randaug._AUGMENTATION_SPACE
     names = list(space)
@@ -219,13 +220,14 @@ BLEND_OPS = ("Brightness", "Color", "Contrast", "Sharpness")
 
 
 def randaugment_batched(randaug, images: torch.Tensor, magnitudes: dict) -> torch.Tensor:
-    """`randaugment_per_image` for a batch on a GPU: the same draws (op, then sign, per image and layer)
-    and the same ops, in few calls. Each image's geometric op (shear, translate, rotate: torchvision's
-    inverse affine matrix for its op and sign) becomes one `grid_sample` over all of them with a matrix
-    per image; brightness, colour, contrast and sharpness are one blend each with a factor per image
-    (torchvision's formulas); the other ops are torchvision's, one call per op. 9 calls per layer instead
-    of up to 23; images are sorted into them with tensor operations (no Python loop over images); and
-    nothing waits for the GPU (torchvision's affine ops copy their matrix to the GPU with a wait)."""
+    """`randaugment_per_image` in few calls (what BatchAugment runs for per-image draws, on a CPU and on a
+    GPU): the same draws (op, then sign, per image and layer) and the same ops. Each image's geometric
+    op (shear, translate, rotate: torchvision's inverse affine matrix for its op and sign) becomes one
+    `grid_sample` over all of them with a matrix per image; brightness, colour, contrast and sharpness
+    are one blend each with a factor per image (torchvision's formulas); the other ops are torchvision's,
+    one call per op. 9 calls per layer instead of up to 23; images are sorted into them with tensor
+    operations (no Python loop over images); and nothing waits for the GPU (torchvision's affine ops copy
+    their matrix to the GPU with a wait)."""
     n, channels, height, width = images.shape
     key = ("table", channels, height, width)
     if key not in magnitudes:
