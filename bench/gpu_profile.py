@@ -9,11 +9,13 @@ Prints, for the config given (default: the CIFAR-sized ViT-Ti of bench/packing.p
   runs it (batched on a GPU: `augment.randaugment_batched`, `augment.erase_batched`) and unbatched
   (torchvision's RandAugment ops per (op, sign) drawn, timm's erasing per image);
 - whole training steps (the trainer's `train_one_epoch`, bf16 on a GPU) with augmentation, batched and
-  unbatched, and without: ms per step, medians of 3 timed passes of 30 steps;
+  unbatched, and without: ms per step, medians of 3 timed passes of 30 steps; on a GPU also without the
+  prefetching thread (augmentation on the training thread), and what each part of the augmentation
+  (RandAugment, Mixup/CutMix, erasing) adds to such a step;
 - GPU busy: the summed time of the GPU's kernels over 20 steps against their wall time (torch.profiler);
   well under 100 % means the step waits on the host (Python, kernel launches, synchronisations);
 - synchronising calls over 10 steps (torch.cuda.set_sync_debug_mode), by source line.
-On a CPU only the first two (the rest need CUDA).
+On a CPU only the first two and the steps with the thread's default (the rest need CUDA).
 """
 
 from __future__ import annotations
@@ -35,10 +37,17 @@ from vitsearch.data import load_data  # noqa: E402
 from vitsearch.train import Feed, _sync, resolve_device, setup, train_one_epoch  # noqa: E402
 
 
-def steps_ms(cfg, data, dev, steps: int, passes: int = 3, batched: bool | None = None) -> float:
-    """Median ms per training step over `passes` passes of `steps` steps (after a warm-up pass)."""
+def steps_ms(cfg, data, dev, steps: int, passes: int = 3, batched: bool | None = None,
+             prefetch: bool | None = None, only: str | None = None) -> float:
+    """Median ms per training step over `passes` passes of `steps` steps (after a warm-up pass).
+    `prefetch`: the background thread on or off (None: the trainer's default, on for a GPU); `only`: keep
+    one part of the augmentation (randaug, mixup or erasing) and turn the others off."""
     run = setup(cfg, data, dev, steps, cfg.batch_size)
     run.augment.batched = batched
+    if prefetch is not None:
+        run.prefetch = prefetch
+    if only is not None:
+        keep_only(run.augment, only)
     feed = Feed(data, dev)
     times = []
     for i in range(passes + 1):
@@ -48,6 +57,15 @@ def steps_ms(cfg, data, dev, steps: int, passes: int = 3, batched: bool | None =
         if i:
             times.append((time.perf_counter() - t0) / steps * 1000)
     return statistics.median(times)
+
+
+def keep_only(augment, part: str) -> None:
+    """Turn off every part of `augment` (a BatchAugment) but `part`: randaug, mixup or erasing."""
+    for name in ("randaug", "mixup", "erasing"):
+        if name != part:
+            setattr(augment, name, None)
+    if augment.mixup is None:  # hard labels again
+        augment.train_loss = torch.nn.CrossEntropyLoss(label_smoothing=augment.label_smoothing)
 
 
 def main() -> None:
@@ -81,7 +99,8 @@ def main() -> None:
             if i:
                 times.append((time.perf_counter() - t0) * 1000)
         aug_ms[batched] = statistics.median(times)
-    without = steps_ms(cfg.replace(aug_strength=0.0), data, dev, args.steps)
+    bare = cfg.replace(aug_strength=0.0)
+    without = steps_ms(bare, data, dev, args.steps)
     with_aug = steps_ms(cfg, data, dev, args.steps)
     unbatched = steps_ms(cfg, data, dev, args.steps, batched=False)
     print(f"device {dev}, {args.model} {data.image_size}px patch {args.patch_size}, batch {args.batch}, "
@@ -92,6 +111,18 @@ def main() -> None:
           f"({without / unbatched:.3f} unbatched)")
     if dev.type != "cuda":
         return
+    # The same steps without the prefetching thread (augmentation on the training thread), and what each
+    # part of the augmentation adds to a step there.
+    serial = steps_ms(cfg, data, dev, args.steps, prefetch=False)
+    serial_without = steps_ms(bare, data, dev, args.steps, prefetch=False)
+    print(f"training step without the prefetching thread: {serial:.2f} ms with augmentation, {serial_without:.2f} "
+          f"ms without; throughput with / without augmentation: {serial_without / serial:.3f}; the thread "
+          f"makes steps with augmentation {serial / with_aug:.3f}x as fast")
+    parts = {part: steps_ms(cfg, data, dev, args.steps, prefetch=False, only=part) - serial_without
+             for part in ("randaug", "mixup", "erasing")}
+    print("ms each part adds to a step without the thread: "
+          + ", ".join(f"{part} {ms:.2f}" for part, ms in parts.items())
+          + f" (sum {sum(parts.values()):.2f}, all together {serial - serial_without:.2f})")
     for part in (gpu_busy, sync_sources):
         try:
             part(cfg, data, dev, args)

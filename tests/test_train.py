@@ -104,3 +104,56 @@ def test_non_finite_loss_raises_the_dedicated_error():
     cfg = micro_config(epochs=2, lr=1e30, grad_clip=0.0, data_subset=256, batch_size=32)
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, between optimizer steps 1 and \d+"):
         train(cfg)
+
+
+def _epoch(cfg, prefetch: bool, batched=None, augment=None):
+    """One epoch of `cfg` through the trainer's step loop, with the prefetching thread on or off."""
+    from vitsearch.train import setup, train_one_epoch
+
+    data, dev = load_data(cfg), torch.device("cpu")
+    steps = len(data.train_y) // cfg.batch_size
+    run = setup(cfg, data, dev, steps, cfg.batch_size)
+    run.prefetch, run.augment.batched = prefetch, batched
+    if augment is not None:
+        run.augment = augment(run.augment)
+    stats = train_one_epoch(run, Feed(data, dev), cfg.batch_size, 1, steps)
+    return stats, run.model.state_dict()
+
+
+@pytest.mark.parametrize("batched", [None, True])
+def test_prefetching_thread_trains_the_same_epoch(batched):
+    """On a GPU the next batches are gathered and augmented in a background thread (`_prefetched`). It
+    makes the augmentation's random draws in the order the step loop would, so a seed gives the same
+    batches, updates and figures, bit for bit (here on the CPU, with 2 micro-batches per step, full
+    augmentation: RandAugment, Mixup/CutMix, erasing; batched: erasing by `erase_batched` and its noise)."""
+    cfg = micro_config(aug_strength=1.0, drop_path=0.0, data_subset=384, micro_batch_size=32)
+    (plain, plain_state), (threaded, threaded_state) = (_epoch(cfg, p, batched) for p in (False, True))
+    assert plain == threaded
+    assert all(torch.equal(plain_state[k], threaded_state[k]) for k in plain_state)
+
+
+def test_prefetching_thread_stops_with_an_error_on_either_side():
+    import threading
+
+    def alive():
+        return [t for t in threading.enumerate() if t.name == "vitsearch-prefetch"]
+
+    class FailsAtCall:
+        def __init__(self, augment, n=3):
+            self.augment, self.calls, self.n = augment, 0, n
+
+        def __call__(self, x, y):
+            self.calls += 1
+            if self.calls == self.n:
+                raise ValueError("augmentation failed")
+            return self.augment(x, y)
+
+        def __getattr__(self, name):
+            return getattr(self.augment, name)
+
+    with pytest.raises(ValueError, match="augmentation failed"):  # raised in the thread, seen by the step loop
+        _epoch(micro_config(data_subset=384, batch_size=32), True, augment=FailsAtCall)
+    assert not alive()
+    with pytest.raises(NonFiniteLossError):  # raised by the step loop while the thread runs ahead
+        _epoch(micro_config(lr=1e30, grad_clip=0.0, data_subset=2048, batch_size=32), True)
+    assert not alive()

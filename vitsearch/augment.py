@@ -370,7 +370,7 @@ def erase_batched(erasing, x: torch.Tensor) -> torch.Tensor:
     per-pixel normal noise) on a batch on a GPU, drawn with tensor operations instead of a Python loop
     over the images: an image is erased with `erasing.probability`; its rectangle is the first of 10
     draws (area uniform in [min_area, max_area] of the image, log-aspect uniform) that fits, as in timm's
-    loop, placed uniformly; the noise is one normal draw for the whole batch."""
+    loop, placed uniformly; the noise is one normal draw for the whole batch, seeded from the CPU draws."""
     if erasing.max_count != 1:  # several rectangles per image: timm's own loop
         erasing.device = x.device
         return erasing(x)
@@ -388,7 +388,10 @@ def erase_batched(erasing, x: torch.Tensor) -> torch.Tensor:
     rows, cols = torch.arange(height, device=x.device), torch.arange(width, device=x.device)
     inside = (((rows >= r[:, 0:1]) & (rows < r[:, 0:1] + r[:, 1:2])).unsqueeze(2)
               & ((cols >= r[:, 2:3]) & (cols < r[:, 2:3] + r[:, 3:4])).unsqueeze(1))
-    return torch.where(inside.unsqueeze(1), torch.randn_like(x), x)
+    # The noise follows the CPU draws alone, whichever thread augments: the step draws dropout and
+    # drop-path from the device's default generator on the training thread (see train._prefetched).
+    noise = torch.Generator(x.device).manual_seed(int(torch.randint(2**62, (), dtype=torch.int64)))
+    return torch.where(inside.unsqueeze(1), torch.randn(x.shape, generator=noise, device=x.device, dtype=x.dtype), x)
 
 
 def _magnitude(randaug, name: str, height: int, width: int, cache: dict) -> float | None:

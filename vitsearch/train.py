@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import queue
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,6 +82,9 @@ class Trainer:
     augment: BatchAugment
     teacher: nn.Module | None
     forward: nn.Module  # the model, or its torch.compile'd wrapper (same parameters) with `compile: true`
+    # Gather and augment the next batches in a background thread while this one trains (default: on a
+    # GPU, where a small ViT's step is bound by the host's work; see `_prefetched`).
+    prefetch: bool = False
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = self.forward(x)
@@ -104,7 +109,8 @@ def setup(cfg: TrainConfig, data: ImageData, dev: torch.device, steps_per_epoch:
     forward = torch.compile(model) if cfg.compile else model
     return Trainer(cfg, model, dtype, micro, optimizer, _scheduler(optimizer, cfg, steps_per_epoch),
                    torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16),
-                   BatchAugment(cfg.aug_strength, data.num_classes, cfg.label_smoothing), teacher, forward)
+                   BatchAugment(cfg.aug_strength, data.num_classes, cfg.label_smoothing), teacher, forward,
+                   prefetch=dev.type == "cuda")
 
 
 def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | None = None, device: str = "auto",
@@ -236,29 +242,109 @@ def train_one_epoch(run: Trainer, feed: Feed, batch_size: int, epoch: int, steps
     clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else math.inf
     first_step = (epoch - 1) * steps + 1
     checked = first_step - 1
-    for i, (images, labels) in enumerate(feed.train_batches(order, batch_size, steps)):
-        optimizer.zero_grad(set_to_none=True)
-        for chunk_x, chunk_y in zip(images.split(run.micro), labels.split(run.micro)):
-            x, y = run.augment(chunk_x, chunk_y)
-            with _autocast(dev, run.dtype):
-                # Weighted by its share of the batch: k micro-batches sum to the batch's mean loss.
-                loss = run.loss(x, y) * (len(chunk_y) / len(labels))
-            scaler.scale(loss).backward()
-            loss_sum += loss.detach().float()
-        scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        scaler.step(optimizer)
-        scaler.update()
-        step = first_step + i
-        run.scheduler.step_update(step)
-        grad_sum += norm.detach()
-        grad_max = torch.maximum(grad_max, norm.detach())
-        if step - checked >= CHECK_EVERY_STEPS or i == steps - 1:
-            if not torch.isfinite(loss_sum):  # host-device sync, once per CHECK_EVERY_STEPS steps
-                raise NonFiniteLossError(epoch, checked + 1, step)
-            checked = step
+    batches = _prefetched(run, feed, order, batch_size, steps) if run.prefetch else (
+        _augmented(run, images, labels) for images, labels in feed.train_batches(order, batch_size, steps))
+    with contextlib.closing(batches):  # an error in a step stops the prefetching thread too
+        for i, micro_batches in enumerate(batches):
+            optimizer.zero_grad(set_to_none=True)
+            for x, y, share in micro_batches:
+                with _autocast(dev, run.dtype):
+                    # Weighted by its share of the batch: k micro-batches sum to the batch's mean loss.
+                    loss = run.loss(x, y) * share
+                scaler.scale(loss).backward()
+                loss_sum += loss.detach().float()
+            _optimizer_step(run, params, clip, grad_sum, grad_max)
+            step = first_step + i
+            run.scheduler.step_update(step)
+            if step - checked >= CHECK_EVERY_STEPS or i == steps - 1:
+                if not torch.isfinite(loss_sum):  # host-device sync, once per CHECK_EVERY_STEPS steps
+                    raise NonFiniteLossError(epoch, checked + 1, step)
+                checked = step
     return {"loss": loss_sum.item() / steps, "grad_norm": grad_sum.item() / steps,
             "grad_norm_max": grad_max.item(), "images": steps * batch_size}
+
+
+def _optimizer_step(run: Trainer, params: list[torch.Tensor], clip: float, grad_sum: torch.Tensor,
+                    grad_max: torch.Tensor) -> None:
+    """Unscale (fp16), clip to the global norm, step, and add the norm to the epoch's running figures."""
+    run.scaler.unscale_(run.optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(params, clip).detach()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    grad_sum += norm
+    torch.maximum(grad_max, norm, out=grad_max)
+
+
+def _augmented(run: Trainer, images: torch.Tensor, labels: torch.Tensor):
+    """A batch's micro-batches, augmented one at a time as the step reaches them: (x, y, share of the batch)."""
+    for chunk_x, chunk_y in zip(images.split(run.micro), labels.split(run.micro)):
+        yield (*run.augment(chunk_x, chunk_y), len(chunk_y) / len(labels))
+
+
+PREFETCH_DEPTH = 2  # batches gathered and augmented ahead of the step
+
+
+def _prefetched(run: Trainer, feed: Feed, order: torch.Tensor, batch_size: int, steps: int):
+    """`_augmented` batches made by a background thread, up to PREFETCH_DEPTH ahead of the caller.
+
+    A small ViT's step on a GPU is bound by the host (Python and kernel launches), and the augmentation
+    adds launches of its own. torch releases the GIL while it dispatches an operation and while
+    the step's backward pass runs in its engine thread, so the thread's work overlaps the step's. On a
+    GPU the thread issues its work on a stream of its own and the step's stream waits for it by an
+    event, not by blocking the host. The thread makes the augmentation's draws (torch's CPU generator,
+    NumPy's for Mixup) in the same order as the steps would: the step draws none of them on a GPU
+    (dropout and drop-path draw from the GPU's generator), so a seed gives the same batches."""
+    done, ready = threading.Event(), queue.Queue(maxsize=PREFETCH_DEPTH)
+    cuda = feed.dev.type == "cuda"
+    main = torch.cuda.current_stream(feed.dev) if cuda else None
+    side = torch.cuda.Stream(feed.dev) if cuda else None
+    if cuda:
+        side.wait_stream(main)  # the epoch's order, and anything else the thread reads, are written
+        order.record_stream(side)  # read there, perhaps after the caller lets go of it
+
+    def hand_over(item) -> bool:
+        while not done.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            with contextlib.ExitStack() as on_device:
+                if cuda:  # the device and the current stream are per thread
+                    on_device.enter_context(torch.cuda.device(feed.dev))
+                    on_device.enter_context(torch.cuda.stream(side))
+                for images, labels in feed.train_batches(order, batch_size, steps):
+                    micro_batches = list(_augmented(run, images, labels))
+                    event = side.record_event() if cuda else None
+                    if not hand_over((micro_batches, event)):
+                        return
+            hand_over(None)  # no more batches
+        except BaseException as exc:  # noqa: BLE001 (raised again in the caller's thread)
+            hand_over(exc)
+
+    thread = threading.Thread(target=work, name="vitsearch-prefetch", daemon=True)
+    thread.start()
+    try:
+        for _ in range(steps):
+            item = ready.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            micro_batches, event = item
+            if cuda:
+                main.wait_event(event)
+                for x, y, _share in micro_batches:  # made on the thread's stream, used on this one
+                    x.record_stream(main)
+                    y.record_stream(main)
+            yield micro_batches
+    finally:
+        done.set()
+        thread.join()
 
 
 @torch.no_grad()
