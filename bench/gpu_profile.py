@@ -38,13 +38,13 @@ from vitsearch.train import Feed, _sync, resolve_device, setup, train_one_epoch 
 
 
 def steps_ms(cfg, data, dev, steps: int, passes: int = 3, batched: bool | None = None,
-             prefetch: bool | None = None, only: str | None = None) -> float:
+             prefetch: str | None = "default", only: str | None = None) -> float:
     """Median ms per training step over `passes` passes of `steps` steps (after a warm-up pass).
-    `prefetch`: the background thread on or off (None: the trainer's default, on for a GPU); `only`: keep
+    `prefetch`: the background thread's mode (`Trainer.prefetch`; None: off); `only`: keep
     one part of the augmentation (randaug, mixup or erasing) and turn the others off."""
     run = setup(cfg, data, dev, steps, cfg.batch_size)
     run.augment.batched = batched
-    if prefetch is not None:
+    if prefetch != "default":
         run.prefetch = prefetch
     if only is not None:
         keep_only(run.augment, only)
@@ -113,12 +113,12 @@ def main() -> None:
         return
     # The same steps without the prefetching thread (augmentation on the training thread), and what each
     # part of the augmentation adds to a step there.
-    serial = steps_ms(cfg, data, dev, args.steps, prefetch=False)
-    serial_without = steps_ms(bare, data, dev, args.steps, prefetch=False)
+    serial = steps_ms(cfg, data, dev, args.steps, prefetch=None)
+    serial_without = steps_ms(bare, data, dev, args.steps, prefetch=None)
     print(f"training step without the prefetching thread: {serial:.2f} ms with augmentation, {serial_without:.2f} "
           f"ms without; throughput with / without augmentation: {serial_without / serial:.3f}; the thread "
           f"makes steps with augmentation {serial / with_aug:.3f}x as fast")
-    parts = {part: steps_ms(cfg, data, dev, args.steps, prefetch=False, only=part) - serial_without
+    parts = {part: steps_ms(cfg, data, dev, args.steps, prefetch=None, only=part) - serial_without
              for part in ("randaug", "mixup", "erasing")}
     print("ms each part adds to a step without the thread: "
           + ", ".join(f"{part} {ms:.2f}" for part, ms in parts.items())

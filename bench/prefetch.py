@@ -6,7 +6,8 @@ run, so each figure is the median over rounds that visit every variant in turn).
                              [--patch-size 4] [--batch 256] [--steps 40] [--rounds 6] [--trace-dir DIR]
 
 Variants (ms per step of the trainer's `train_one_epoch`, bf16 on a GPU):
-- thread / no thread (`Trainer.prefetch`), each at `--aug-strength` and at 0;
+- thread / no thread (`Trainer.prefetch` "paced" / None), each at `--aug-strength` and at 0;
+- the thread running ahead instead (`Trainer.prefetch` "ahead"), at `--aug-strength`;
 - without the thread, each part of the augmentation alone (RandAugment, Mixup/CutMix, erasing).
 With `--trace-dir`, also a torch.profiler trace (host and GPU, Chrome's format) of 5 steps with full
 augmentation, with and without the thread: where the training thread waits, and on what.
@@ -27,7 +28,7 @@ from gpu_profile import keep_only  # noqa: E402
 
 from vitsearch.config import TrainConfig  # noqa: E402
 from vitsearch.data import load_data  # noqa: E402
-from vitsearch.train import Feed, _sync, resolve_device, setup, train_one_epoch  # noqa: E402
+from vitsearch.train import PREFETCH_DEPTH, Feed, _sync, resolve_device, setup, train_one_epoch  # noqa: E402
 
 
 def main() -> None:
@@ -52,13 +53,14 @@ def main() -> None:
     steps = min(args.steps, len(data.train_y) // args.batch)
     feed = Feed(data, dev)
     variants = {}
-    for name, strength, prefetch, only in (("thread, augmented", cfg.aug_strength, True, None),
-                                           ("no thread, augmented", cfg.aug_strength, False, None),
-                                           ("thread, not augmented", 0.0, True, None),
-                                           ("no thread, not augmented", 0.0, False, None),
-                                           ("no thread, RandAugment alone", cfg.aug_strength, False, "randaug"),
-                                           ("no thread, Mixup/CutMix alone", cfg.aug_strength, False, "mixup"),
-                                           ("no thread, erasing alone", cfg.aug_strength, False, "erasing")):
+    for name, strength, prefetch, only in (("thread, augmented", cfg.aug_strength, "paced", None),
+                                           ("no thread, augmented", cfg.aug_strength, None, None),
+                                           ("thread, not augmented", 0.0, "paced", None),
+                                           ("no thread, not augmented", 0.0, None, None),
+                                           ("no thread, RandAugment alone", cfg.aug_strength, None, "randaug"),
+                                           ("no thread, Mixup/CutMix alone", cfg.aug_strength, None, "mixup"),
+                                           ("no thread, erasing alone", cfg.aug_strength, None, "erasing"),
+                                           ("thread ahead, augmented", cfg.aug_strength, "ahead", None)):
         run = setup(cfg.replace(aug_strength=strength), data, dev, steps, cfg.batch_size)
         run.prefetch = prefetch
         if only is not None:
@@ -84,8 +86,10 @@ def main() -> None:
           f"{min(ms['thread, not augmented'], base) / min(ms['thread, augmented'], ms['no thread, augmented']):.3f}")
     print(f"the thread's speed-up: {ms['no thread, augmented'] / ms['thread, augmented']:.3f}x augmented, "
           f"{base / ms['thread, not augmented']:.3f}x not augmented")
+    print(f"thread paced (the next batch during the backward pass) / ahead ({PREFETCH_DEPTH} batches): "
+          f"{ms['thread ahead, augmented'] / ms['thread, augmented']:.3f}x as fast")
     print("ms each part adds without the thread: " + ", ".join(
-        f"{name.split(', ')[1].replace(' alone', '')} {ms[name] - base:.2f}" for name in names[4:])
+        f"{name.split(', ')[1].replace(' alone', '')} {ms[name] - base:.2f}" for name in names[4:7])
           + f"; all together {ms['no thread, augmented'] - base:.2f}")
     if args.trace_dir is not None and dev.type == "cuda":
         from torch.profiler import ProfilerActivity, profile

@@ -80,6 +80,21 @@ def plain_loop(cfg: TrainConfig, data, device: torch.device, dtype: torch.dtype)
     return images / seconds
 
 
+def force_prefetch(mode: str | None) -> None:
+    """Every Trainer that `train` builds from now on for a config that augments gets `prefetch = mode`."""
+    import vitsearch.train as trainer
+
+    setup = trainer.setup
+
+    def with_mode(cfg, *args, **kwargs):
+        run = setup(cfg, *args, **kwargs)
+        if cfg.aug_strength > 0:
+            run.prefetch = mode
+        return run
+
+    trainer.setup = with_mode
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="vit_micro")
@@ -100,6 +115,9 @@ def main() -> None:
                     help="an image folder streamed by --loader-workers processes against the same folder in memory")
     ap.add_argument("--loader-workers", type=int, default=2)
     ap.add_argument("--subset", type=int, help="data_subset: only this many training images")
+    ap.add_argument("--prefetch", choices=("default", "off", "paced", "ahead"), default="default",
+                    help="the prefetching thread (Trainer.prefetch) of vitsearch's trainer where it augments; "
+                         "default: the trainer's choice (paced on a GPU)")
     ap.add_argument("--compile", action="store_true",
                     help="vitsearch's trainer with compile: true (the plain loop stays eager, as a user writes it)")
     args = ap.parse_args()
@@ -109,6 +127,8 @@ def main() -> None:
                                      precision=args.precision, micro_batch_size=args.batch,
                                      data_subset=args.subset))
     ours_cfg = cfg.replace(compile=args.compile)
+    if args.prefetch != "default":
+        force_prefetch(None if args.prefetch == "off" else args.prefetch)
     device = resolve_device(args.device)
     dtype = resolve_precision(cfg.precision, device)
     if args.stream_vs_memory:

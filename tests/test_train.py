@@ -106,7 +106,7 @@ def test_non_finite_loss_raises_the_dedicated_error():
         train(cfg)
 
 
-def _epoch(cfg, prefetch: bool, batched=None, augment=None):
+def _epoch(cfg, prefetch: str | None, batched=None, augment=None):
     """One epoch of `cfg` through the trainer's step loop, with the prefetching thread on or off."""
     from vitsearch.train import setup, train_one_epoch
 
@@ -120,19 +120,20 @@ def _epoch(cfg, prefetch: bool, batched=None, augment=None):
     return stats, run.model.state_dict()
 
 
-@pytest.mark.parametrize("batched", [None, True])
-def test_prefetching_thread_trains_the_same_epoch(batched):
+@pytest.mark.parametrize("prefetch, batched", [("paced", None), ("paced", True), ("ahead", True)])
+def test_prefetching_thread_trains_the_same_epoch(prefetch, batched):
     """On a GPU the next batches are gathered and augmented in a background thread (`_prefetched`). It
     makes the augmentation's random draws in the order the step loop would, so a seed gives the same
     batches, updates and figures, bit for bit (here on the CPU, with 2 micro-batches per step, full
     augmentation: RandAugment, Mixup/CutMix, erasing; batched: erasing by `erase_batched` and its noise)."""
     cfg = micro_config(aug_strength=1.0, drop_path=0.0, data_subset=384, micro_batch_size=32)
-    (plain, plain_state), (threaded, threaded_state) = (_epoch(cfg, p, batched) for p in (False, True))
+    (plain, plain_state), (threaded, threaded_state) = (_epoch(cfg, p, batched) for p in (None, prefetch))
     assert plain == threaded
     assert all(torch.equal(plain_state[k], threaded_state[k]) for k in plain_state)
 
 
-def test_prefetching_thread_stops_with_an_error_on_either_side():
+@pytest.mark.parametrize("prefetch", ["paced", "ahead"])
+def test_prefetching_thread_stops_with_an_error_on_either_side(prefetch):
     import threading
 
     def alive():
@@ -152,8 +153,8 @@ def test_prefetching_thread_stops_with_an_error_on_either_side():
             return getattr(self.augment, name)
 
     with pytest.raises(ValueError, match="augmentation failed"):  # raised in the thread, seen by the step loop
-        _epoch(micro_config(data_subset=384, batch_size=32), True, augment=FailsAtCall)
+        _epoch(micro_config(data_subset=384, batch_size=32), prefetch, augment=FailsAtCall)
     assert not alive()
     with pytest.raises(NonFiniteLossError):  # raised by the step loop while the thread runs ahead
-        _epoch(micro_config(lr=1e30, grad_clip=0.0, data_subset=2048, batch_size=32), True)
+        _epoch(micro_config(lr=1e30, grad_clip=0.0, data_subset=2048, batch_size=32), prefetch)
     assert not alive()

@@ -82,9 +82,10 @@ class Trainer:
     augment: BatchAugment
     teacher: nn.Module | None
     forward: nn.Module  # the model, or its torch.compile'd wrapper (same parameters) with `compile: true`
-    # Gather and augment the next batches in a background thread while this one trains (default: on a
-    # GPU, where a small ViT's step is bound by the host's work; see `_prefetched`).
-    prefetch: bool = False
+    # Gather and augment the next batches in a background thread while this one trains (`_prefetched`):
+    # None: no thread; "ahead": up to PREFETCH_DEPTH batches ahead; "paced": the next batch while this
+    # step's backward pass runs. Default: paced on a GPU when the config augments.
+    prefetch: str | None = None
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = self.forward(x)
@@ -110,7 +111,7 @@ def setup(cfg: TrainConfig, data: ImageData, dev: torch.device, steps_per_epoch:
     return Trainer(cfg, model, dtype, micro, optimizer, _scheduler(optimizer, cfg, steps_per_epoch),
                    torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16),
                    BatchAugment(cfg.aug_strength, data.num_classes, cfg.label_smoothing), teacher, forward,
-                   prefetch=dev.type == "cuda")
+                   prefetch="paced" if dev.type == "cuda" and cfg.aug_strength > 0 else None)
 
 
 def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | None = None, device: str = "auto",
@@ -242,15 +243,18 @@ def train_one_epoch(run: Trainer, feed: Feed, batch_size: int, epoch: int, steps
     clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else math.inf
     first_step = (epoch - 1) * steps + 1
     checked = first_step - 1
-    batches = _prefetched(run, feed, order, batch_size, steps) if run.prefetch else (
+    pace = threading.Semaphore(1) if run.prefetch == "paced" else None  # one batch now, one per backward
+    batches = _prefetched(run, feed, order, batch_size, steps, pace) if run.prefetch else (
         _augmented(run, images, labels) for images, labels in feed.train_batches(order, batch_size, steps))
     with contextlib.closing(batches):  # an error in a step stops the prefetching thread too
         for i, micro_batches in enumerate(batches):
             optimizer.zero_grad(set_to_none=True)
-            for x, y, share in micro_batches:
+            for j, (x, y, share) in enumerate(micro_batches):
                 with _autocast(dev, run.dtype):
                     # Weighted by its share of the batch: k micro-batches sum to the batch's mean loss.
                     loss = run.loss(x, y) * share
+                if pace is not None and j == len(micro_batches) - 1:
+                    pace.release()  # the thread makes the next batch while this backward pass runs
                 scaler.scale(loss).backward()
                 loss_sum += loss.detach().float()
             _optimizer_step(run, params, clip, grad_sum, grad_max)
@@ -284,16 +288,19 @@ def _augmented(run: Trainer, images: torch.Tensor, labels: torch.Tensor):
 PREFETCH_DEPTH = 2  # batches gathered and augmented ahead of the step
 
 
-def _prefetched(run: Trainer, feed: Feed, order: torch.Tensor, batch_size: int, steps: int):
-    """`_augmented` batches made by a background thread, up to PREFETCH_DEPTH ahead of the caller.
+def _prefetched(run: Trainer, feed: Feed, order: torch.Tensor, batch_size: int, steps: int,
+                pace: threading.Semaphore | None = None):
+    """`_augmented` batches made by a background thread: up to PREFETCH_DEPTH ahead of the caller, or,
+    with `pace`, one batch for each release of it (the step loop releases it as its backward pass starts).
 
     A small ViT's step on a GPU is bound by the host (Python and kernel launches), and the augmentation
-    adds launches of its own. torch releases the GIL while it dispatches an operation and while
-    the step's backward pass runs in its engine thread, so the thread's work overlaps the step's. On a
-    GPU the thread issues its work on a stream of its own and the step's stream waits for it by an
-    event, not by blocking the host. The thread makes the augmentation's draws (torch's CPU generator,
-    NumPy's for Mixup) in the same order as the steps would: the step draws none of them on a GPU
-    (dropout and drop-path draw from the GPU's generator), so a seed gives the same batches."""
+    adds launches of its own. torch releases the GIL while it dispatches an operation, and the training
+    thread holds none while the backward pass runs in autograd's engine thread: there the thread's work
+    overlaps the step's, with the least contention for the GIL. On a GPU the thread issues its work on
+    a stream of its own and the step's stream waits for it by an event, not by blocking the host. The
+    thread makes the augmentation's draws (torch's CPU generator, NumPy's for Mixup) in the same order as
+    the steps would: the step draws none of them on a GPU (dropout and drop-path draw from the GPU's
+    generator), so a seed gives the same batches."""
     done, ready = threading.Event(), queue.Queue(maxsize=PREFETCH_DEPTH)
     cuda = feed.dev.type == "cuda"
     main = torch.cuda.current_stream(feed.dev) if cuda else None
@@ -301,6 +308,12 @@ def _prefetched(run: Trainer, feed: Feed, order: torch.Tensor, batch_size: int, 
     if cuda:
         side.wait_stream(main)  # the epoch's order, and anything else the thread reads, are written
         order.record_stream(side)  # read there, perhaps after the caller lets go of it
+
+    def paced() -> bool:
+        while pace is not None and not done.is_set():
+            if pace.acquire(timeout=0.05):
+                return True
+        return not done.is_set()
 
     def hand_over(item) -> bool:
         while not done.is_set():
@@ -318,6 +331,8 @@ def _prefetched(run: Trainer, feed: Feed, order: torch.Tensor, batch_size: int, 
                     on_device.enter_context(torch.cuda.device(feed.dev))
                     on_device.enter_context(torch.cuda.stream(side))
                 for images, labels in feed.train_batches(order, batch_size, steps):
+                    if not paced():
+                        return
                     micro_batches = list(_augmented(run, images, labels))
                     event = side.record_event() if cuda else None
                     if not hand_over((micro_batches, event)):
