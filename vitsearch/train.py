@@ -6,6 +6,8 @@ the effective batch, global-norm clipping, autocast in bf16/fp16 (fp16 with dyna
 After every epoch it writes a checkpoint (when given a folder) and then calls `report(metrics)` once;
 whoever called `train` decides what a report means (a progress line, a Ray Tune result).
 A non-finite loss raises `NonFiniteLossError`; the caller decides what to do with it.
+On a GPU, when the config augments, a background thread gathers and augments the next batch while the
+step's backward pass runs (`_prefetched`): the same batches, without the training thread's time.
 """
 
 from __future__ import annotations
