@@ -158,3 +158,12 @@ def test_prefetching_thread_stops_with_an_error_on_either_side(prefetch):
     with pytest.raises(NonFiniteLossError):  # raised by the step loop while the thread runs ahead
         _epoch(micro_config(lr=1e30, grad_clip=0.0, data_subset=2048, batch_size=32), prefetch)
     assert not alive()
+
+
+def test_prefetching_thread_reads_a_streamed_folder(image_folder):
+    """The thread also drives the streaming loader's worker processes: the same epoch as in memory."""
+    common = dict(data=f"imagefolder:{image_folder}", image_size=16, batch_size=16, aug_strength=1.0, drop_path=0.0)
+    plain, plain_state = _epoch(micro_config(**common, loader="memory"), None)
+    threaded, threaded_state = _epoch(micro_config(**common, loader="stream"), "paced")
+    assert plain == threaded
+    assert all(torch.equal(plain_state[k], threaded_state[k]) for k in plain_state)
