@@ -80,3 +80,16 @@ def test_a_full_disk_is_one_line_and_keeps_earlier_files(tmp_path):
     for name, content in before.items():  # the earlier run's files are untouched
         if name != "config.yaml":
             assert (tmp_path / "r" / name).read_bytes() == content
+
+
+def test_loader_processes_started_by_spawn_or_forkserver_do_not_run_the_command_again(image_folder, tmp_path):
+    """A process started by spawn or forkserver (Python 3.14's default on Linux) imports the main script
+    again: main.py runs its command only as the program itself, not in a streaming loader's workers."""
+    code = ("import multiprocessing, runpy, sys; multiprocessing.set_start_method('forkserver'); "
+            "sys.argv = ['main.py', *sys.argv[1:]]; runpy.run_path('main.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, "train", *MICRO, "--set", f"data=imagefolder:{image_folder}",
+                           "--set", "loader=stream", "--set", "loader_workers=1", "--set", "epochs=1",
+                           "--set", "batch_size=16", "--set", "data_subset=null", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("final val_acc") == 1, proc.stdout
