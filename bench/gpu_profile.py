@@ -68,22 +68,33 @@ def keep_only(augment, part: str) -> None:
         augment.train_loss = torch.nn.CrossEntropyLoss(label_smoothing=augment.label_smoothing)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_arguments(doc: str, steps: int) -> argparse.ArgumentParser:
+    """The options of the step benchmarks (this one and bench/prefetch.py): the default config is the
+    CIFAR-sized ViT-Ti of bench/packing.py with full augmentation."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="digits")
     ap.add_argument("--model", default="vit_tiny")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--patch-size", type=int, default=4)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--aug-strength", type=float, default=1.0)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--device", default="auto")
-    args = ap.parse_args()
+    return ap
+
+
+def step_config(args) -> TrainConfig:
+    """One epoch of `args.steps` steps (at least 2) of one micro-batch each, no warm-up."""
+    return TrainConfig.from_dict(dict(model=args.model, data=args.data, image_size=args.image_size,
+                                      patch_size=args.patch_size, batch_size=args.batch, epochs=1, warmup_epochs=0,
+                                      aug_strength=args.aug_strength, micro_batch_size=args.batch,
+                                      data_subset=max(args.batch * args.steps, 2 * args.batch)))
+
+
+def main() -> None:
+    args = step_arguments(__doc__, 30).parse_args()
     dev = resolve_device(args.device)
-    cfg = TrainConfig.from_dict(dict(model=args.model, data=args.data, image_size=args.image_size,
-                                     patch_size=args.patch_size, batch_size=args.batch, epochs=1, warmup_epochs=0,
-                                     aug_strength=args.aug_strength, micro_batch_size=args.batch,
-                                     data_subset=max(args.batch * args.steps, 2 * args.batch)))
+    cfg = step_config(args)
     data = load_data(cfg)
     run = setup(cfg, data, dev, 1, cfg.batch_size)
     x, y = data.train_x[:args.batch].to(dev), data.train_y[:args.batch].to(dev)

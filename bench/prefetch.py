@@ -15,7 +15,6 @@ augmentation, with and without the thread: where the training thread waits, and 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -24,31 +23,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_profile import keep_only  # noqa: E402
+from gpu_profile import keep_only, step_arguments, step_config  # noqa: E402
 
-from vitsearch.config import TrainConfig  # noqa: E402
 from vitsearch.data import load_data  # noqa: E402
 from vitsearch.train import PREFETCH_DEPTH, Feed, _sync, resolve_device, setup, train_one_epoch  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="digits")
-    ap.add_argument("--model", default="vit_tiny")
-    ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--patch-size", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--aug-strength", type=float, default=1.0)
-    ap.add_argument("--steps", type=int, default=40)
+    ap = step_arguments(__doc__, 40)
     ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--device", default="auto")
     ap.add_argument("--trace-dir", type=Path)
     args = ap.parse_args()
     dev = resolve_device(args.device)
-    cfg = TrainConfig.from_dict(dict(model=args.model, data=args.data, image_size=args.image_size,
-                                     patch_size=args.patch_size, batch_size=args.batch, epochs=1, warmup_epochs=0,
-                                     aug_strength=args.aug_strength, micro_batch_size=args.batch,
-                                     data_subset=args.batch * args.steps))
+    cfg = step_config(args)
     data = load_data(cfg)
     steps = min(args.steps, len(data.train_y) // args.batch)
     feed = Feed(data, dev)
