@@ -106,18 +106,46 @@ def test_non_finite_loss_raises_the_dedicated_error():
         train(cfg)
 
 
-def _epoch(cfg, prefetch: str | None, batched=None, augment=None):
-    """One epoch of `cfg` through the trainer's step loop, with the prefetching thread on or off."""
+def _epoch(cfg, prefetch: str | None, batched=None, augment=None, device="cpu", seen=None):
+    """One epoch of `cfg` through the trainer's step loop, with the prefetching thread on or off. With
+    `seen` (a list), every micro-batch the step trains on is appended to it: (images, targets)."""
     from vitsearch.train import setup, train_one_epoch
 
-    data, dev = load_data(cfg), torch.device("cpu")
+    data, dev = load_data(cfg), torch.device(device)
     steps = len(data.train_y) // cfg.batch_size
     run = setup(cfg, data, dev, steps, cfg.batch_size)
     run.prefetch, run.augment.batched = prefetch, batched
     if augment is not None:
         run.augment = augment(run.augment)
+    if seen is not None:
+        loss = run.loss
+        run.loss = lambda x, y: seen.append((x.clone(), y.clone())) or loss(x, y)
     stats = train_one_epoch(run, Feed(data, dev), cfg.batch_size, 1, steps)
     return stats, run.model.state_dict()
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("compile_", [False, True])
+def test_prefetching_thread_makes_the_same_batches_on_a_gpu(compile_):
+    """Where the thread runs by default (a GPU, a config that augments), with `compile: true` too: the
+    steps train on the same augmented batches as without the thread, bit for bit, and the epoch's
+    figures agree with the plain epoch's about as closely as two plain epochs agree with each other (a
+    GPU's backward kernels need not add in the same order twice)."""
+    cfg = micro_config(aug_strength=1.0, data_subset=1024, batch_size=128, micro_batch_size=64)
+    runs = []
+    for prefetch, config in ((None, cfg), (None, cfg), ("paced", cfg.replace(compile=compile_) if compile_ else cfg)):
+        seen: list = []
+        stats, state = _epoch(config, prefetch, device="cuda", seen=seen)
+        runs.append((stats, state, seen))
+    (plain, _, plain_seen), (again, _, _), (threaded, _, threaded_seen) = runs
+    assert len(plain_seen) == len(threaded_seen) > 0
+    for (x, y), (tx, ty) in zip(plain_seen, threaded_seen):
+        assert torch.equal(x, tx) and torch.equal(y, ty)
+    noise = abs(plain["loss"] - again["loss"])
+    assert abs(plain["loss"] - threaded["loss"]) <= max(10 * noise, 1e-3 if compile_ else 1e-5)
 
 
 @pytest.mark.parametrize("prefetch, batched", [("paced", None), ("paced", True), ("ahead", True)])
