@@ -457,8 +457,7 @@ def idle_workers():
             pass
     return found
 
-init_ray(None, verbose=False, preload_trial_modules=sys.argv[2] == "preload")
-leaked = "RAY_preload_python_modules" in os.environ
+init_ray(None, verbose=False)
 deadline = time.time() + 60
 while len(idle_workers()) < 2 and time.time() < deadline:  # Ray prestarts one worker per CPU
     time.sleep(0.2)
@@ -467,7 +466,7 @@ stock_env = _ActorClassCache().get(tune.Trainable).__ray_metadata__.runtime_env
 
 def trial(config):
     time.sleep(1)  # both trials run at once, on two actors
-    tune.report({"pid": os.getpid(), "timm": "timm" in sys.modules})  # nothing here imports timm
+    tune.report({"pid": os.getpid()})
 
 tuner = tune.Tuner(tune.with_resources(trial, {"cpu": 1}),
                    tune_config=tune.TuneConfig(num_samples=2, max_concurrent_trials=2, reuse_actors=True),
@@ -475,49 +474,26 @@ tuner = tune.Tuner(tune.with_resources(trial, {"cpu": 1}),
 with _actors_on_prestarted_workers():
     results = tuner.fit()
 print(json.dumps({"prestarted": sorted(prestarted), "trials": sorted({r.metrics["pid"] for r in results}),
-                  "stock_env": bool(stock_env), "preloaded": [r.metrics["timm"] for r in results],
-                  "leaked": leaked}))
+                  "stock_env": bool(stock_env)}))
 """
 
 
-@pytest.mark.parametrize("pl_disable_fork, preload", [(None, False), ("0", False), (None, True)])
-def test_trial_actors_start_on_the_workers_ray_prestarted(tmp_path, pl_disable_fork, preload):
+@pytest.mark.parametrize("pl_disable_fork", [None, "0"])
+def test_trial_actors_start_on_the_workers_ray_prestarted(tmp_path, pl_disable_fork):
     """Tune declares its trial actors with a runtime env, and Ray gives such an actor a new process instead of
     a worker it prestarted at `ray.init` (~2 s later). On the local instance vitsearch starts, the actors go
     to the prestarted workers, which inherited the same environment; where the driver's environment
-    differs from Tune's runtime env (PL_DISABLE_FORK=0 against Tune's 1), Tune's runtime env is kept.
-    With `preload_trial_modules` the prestarted workers have imported the trainer (timm among it) before
-    their trials start, and the variable that told Ray so is not left in the driver's environment."""
+    differs from Tune's runtime env (PL_DISABLE_FORK=0 against Tune's 1), Tune's runtime env is kept."""
     env = {k: v for k, v in os.environ.items() if k != "PL_DISABLE_FORK"}
     if pl_disable_fork is not None:
         env["PL_DISABLE_FORK"] = pl_disable_fork
-    proc = subprocess.run([sys.executable, "-c", PRESTART_PROBE, str(tmp_path), "preload" if preload else "-"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    proc = subprocess.run([sys.executable, "-c", PRESTART_PROBE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found["stock_env"]  # why it matters: Tune's own actor class carries a runtime env
     assert len(found["prestarted"]) >= 2 and len(found["trials"]) == 2
-    assert found["preloaded"] == [preload, preload] and not found["leaked"]
     if pl_disable_fork is None:
         assert set(found["trials"]) <= set(found["prestarted"]), found
     else:
         assert not set(found["trials"]) & set(found["prestarted"]), found
-
-
-@pytest.mark.parametrize("cpus, changes, address, expected", [
-    (2, {}, None, True),  # the quickstart on 2 cores: both prestarted workers become trial processes
-    (16, {}, None, False),  # 8 trials at once on 16 CPUs: 8 prestarted workers would import in vain
-    (16, {"resources": {"cpu": 2, "gpu": 0}}, None, False),  # every CPU taken, but 16 workers for 8 trials
-    (2, {"resources": {"cpu": 0.5, "gpu": 0}}, None, True),  # 4 trials at once: both prestarted workers used
-    (2, {"max_concurrent": 1}, None, False),  # one trial at a time leaves one prestarted worker idle
-    (2, {"resources": {"cpu": 1, "gpu": 0.5}}, None, False),  # GPU trials
-    (2, {}, "127.0.0.1:6379", False),  # a cluster's workers are not this instance's
-])
-def test_trial_modules_are_preloaded_only_where_the_trials_fill_the_cpus(monkeypatch, cpus, changes, address,
-                                                                          expected):
-    from vitsearch import search_cli
-    from vitsearch.space import parse_space
-
-    space = parse_space({**TINY, **changes}, origin="test")
-    monkeypatch.setattr(search_cli, "_cpus", lambda: cpus)
-    assert search_cli._trials_fill_the_cpus(space, address) is expected

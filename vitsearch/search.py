@@ -421,15 +421,7 @@ def _callbacks(exp_dir: Path, live, checkpoint_root: str, max_epochs: int):
 _LOCAL_INSTANCE: list[tuple[str, dict[str, str]]] = []
 
 
-# What a trial's process imports before its first step (~4.5 s of CPU: Ray Tune, torch, timm, torchvision).
-TRIAL_MODULES = ("ray.tune", "vitsearch.search", "vitsearch.train")
-
-
-def init_ray(address: str | None, verbose: bool, preload_trial_modules: bool = False) -> None:
-    """Connect to `address`, or start a local Ray instance. With `preload_trial_modules` (local instance
-    only), the worker processes Ray prestarts at `ray.init`, one per CPU, import TRIAL_MODULES as they
-    start, before Tune hands them the trial actors: for a search whose trials take every CPU at once, so
-    that no prestarted worker imports them in vain."""
+def init_ray(address: str | None, verbose: bool) -> None:
     import ray
 
     if ray.is_initialized():
@@ -451,9 +443,7 @@ def init_ray(address: str | None, verbose: bool, preload_trial_modules: bool = F
                 # Tune's trial actors would set this in their runtime env; here every worker inherits it (and
                 # the rest of this environment) from the driver, see _actors_on_prestarted_workers.
                 os.environ.setdefault("PL_DISABLE_FORK", "1")
-                preload = {"RAY_preload_python_modules": ",".join(TRIAL_MODULES)} if preload_trial_modules else {}
-                with _environment(preload):  # read by the raylet as it starts; not left for anything else
-                    context = ray.init(address="local", **kwargs)  # a new local instance, even if a cluster runs here
+                context = ray.init(address="local", **kwargs)  # a new local instance, even if a cluster runs here
                 _LOCAL_INSTANCE[:] = [(context.address_info.get("gcs_address", ""), dict(os.environ))]
         stop_on_sigterm()  # instead of the handler ray.init has put in place
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
@@ -465,18 +455,6 @@ def init_ray(address: str | None, verbose: bool, preload_trial_modules: bool = F
             raise
         STOP_SIGNALS.append(signal.SIGTERM)
         raise KeyboardInterrupt from None
-
-
-@contextlib.contextmanager
-def _environment(variables: dict[str, str]):
-    """`variables` set in os.environ for the duration (where not set already), then removed."""
-    added = {k: v for k, v in variables.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
 
 
 @contextlib.contextmanager

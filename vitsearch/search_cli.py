@@ -200,8 +200,7 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
     early = _Probe(space, data, device) if not _packs(space, device) else None
     # Ray Tune and Optuna's storage take ~2 s to import; ray.init spends about as long waiting on processes.
     preload("ray.tune", "ray.tune.search.optuna")
-    # before anything is written: an unreachable cluster leaves no trace
-    init_ray(args.address, args.verbose, preload_trial_modules=_trials_fill_the_cpus(space, args.address))
+    init_ray(args.address, args.verbose)  # before anything is written: an unreachable cluster leaves no trace
     space, packing = _packing(space, data, device, run.get("packing"))
     expected_epochs = _print_plan(space, data, device,
                                   early.result() if early else _Probe(space, data, device).result())
@@ -364,16 +363,6 @@ def _print_plan(space, data, device: str, probes: list[tuple[int, float]]) -> fl
                   f"estimated {_duration(epoch_times * epoch_s)} (all {space.num_samples * space.max_epochs} "
                   f"trial-epochs: {_duration(everything)})", highlight=False, soft_wrap=True)
     return epochs
-
-
-def _trials_fill_the_cpus(space, address: str | None) -> bool:
-    """Whether a local Ray instance runs at least one trial per CPU at once (the quickstart on 2 cores): then
-    every worker Ray prestarts, one per CPU, becomes a trial's process. GPU trials are left out: a GPU
-    machine's CPUs usually outnumber the trials on its GPU."""
-    if address or space.gpu or not space.cpu:
-        return False
-    at_once = min(space.num_samples, space.max_concurrent or space.num_samples, int(_cpus() // space.cpu))
-    return at_once >= _cpus()
 
 
 def _slots(space) -> int:
