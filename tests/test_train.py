@@ -136,7 +136,7 @@ def test_prefetching_thread_makes_the_same_batches_on_a_gpu(compile_):
     GPU's backward kernels need not add in the same order twice)."""
     cfg = micro_config(aug_strength=1.0, data_subset=1024, batch_size=128, micro_batch_size=64)
     runs = []
-    for prefetch, config in ((None, cfg), (None, cfg), ("paced", cfg.replace(compile=compile_) if compile_ else cfg)):
+    for prefetch, config in ((None, cfg), (None, cfg), ("paced", cfg.replace(compile=compile_))):
         seen: list = []
         stats, state = _epoch(config, prefetch, device="cuda", seen=seen)
         runs.append((stats, state, seen))
