@@ -124,6 +124,8 @@ import ray
 import vitsearch.data, vitsearch.figures, vitsearch.search_cli
 from vitsearch.cli import main
 
+# Ctrl-C as in a terminal: a process started by a background job (`cmd &` in a script) inherits SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 where, sig, when = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3]
 module, name = where.rsplit(".", 1)
 module = sys.modules[module]
