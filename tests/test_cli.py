@@ -34,6 +34,15 @@ def test_train_writes_epochs_checkpoint_and_config_then_resumes(tmp_path):
     assert list(pd.read_parquet(run_dir / "epochs.parquet")["epoch"]) == [1, 2]
 
 
+def test_a_warmup_that_fills_the_run_trains_without_timm_noise(tmp_path):
+    """warmup_epochs >= epochs (TrainConfig's 5 in a 2-epoch search) warms up to the last step: timm's
+    warning that its one-step cosine "will have no effect" is not shown."""
+    proc = run("train", *MICRO, "--set", "epochs=2", "--set", "warmup_epochs=5", "--out", str(tmp_path), "--name", "w")
+    assert proc.returncode == 0, proc.stderr
+    assert "Cosine annealing" not in proc.stdout + proc.stderr
+    assert list(pd.read_parquet(tmp_path / "w" / "epochs.parquet")["epoch"]) == [1, 2]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "lr=-1"], "invalid value for 'lr': -1.0"),
     (["--set", "modle=vit_micro"], "unknown config key 'modle'; valid keys"),

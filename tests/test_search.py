@@ -312,6 +312,26 @@ def test_html_report_shows_the_parquet_numbers(tiny_search, tmp_path):
     assert (exp / "report.html").read_text().count("data:image/png;base64,") == 6
 
 
+def test_one_completed_trial_gives_no_importance_estimate(tiny_search, tmp_path):
+    """Optuna's evaluator, given one completed trial, warns and calls every knob equally important; the
+    report says there is no estimate instead, and prints no warning."""
+    import shutil
+
+    exp, _ = tiny_search
+    assert "<th>knob</th><th>importance</th>" in (exp / "report.html").read_text()
+    copy = tmp_path / exp.name
+    shutil.copytree(exp, copy, ignore=shutil.ignore_patterns("ray", "checkpoints"))
+    (copy / "study.db").unlink()
+    study = optuna.create_study(study_name=exp.name, storage=f"sqlite:///{copy / 'study.db'}", direction="maximize")
+    trial = study.ask({k: optuna.distributions.FloatDistribution(1e-4, 1.0) for k in ("lr", "weight_decay")})
+    study.tell(trial, 0.5)
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(copy)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "<th>knob</th><th>importance</th>" not in (copy / "report.html").read_text()
+    assert "Warning" not in proc.stderr, proc.stderr
+
+
 def test_report_of_a_folder_that_is_no_experiment(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(tmp_path)], capture_output=True,
                           text=True, timeout=300)
@@ -397,16 +417,62 @@ def test_in_a_log_each_finished_trial_is_a_progress_line(tiny_search):
     finished trial with its status as in trials.parquet, its last epoch and the search's progress."""
     exp, proc = tiny_search
     trials = pd.read_parquet(exp / "trials.parquet").set_index("trial_id")
-    pattern = re.compile(r"trial (\w+) (completed|stopped_early|diverged|failed) at epoch (\d+) \(val_acc [-.\d]+\); "
-                         r"(\d+)/8 trials finished, \d+ trial-epochs, \d+s elapsed")
+    # Trials that failed or diverged say why (trials.parquet's reason) instead of their worst-by-rule metric.
+    pattern = re.compile(r"trial (\w+) (completed|stopped_early|diverged|failed) at epoch (\d+)"
+                         r"(?: \(val_acc [-.\d]+\)|: (.+)); (\d+)/8 trials finished, \d+ trial-epochs, \d+s elapsed")
     ended = [m.groups() for m in map(pattern.match, proc.stdout.splitlines()) if m]
     assert sorted(trial_id for trial_id, *_ in ended) == sorted(trials.index)
     assert [int(finished) for *_, finished in ended] == list(range(1, 9))
-    for trial_id, status, epoch, _ in ended:
+    for trial_id, status, epoch, reason, _ in ended:
         assert status == trials.loc[trial_id, "status"]
         if status in ("completed", "stopped_early"):
-            assert int(epoch) == trials.loc[trial_id, "epochs_run"]
+            assert int(epoch) == trials.loc[trial_id, "epochs_run"] and reason is None
+        else:
+            assert reason == trials.loc[trial_id, "reason"] and reason
+    assert "diverged" in {status for _, status, *_ in ended}
     assert not any(line.split() == ["trial", "status", "epoch", "val_acc"] for line in proc.stdout.splitlines())
+
+
+def test_a_config_the_data_cannot_take_fails_once_and_says_why(tmp_path):
+    """The recommended defaults' batch of 512 on 300 training images: that trial is `failed` with the
+    reason, runs once (no retry helps), is FAIL in the study, and the search goes on and says why."""
+    space = {**TINY, "num_samples": 3, "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
+             "fixed": {**TINY["fixed"], "data_subset": 300},
+             "search": {"lr": {"loguniform": [1e-4, 1e-2]}, "batch_size": {"choice": [32, 64]}}}
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(space))
+    proc = search("--space", str(tmp_path / "small.yaml"), "--out", str(tmp_path), "--name", "small")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = tmp_path / "small"
+    trials = pd.read_parquet(exp / "trials.parquet")
+    reason = "invalid value for 'batch_size': 512 (must be <= the 300 training images of 'digits')"
+    defaults = trials[trials["is_defaults"]].iloc[0]
+    assert (defaults["status"], defaults["reason"], defaults["epochs_run"]) == ("failed", reason, 0)
+    assert list(trials.loc[~trials["is_defaults"], "status"]) == ["completed", "completed"]
+    runs = [json.loads(line) for line in (exp / "epochs.jsonl").read_text().splitlines()]
+    assert [r["failed"] for r in runs if r["trial_id"] == defaults["trial_id"]] == [1]
+    study = optuna.load_study(study_name="small", storage=f"sqlite:///{exp / 'study.db'}")
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    out = " ".join(proc.stdout.split())
+    assert f"trial {defaults['trial_id']} failed at epoch 0: {reason}; " in out
+    assert f"recommended defaults (#0) failed: {reason}" in out
+
+
+def test_a_search_whose_every_trial_fails_still_writes_its_reports(tmp_path):
+    """Nothing scored (every trial's batch is TrainConfig's 512, on 300 images): the reports and the
+    summary are still written, and say why, instead of a traceback from the figures."""
+    space = {**TINY, "num_samples": 2, "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
+             "fixed": {**TINY["fixed"], "data_subset": 300}, "search": {"lr": {"loguniform": [1e-4, 1e-2]}}}
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump(space))
+    proc = search("--space", str(tmp_path / "none.yaml"), "--out", str(tmp_path), "--name", "none")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    exp = tmp_path / "none"
+    assert list(pd.read_parquet(exp / "trials.parquet")["status"]) == ["failed", "failed"]
+    assert not (exp / "best_config.yaml").exists()
+    page = (exp / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 5  # no attention maps: no trial reached the full budget
+    assert "<td>failed</td><td>invalid value for &#x27;batch_size&#x27;: 512" in page
+    assert "<td>#0, #1</td>" in page
+    assert "2 failed; recommended defaults (#0) failed: invalid value" in " ".join(proc.stdout.split())
 
 
 def test_the_plan_probes_the_largest_and_the_smallest_batch(tiny_search):

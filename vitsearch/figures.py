@@ -137,7 +137,8 @@ def _knobs(space: SearchSpace, trials: pd.DataFrame) -> bytes:
                        facecolors="none" if status != "completed" else STATUS_COLORS[status])
         defaults = trials[trials["is_defaults"]]
         ax.scatter(defaults[knob], defaults[metric], marker="*", s=160, color="#4575b4", label="defaults", zorder=3)
-        if space.search[knob].kind in ("loguniform", "int-log"):
+        scored = trials.loc[trials[metric].notna(), knob]
+        if space.search[knob].kind in ("loguniform", "int-log") and (scored > 0).any():  # no trial scored: linear
             ax.set_xscale("log")
             # Labels at 1, 2 and 5 x 10^k: a range within a decade or two (lr 1e-4..3e-3) otherwise shows a
             # single labelled tick; the other minor ticks stay unlabelled (their labels overlap).
@@ -202,11 +203,17 @@ def _importances(exp_dir: Path) -> dict[str, float]:
     import warnings
 
     try:
-        warnings.filterwarnings("ignore", message="Some regimes", category=UserWarning)
-        study = optuna.load_study(study_name=exp_dir.name, storage=f"sqlite:///{(exp_dir / 'study.db').resolve()}")
-        return dict(optuna.importance.get_param_importances(study))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            study = optuna.load_study(study_name=exp_dir.name,
+                                      storage=f"sqlite:///{(exp_dir / 'study.db').resolve()}")
+            importances = dict(optuna.importance.get_param_importances(study))
     except (ValueError, RuntimeError, KeyError):  # fewer than two complete trials, a single value, ...
         return {}
+    # With one completed trial Optuna's evaluator warns and calls every knob equally important: no estimate.
+    if any("too small to compute importances" in str(w.message) for w in caught):
+        return {}
+    return importances
 
 
 def _importance_chart(space: SearchSpace, importances: dict[str, float]) -> bytes:
@@ -239,7 +246,7 @@ def _parallel(space: SearchSpace, trials: pd.DataFrame) -> bytes:
         span = values.max() - values.min()
         scaled[knob] = (values - values.min()) / span if span > 0 else values * 0 + 0.5
     score = trials[metric].astype(float)
-    low, high = np.nanmin(score), np.nanmax(score)
+    low, high = (score.min(), score.max()) if score.notna().any() else (0.0, 1.0)  # no trial scored: all grey
     cmap = plt.get_cmap("viridis")
     order = score.fillna(low).sort_values().index  # best drawn last, on top
     for i in order:
@@ -300,6 +307,11 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
     if best is not None:
         summary.append([f"best {space.metric} (full budget)", f"{best[metric]:.4f} (Optuna #{best['optuna_number']})"])
     parts += ["<h2>Outcome</h2>", _table(summary, ["", ""])]
+    ended = trials[trials["status"].isin(["failed", "diverged"])]
+    if len(ended):  # why trials failed or diverged, each reason once, with its trials
+        why = ended.groupby(["status", "reason"], sort=False)["optuna_number"]
+        parts.append(_table([[status, reason, ", ".join(f"#{n}" for n in numbers)]
+                             for (status, reason), numbers in why], ["ended", "reason", "trials"]))
     parts += ["<h2>Best trial against the recommended defaults</h2>", _comparison(space, best, defaults)]
     parts += ["<h2>Learning curves</h2>", _img("learning_curves.png", pngs["learning_curves.png"], "learning curves"),
               "<p class='note'>Every trial's schedule (warmup + cosine) spans the full budget, so a trial stopped "

@@ -66,6 +66,12 @@ def read_epoch_log(path: Path, aliases: dict[str, str] | None = None) -> pd.Data
     return df.astype(EPOCH_COLUMNS).reset_index(drop=True)
 
 
+def error_line(error: BaseException | str) -> str:
+    """A failed trial's reason: the last line of its exception, at most 300 characters."""
+    lines = str(error).strip().splitlines()
+    return lines[-1][:300] if lines else repr(error)[:300]
+
+
 def trial_status(outcome: TrialOutcome, max_epochs: int) -> tuple[str, str]:
     last = outcome.last_result or {}
     if outcome.error:
@@ -190,8 +196,11 @@ def comparison_line(trials: pd.DataFrame, space: SearchSpace) -> str:
         parts.append(f"best #{best['optuna_number']}: {space.metric} {best[column]:.4f}")
     if len(defaults):
         d = defaults.iloc[0]
-        parts.append(f"recommended defaults (#{d['optuna_number']}, {d['status']}): {space.metric} "
-                     f"{_fmt(d[column])}")
+        if d["status"] in ("failed", "diverged"):
+            parts.append(f"recommended defaults (#{d['optuna_number']}) {d['status']}: {d['reason']}")
+        else:
+            parts.append(f"recommended defaults (#{d['optuna_number']}, {d['status']}): {space.metric} "
+                         f"{_fmt(d[column])}")
         if best is not None and d["status"] == "completed":
             parts.append(f"difference {best[column] - d[column]:+.4f}")
     return "; ".join(parts)

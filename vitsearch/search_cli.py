@@ -70,6 +70,8 @@ class LiveView:
             row["status"] = t.status
         if status is not None:  # Tune calls back on completion before it flips the trial's status
             self.rows[trial.trial_id]["status"] = status
+        if status == "ERROR":
+            self.rows[trial.trial_id]["error"] = _error_line(trial)
         if not self.reports_preloaded and result is not None and self._core_free():
             # Import what the reports need (~2 s of CPU) while trials train, on a core no trial uses.
             self.reports_preloaded = True
@@ -78,7 +80,7 @@ class LiveView:
             row = self.rows[trial.trial_id]
             row["epoch"] = max(row["epoch"], int(result.get("epoch", 0)))
             row["metric"] = result.get(self.space.metric)
-            row["diverged"], row["last"] = result.get("diverged"), result
+            row["diverged"], row["failed"], row["last"] = result.get("diverged"), result.get("failed"), result
         if self.log_lines:
             self._log(trial.trial_id, status)
         else:
@@ -94,10 +96,13 @@ class LiveView:
             from .report import TrialOutcome, trial_status  # the statuses of trials.parquet
 
             row = self.rows[trial_id]
-            outcome = TrialOutcome(trial_id, {}, row.get("last") or {}, "error" if status == "ERROR" else None)
-            ended = trial_status(outcome, self.space.max_epochs)[0]
-            metric = "-" if row["metric"] is None else f"{row['metric']:.4f}"
-            line = f"trial {trial_id} {ended} at epoch {row['epoch']} ({self.space.metric} {metric}); {line}"
+            outcome = TrialOutcome(trial_id, {}, row.get("last") or {}, row.get("error") if status == "ERROR" else None)
+            ended, reason = trial_status(outcome, self.space.max_epochs)
+            if ended in ("failed", "diverged"):  # its metric is the worst by rule; why it ended says more
+                line = f"trial {trial_id} {ended} at epoch {row['epoch']}: {reason or 'no reason given'}; {line}"
+            else:
+                metric = "-" if row["metric"] is None else f"{row['metric']:.4f}"
+                line = f"trial {trial_id} {ended} at epoch {row['epoch']} ({self.space.metric} {metric}); {line}"
         console.print(line, highlight=False, soft_wrap=True)
 
     def _core_free(self) -> bool:
@@ -132,10 +137,21 @@ class LiveView:
         recent = sorted(self.rows, key=lambda k: self.rows[k]["order"])[-8:]
         for key in dict.fromkeys(running + recent):
             r = self.rows[key]
-            status = "diverged" if r.get("diverged") else r["status"].lower()
-            metric = "-" if r["metric"] is None else f"{r['metric']:.4f}"
+            status = "diverged" if r.get("diverged") else "failed" if r.get("failed") else r["status"].lower()
+            metric = "-" if r["metric"] is None or r.get("failed") or r.get("diverged") else f"{r['metric']:.4f}"
             table.add_row(key, status, f"{r['epoch']}/{self.space.max_epochs}", metric)
         return Group(head, table)
+
+
+def _error_line(trial) -> str:
+    """The last line of the exception a trial ended with (as trials.parquet's reason has it)."""
+    from .report import error_line
+
+    try:
+        error = trial.get_error()
+    except Exception:  # noqa: BLE001 (another Ray's Trial, or no error file yet)
+        error = None
+    return error_line(error) if error else "error"
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -399,7 +415,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
 
     from .figures import write_html_report
     from .files import write_bytes
-    from .report import TrialOutcome, comparison_line, summary_table, write_reports
+    from .report import TrialOutcome, comparison_line, error_line, summary_table, write_reports
     from .search import RAY_DIR, ended_trials, run_search, stop_exit_code, study_storage
 
     t0 = time.time()
@@ -427,7 +443,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         outcomes = []
         for r in results:
             trial_id = Path(r.path).name
-            error = str(r.error).strip().splitlines()[-1][:300] if r.error else None
+            error = error_line(r.error) if r.error else None
             outcomes.append(TrialOutcome(trial_id, dict(r.config), dict(r.metrics or {}), error))
         study = optuna.load_study(study_name=exp_dir.name, storage=study_storage(exp_dir))
         numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in study.trials}

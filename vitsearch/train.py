@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import queue
 import random
@@ -410,9 +411,18 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epo
     total = cfg.epochs * steps_per_epoch
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
     peak = cfg.scaled_lr
-    return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=min(cfg.min_lr, peak),
-                             warmup_t=warmup, warmup_lr_init=min(1e-6, peak), warmup_prefix=True,
-                             t_in_epochs=False)
+    t_initial = max(1, total - warmup)
+    # Where the warmup fills the run (warmup_epochs >= epochs), the cosine part is its one last step and
+    # timm logs that a 1-step cosine "will have no effect": true, and not the user's concern.
+    log = logging.getLogger(CosineLRScheduler.__module__)
+    level = log.level
+    if t_initial == 1:
+        log.setLevel(logging.ERROR)
+    try:
+        return CosineLRScheduler(optimizer, t_initial=t_initial, lr_min=min(cfg.min_lr, peak), warmup_t=warmup,
+                                 warmup_lr_init=min(1e-6, peak), warmup_prefix=True, t_in_epochs=False)
+    finally:
+        log.setLevel(level)
 
 
 def _default_micro_batch(model: nn.Module, batch_size: int, data: ImageData, device: torch.device,
