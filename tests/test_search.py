@@ -362,6 +362,11 @@ def test_extend_adds_trials_that_learn_from_the_earlier_ones(tiny_search, tmp_pa
         assert row["status"] in {"completed", "stopped_early", "diverged", "failed"}
         assert row["epochs_run"] == counts.get(row["trial_id"], 0)
     assert "report.html" in {p.name for p in copy.iterdir()}
+    # --resume of the extended search continues the extension (3 trials, all ended): it reports the same
+    # trials again instead of calling the search interrupted with 3 of the space's 8 trials finished.
+    again = search("--resume", str(copy))
+    assert again.returncode == 0 and "interrupted" not in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    assert pd.read_parquet(copy / "trials.parquet")["trial_id"].tolist() == after["trial_id"].tolist()
 
 
 def test_reproduce_compares_best_and_defaults_over_seeds(tiny_search, tmp_path):

@@ -170,6 +170,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         exp_dir, space, run = _existing(Path(args.resume or args.extend), "--resume" if args.resume else "--extend")
         device, storage = args.device if args.device != "auto" else run["device"], args.storage or run["storage"]
         ray_dir = run.get("ray_dir", RAY_DIR)
+        if args.resume and ray_dir != RAY_DIR and run.get("extension_trials"):
+            # the last run was an extension: resuming continues its trials, not the space's num_samples
+            space = replace(space, num_samples=run["extension_trials"])
         ray_root = storage or str(exp_dir.resolve())
         if args.resume and "://" not in ray_root and not (Path(ray_root) / ray_dir).is_dir():
             raise UserError(f"--resume {args.resume!r}: Ray's experiment state ({ray_root}/{ray_dir}) is missing")
@@ -224,8 +227,10 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
         if not args.extend:
             write_yaml(space.source, exp_dir / SPACE_FILE)
         extensions = run.get("extensions", 0) + (1 if args.extend else 0)
+        extension = {"extension_trials": space.num_samples} if args.extend else {}
         write_bytes(json.dumps({**run, "device": device, "storage": storage, "ray_dir": ray_dir,
-                                "extensions": extensions, "packing": packing}).encode(), exp_dir / RUN_FILE)
+                                "extensions": extensions, "packing": packing, **extension}).encode(),
+                    exp_dir / RUN_FILE)
     return _run_and_report(space, exp_dir, data, device, args, storage, ray_dir, expected_epochs)
 
 
