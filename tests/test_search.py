@@ -511,6 +511,33 @@ def test_in_a_log_the_progress_comes_at_least_every_minute_while_results_arrive(
     assert capsys.readouterr().out.strip().endswith("4 trial-epochs, 0s elapsed, past the estimate")
 
 
+def test_the_live_table_shows_the_statuses_of_trials_parquet(capsys):
+    """On a terminal the live table names an ended trial as trials.parquet will (not Tune's TERMINATED)."""
+    from rich.console import Console
+
+    from vitsearch import search_cli
+    from vitsearch.space import load_space
+
+    class Trial:
+        def __init__(self, trial_id, status):
+            self.trial_id, self.status = trial_id, status
+
+    view = search_cli.LiveView(load_space("quickstart"), 100.0, slots=2)
+    trials = [Trial(name, "RUNNING") for name in ("full", "cut", "bad", "on")]
+    for trial, result in zip(trials, [{"epoch": 20, "val_acc": 0.9}, {"epoch": 2, "val_acc": 0.2},
+                                      {"epoch": 0, "val_acc": 0.0, "failed": 1, "reason": "batch too large"}]):
+        view.update(trials, trial, result)
+        view.update(trials, trial, None, status="TERMINATED")
+        trial.status = "TERMINATED"  # Tune flips it after its callbacks
+    view.update(trials, trials[3], {"epoch": 3, "val_acc": 0.5})
+    console = Console(record=True, width=100)
+    console.print(view.render())
+    rows = {line.split()[0]: line.split()[1:] for line in console.export_text().splitlines()[2:]}
+    assert rows == {"full": ["completed", "20/20", "0.9000"], "cut": ["stopped_early", "2/20", "0.2000"],
+                    "bad": ["failed", "0/20", "-"], "on": ["running", "3/20", "0.5000"]}
+    assert "trial bad failed at epoch 0: batch too large; 3/16 trials finished" in capsys.readouterr().out
+
+
 PRESTART_PROBE = r"""
 import json, os, sys, time
 from ray import tune

@@ -93,17 +93,21 @@ class LiveView:
         self.last_line = time.time()
         line = self._progress()
         if status is not None:
-            from .report import TrialOutcome, trial_status  # the statuses of trials.parquet
-
             row = self.rows[trial_id]
-            outcome = TrialOutcome(trial_id, {}, row.get("last") or {}, row.get("error") if status == "ERROR" else None)
-            ended, reason = trial_status(outcome, self.space.max_epochs)
+            ended, reason = self._ended(trial_id, row)
             if ended in ("failed", "diverged"):  # its metric is the worst by rule; why it ended says more
                 line = f"trial {trial_id} {ended} at epoch {row['epoch']}: {reason or 'no reason given'}; {line}"
             else:
                 metric = "-" if row["metric"] is None else f"{row['metric']:.4f}"
                 line = f"trial {trial_id} {ended} at epoch {row['epoch']} ({self.space.metric} {metric}); {line}"
         console.print(line, highlight=False, soft_wrap=True)
+
+    def _ended(self, trial_id: str, row: dict) -> tuple[str, str]:
+        """An ended trial's status and reason as trials.parquet will have them."""
+        from .report import TrialOutcome, trial_status
+
+        error = row.get("error") if row["status"] == "ERROR" else None
+        return trial_status(TrialOutcome(trial_id, {}, row.get("last") or {}, error), self.space.max_epochs)
 
     def _core_free(self) -> bool:
         """A core no trial uses: on a machine with more cores than trials, at once; where the trials use
@@ -119,12 +123,14 @@ class LiveView:
         finished = sum(r["status"] in ("TERMINATED", "ERROR") for r in self.rows.values())
         elapsed = time.time() - self.start
         remaining = self.expected_epochs - epochs_done
-        if not epochs_done:
+        if finished >= self.space.num_samples:
+            eta = "done"
+        elif not epochs_done:
             eta = "estimating"
         elif remaining > 0:
             eta = f"~{remaining * elapsed / epochs_done:.0f}s left"
         else:  # ASHA let more trials go on than the plan's simulation expected
-            eta = "done" if finished >= self.space.num_samples else "past the estimate"
+            eta = "past the estimate"
         return (f"{finished}/{self.space.num_samples} trials finished, {epochs_done} trial-epochs, "
                 f"{elapsed:.0f}s elapsed, {eta}")
 
@@ -137,7 +143,7 @@ class LiveView:
         recent = sorted(self.rows, key=lambda k: self.rows[k]["order"])[-8:]
         for key in dict.fromkeys(running + recent):
             r = self.rows[key]
-            status = "diverged" if r.get("diverged") else "failed" if r.get("failed") else r["status"].lower()
+            status = self._ended(key, r)[0] if r["status"] in ("TERMINATED", "ERROR") else r["status"].lower()
             metric = "-" if r["metric"] is None or r.get("failed") or r.get("diverged") else f"{r['metric']:.4f}"
             table.add_row(key, status, f"{r['epoch']}/{self.space.max_epochs}", metric)
         return Group(head, table)
