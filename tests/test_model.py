@@ -62,6 +62,9 @@ def test_transfer_with_frozen_blocks_to_a_new_dataset_and_class_count(tmp_path, 
     assert torch.equal(tuned["patch_embed.proj.weight"], pretrained["patch_embed.proj.weight"].repeat(1, 3, 1, 1))
     moved = [k for k in tuned if k.startswith(("blocks.2.", "blocks.3."))]
     assert all(not torch.equal(tuned[k], pretrained[k]) for k in moved if k.endswith("weight"))
+    # the run folder names its checkpoint, as it does for `teacher`
+    again = build_model(micro_config(init_from=str(tmp_path / "pre")), 1, 16, 10).state_dict()
+    assert all(torch.equal(again[k], pretrained[k]) for k in pretrained)
 
 
 def test_init_from_a_missing_file_or_an_unreachable_hub_is_a_config_error():

@@ -59,7 +59,7 @@ class TrainConfig:
     image_size: int | None = None  # None: the dataset's native size
     drop_path: float = 0.1  # stochastic depth 0.1: DeiT-S/Ti recipe
     stem: str = "patch"  # patch: ViT's patchify conv; conv: stride-2 3x3 conv stack (Xiao et al. 2021)
-    init_from: str | None = None  # a local checkpoint (vitsearch's or timm's) to start from; model.py
+    init_from: str | None = None  # a local checkpoint (vitsearch's or timm's) or `train` run folder; model.py
     freeze_blocks: int = 0  # with init_from: freeze patch/pos embedding, CLS and the first k blocks
     layer_decay: float | None = None  # layer-wise lr decay for fine-tuning (BEiT/timm), e.g. 0.75
     attention: str = "full"  # full: timm's fused attention; linformer: keys/values projected to linformer_k

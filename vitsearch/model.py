@@ -139,9 +139,11 @@ def load_pretrained(model: nn.Module, source: str) -> None:
         state = pretrained.state_dict()
     else:
         path = Path(source).expanduser()
+        if path.is_dir() and (path / "checkpoint.pt").is_file():  # a `train` run folder, as for `teacher`
+            path = path / "checkpoint.pt"
         if not path.is_file():
-            raise ConfigError(f"invalid value for 'init_from': {source!r} (no such file; give a checkpoint "
-                              "path, or timm:NAME where a network is available)")
+            raise ConfigError(f"invalid value for 'init_from': {source!r} (no such file or run folder; give a "
+                              "checkpoint path, a `train` run folder, or timm:NAME where a network is available)")
         try:
             if path.suffix == ".safetensors":
                 from safetensors.torch import load_file
