@@ -233,3 +233,7 @@ def test_a_trial_that_dies_before_its_first_report_is_recorded_as_failed(tmp_pat
     assert row["epochs_run"] == 0 and row["reason"]
     assert row["batch_size"] > 0 and row["lr"] > 0  # its config is kept
     assert (trials["status"] == "completed").sum() == 3
+    # its progress line gives the same reason (Ray's error, not a bare "error")
+    reason = " ".join(row["reason"].split())
+    line = [x for x in out.splitlines() if x.startswith(f"trial {row['trial_id']} ")]
+    assert f"trial {row['trial_id']} failed at epoch 0: {reason}; " in " ".join(out.split()), line

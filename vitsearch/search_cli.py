@@ -153,11 +153,12 @@ def _error_line(trial) -> str:
     """The last line of the exception a trial ended with (as trials.parquet's reason has it)."""
     from .report import error_line
 
+    path = getattr(trial, "error_file", None)  # Tune appends each failure's text to it before this callback
     try:
-        error = trial.get_error()
-    except Exception:  # noqa: BLE001 (another Ray's Trial, or no error file yet)
-        error = None
-    return error_line(error) if error else "error"
+        text = Path(path).read_text() if path else ""
+    except OSError:
+        text = ""
+    return error_line(text) if text.strip() else "error"
 
 
 def cmd_search(args: argparse.Namespace) -> int:
