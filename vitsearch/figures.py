@@ -309,7 +309,7 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
     parts += ["<h2>Outcome</h2>", _table(summary, ["", ""])]
     ended = trials[trials["status"].isin(["failed", "diverged"])]
     if len(ended):  # why trials failed or diverged, each reason once, with its trials
-        why = ended.groupby(["status", "reason"], sort=False)["optuna_number"]
+        why = ended.groupby(["status", "reason"], sort=False, dropna=False)["optuna_number"]
         parts.append(_table([[status, reason, ", ".join(f"#{n}" for n in numbers)]
                              for (status, reason), numbers in why], ["ended", "reason", "trials"]))
     parts += ["<h2>Best trial against the recommended defaults</h2>", _comparison(space, best, defaults)]
