@@ -80,7 +80,7 @@ class LiveView:
             row = self.rows[trial.trial_id]
             row["epoch"] = max(row["epoch"], int(result.get("epoch", 0)))
             row["metric"] = result.get(self.space.metric)
-            row["diverged"], row["failed"], row["last"] = result.get("diverged"), result.get("failed"), result
+            row["last"] = result
         if self.log_lines:
             self._log(trial.trial_id, status)
         else:
@@ -144,7 +144,7 @@ class LiveView:
         for key in dict.fromkeys(running + recent):
             r = self.rows[key]
             status = self._ended(key, r)[0] if r["status"] in ("TERMINATED", "ERROR") else r["status"].lower()
-            metric = "-" if r["metric"] is None or r.get("failed") or r.get("diverged") else f"{r['metric']:.4f}"
+            metric = "-" if r["metric"] is None or status in ("failed", "diverged") else f"{r['metric']:.4f}"
             table.add_row(key, status, f"{r['epoch']}/{self.space.max_epochs}", metric)
         return Group(head, table)
 
