@@ -1,5 +1,7 @@
 """Search-space files: strict loading, one-line errors naming key, value and rule."""
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +99,29 @@ def test_cli_reports_bad_space_files_in_one_line(tmp_path, content, message):
 def test_unknown_space_name_lists_the_shipped_ones():
     with pytest.raises(SpaceError, match="quickstart.yaml"):
         load_space("no_such_space")
+
+
+def test_an_installed_vitsearch_finds_the_shipped_spaces(tmp_path):
+    """A non-editable install (a wheel, `pip install git+...`) has no repository around it: the spaces ship
+    in the package, and the installed `vitsearch` command finds them by name from any folder."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "vitsearch", src / "vitsearch", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(site), str(src)], check=True, capture_output=True, timeout=300)
+    assert sorted(p.name for p in (site / "vitsearch" / "search_spaces").glob("*.yaml")) == [
+        "quickstart.yaml", "vit_small.yaml", "vit_tiny.yaml"]
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    loaded = subprocess.run([sys.executable, "-c", "import vitsearch.space as s; "
+                             "print(s.__file__, s.load_space('quickstart').fixed['model'])"],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert loaded.stdout.split() == [str(site / "vitsearch" / "space.py"), "vit_micro"], loaded.stderr
+    command = subprocess.run([str(site / "bin" / "vitsearch"), "search", "--space", "nosuch"], cwd=work, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert command.returncode == 2, command.stderr
+    assert "quickstart.yaml, vit_small.yaml, vit_tiny.yaml" in command.stderr and "Traceback" not in command.stderr
+    assert not (work / "results").exists()

@@ -47,7 +47,9 @@ TOP_KEYS = {"name", "metric", "mode", "num_samples", "seed", "scheduler", "resou
             "checkpoint_every_s", "fixed", "search"}
 SCHEDULER_KEYS = {"max_epochs", "grace_period", "reduction_factor"}
 RESOURCE_KEYS = {"cpu", "gpu"}
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# The shipped spaces live in the package, so that an installed (not editable) vitsearch finds them by name too;
+# the repository's search_spaces/ is a link to this folder.
+SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"
 
 
 @dataclass(frozen=True)
