@@ -116,6 +116,13 @@ def test_ctrl_c_keeps_everything_and_resume_finishes_the_search(tmp_path, sig, c
     assert len(epochs) == 24 and not epochs.duplicated(["trial_id", "epoch"]).any()
     after = rows(log)[len(before):]
     assert all(r["epoch"] == 6 for r in after if r["trial_id"] in done_before)  # not trained again
+    # The search's time is both runs', the stopped one's included, not the resumed run's alone.
+    run = json.loads((exp / "run.json").read_text())
+    assert len(run["run_walls"]) == 2 and all(w > 0 for w in run["run_walls"])
+    assert run["wall_s"] == pytest.approx(sum(run["run_walls"]), abs=0.2)
+    assert f"in {sum(run['run_walls']):.0f} s over 2 runs (this one: " in resumed.stdout
+    page = (exp / "report.html").read_text()
+    assert f"search wall time (s), summed over its 2 runs</td><td>{run['wall_s']:.0f}<" in page
 
 
 SIGNAL_AT = r"""

@@ -303,7 +303,8 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
                ["trial-epochs run", len(epochs)],
                ["sum of trial wall times (s)", float(trials["wall_time_s"].sum())]]
     if wall is not None:
-        summary.append(["search wall time (s)", wall])
+        runs = len(run.get("run_walls", [wall]))
+        summary.append(["search wall time (s)" + (f", summed over its {runs} runs" if runs > 1 else ""), f"{wall:.0f}"])
     if best is not None:
         summary.append([f"best {space.metric} (full budget)", f"{best[metric]:.4f} (Optuna #{best['optuna_number']})"])
     parts += ["<h2>Outcome</h2>", _table(summary, ["", ""])]

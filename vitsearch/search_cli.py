@@ -426,7 +426,6 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
     import pandas as pd
 
     from .figures import write_html_report
-    from .files import write_bytes
     from .report import TrialOutcome, comparison_line, error_line, summary_table, write_reports
     from .search import RAY_DIR, ended_trials, run_search, stop_exit_code, study_storage
 
@@ -442,6 +441,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         # Ctrl-C (SIGINT): Tune stopped the running trials and saved its state. Every reported epoch is in
         # epochs.jsonl, the study and the trials' checkpoints are kept; the reports wait for the whole search.
         ray.shutdown()
+        _add_run_time(exp_dir, time.time() - t0)
         console.print(f"interrupted: {ended} of {space.num_samples} trials finished; nothing is lost. Continue "
                       f"with: python main.py search --resume {exp_dir}", highlight=False, soft_wrap=True)
         return stop_exit_code()
@@ -464,12 +464,14 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         previous = pd.read_parquet(exp_dir / "trials.parquet") if ray_dir != RAY_DIR else None
         trials, epochs = write_reports(exp_dir, space, outcomes, numbers, previous)
         parquet_written = True
-        run_file = exp_dir / "run.json"
-        write_bytes(json.dumps({**json.loads(run_file.read_text()), "wall_s": time.time() - t0}).encode(), run_file)
+        this_run = time.time() - t0
+        walls = _add_run_time(exp_dir, this_run)
         report_path = write_html_report(exp_dir)
         console.print(summary_table(trials, space))
         console.print(comparison_line(trials, space), highlight=False)
-        console.print(f"{len(trials)} trials, {len(epochs)} trial-epochs in {time.time() - t0:.0f} s; wrote "
+        took = f"{sum(walls):.0f} s" + (f" over {len(walls)} runs (this one: {this_run:.0f} s)" if len(walls) > 1
+                                        else "")
+        console.print(f"{len(trials)} trials, {len(epochs)} trial-epochs in {took}; wrote "
                       f"{exp_dir}/trials.parquet, epochs.parquet, {report_path.name}" +
                       (", best_config.yaml" if (exp_dir / "best_config.yaml").is_file() else "") +
                       f"; Optuna study: {study_storage(exp_dir)} (name {exp_dir.name!r})", highlight=False,
@@ -482,3 +484,15 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
     finally:
         stopping.join()  # Ray is down before the process exits, however it exits
     return 0
+
+
+def _add_run_time(exp_dir: Path, seconds: float) -> list[float]:
+    """Add this run's search time to run.json: `run_walls` lists every run of the search (the first, each
+    resume, each extension) that ended or was stopped by Ctrl-C or SIGTERM, and `wall_s` is their sum."""
+    from .files import write_bytes
+
+    run_file = exp_dir / "run.json"
+    run = json.loads(run_file.read_text())
+    walls = [*run.get("run_walls", [run["wall_s"]] if "wall_s" in run else []), round(seconds, 1)]
+    write_bytes(json.dumps({**run, "run_walls": walls, "wall_s": round(sum(walls), 1)}).encode(), run_file)
+    return walls
