@@ -183,6 +183,27 @@ def test_reports_have_the_documented_schema(tiny_search):
     assert "top trials by final val_acc" in proc.stdout
 
 
+def test_the_summary_table_shows_whole_values_in_an_80_column_terminal(tiny_search):
+    from rich.console import Console
+
+    from vitsearch.report import summary_table
+    from vitsearch.space import parse_space
+
+    trials = pd.read_parquet(tiny_search[0] / "trials.parquet")
+    space = parse_space(TINY)
+    for width in (80, 200):
+        console = Console(width=width, record=True)
+        console.print(summary_table(trials, space, width=console.width))
+        text = console.export_text()
+        assert "…" not in text and max(len(line) for line in text.splitlines()) <= width
+        shown = trials[(trials["status"] == "completed") | trials["is_defaults"]]
+        assert len(shown) >= 2
+        digits = 3 if width == 80 else 4  # the knobs to 3 significant digits where the columns are narrow
+        for _, row in shown.iterrows():
+            assert row["status"] in text and f"{row['lr']:.{digits}g}" in text
+        assert ("warmup_epochs" in text) == (width == 200)  # two-line headers only where it must
+
+
 def test_stopped_trials_are_pruned_in_the_stored_study(tiny_search):
     exp, _ = tiny_search
     trials = pd.read_parquet(exp / "trials.parquet")

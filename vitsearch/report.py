@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from rich import box
 from rich.table import Table
 
 from .config import TrainConfig
@@ -168,21 +169,38 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 5) -> Table:
-    """Top trials by final metric (full budget only), plus the recommended-defaults trial."""
+def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 5, width: int | None = None) -> Table:
+    """Top trials by final metric (full budget only), plus the recommended-defaults trial. Where the table
+    would be wider than `width` (a terminal's columns), its headers take two lines and its columns one space
+    apart, so that an 80-column terminal shows every value whole instead of cut short ("stopped_ea…")."""
     column = f"final_{space.metric}"
     done = trials[trials["status"] == "completed"].sort_values(column, ascending=space.mode == "min")
     shown = done.head(top)
     defaults = trials[trials["is_defaults"]]
     if len(defaults) and defaults.index[0] not in shown.index:
         shown = pd.concat([shown, defaults.head(1)])
-    table = Table(title=f"top trials by final {space.metric} (full budget: {space.max_epochs} epochs)")
-    for name in ("trial", "status", "epochs", column, *space.search):
-        table.add_column(name, justify="right")
-    for _, row in shown.iterrows():
-        label = f"#{row['optuna_number']}" + (" defaults" if row["is_defaults"] else "")
-        table.add_row(label, row["status"], str(row["epochs_run"]), _fmt(row[column]),
-                      *(_fmt(row[k]) for k in space.search))
+    headers = ["trial", "status", "epochs", column, *space.search]
+    def rows(digits: int) -> list[list[str]]:
+        return [[f"#{row['optuna_number']}" + (" defaults" if row["is_defaults"] else ""), row["status"],
+                 str(row["epochs_run"]), _fmt(row[column]), *(_fmt(row[k], digits) for k in space.search)]
+                for _, row in shown.iterrows()]
+
+    title = f"top trials by final {space.metric} (full budget: {space.max_epochs} epochs)"
+    cells = rows(4)
+    natural = sum(max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)) + 3 * len(headers) + 1
+    if width is None or natural <= width:
+        table = Table(title=title)
+        for name in headers:
+            table.add_column(name, justify="right")
+    else:  # the knobs to 3 significant digits (best_config.yaml has them whole), "#0 defaults" on two lines
+        table = Table(title=title, box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+        cells = rows(3)
+        for i, name in enumerate(headers):
+            name = name.replace("_", "_\n", 1)
+            widest = max(len(w) for w in [word for r in cells for word in r[i].split()] + name.split("\n"))
+            table.add_column(name, justify="right", min_width=widest, max_width=widest if i == 0 else None)
+    for row in cells:
+        table.add_row(*row)
     return table
 
 
@@ -206,7 +224,7 @@ def comparison_line(trials: pd.DataFrame, space: SearchSpace) -> str:
     return "; ".join(parts)
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.4g}"
+        return "-" if math.isnan(value) else f"{value:.{digits}g}"
     return str(value)

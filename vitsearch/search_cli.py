@@ -467,7 +467,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         this_run = time.time() - t0
         walls = _add_run_time(exp_dir, this_run)
         report_path = write_html_report(exp_dir)
-        console.print(summary_table(trials, space))
+        console.print(summary_table(trials, space, width=console.width))
         console.print(comparison_line(trials, space), highlight=False)
         took = f"{sum(walls):.0f} s" + (f" over {len(walls)} runs (this one: {this_run:.0f} s)" if len(walls) > 1
                                         else "")
