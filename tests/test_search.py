@@ -438,6 +438,19 @@ def test_interop_pyarrow_sql_optuna_and_plain_timm(tiny_search):
     assert abs(accuracy - best["final_val_acc"]) <= 1 / len(data.val_y)
 
 
+def test_rays_logs_are_hidden_unless_verbose(tiny_search, tmp_path):
+    ray_log = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+\s+(INFO|WARNING|ERROR) ", re.M)
+    _, quiet = tiny_search
+    assert not ray_log.search(quiet.stdout + quiet.stderr)
+    small = {**TINY, "num_samples": 2, "scheduler": {"max_epochs": 2, "grace_period": 1, "reduction_factor": 2}}
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(small))
+    proc = search("--space", str(tmp_path / "small.yaml"), "--out", str(tmp_path), "--name", "loud", "--verbose")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Started a local Ray instance" in proc.stdout + proc.stderr and ray_log.search(proc.stdout + proc.stderr)
+    # Tune's result files are off (every result is in epochs.jsonl): no warning that their metrics are missing
+    assert "Failed to fetch metrics" not in proc.stdout + proc.stderr
+
+
 def test_in_a_log_each_finished_trial_is_a_progress_line(tiny_search):
     """Piped output (nohup, CI, a cluster job) gets plain lines, not the terminal's live table: one per
     finished trial with its status as in trials.parquet, its last epoch and the search's progress."""

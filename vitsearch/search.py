@@ -421,6 +421,11 @@ def _callbacks(exp_dir: Path, live, checkpoint_root: str, max_epochs: int):
 _LOCAL_INSTANCE: list[tuple[str, dict[str, str]]] = []
 
 
+class _NoMetricsFilesWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to fetch metrics")
+
+
 def init_ray(address: str | None, verbose: bool) -> None:
     import ray
 
@@ -432,6 +437,11 @@ def init_ray(address: str | None, verbose: bool) -> None:
     if not verbose:
         logging.getLogger("ray").setLevel(logging.ERROR)
         logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    # Tune's result.json/progress.csv are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS: every result is in
+    # epochs.jsonl), so its ResultGrid warns, with --verbose, that it "failed to fetch metrics" of every trial.
+    analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    if not any(isinstance(f, _NoMetricsFilesWarning) for f in analysis.filters):
+        analysis.addFilter(_NoMetricsFilesWarning())
     if address and address != "auto":
         _check_reachable(address)
     _no_crash_handler_in_driver()
