@@ -1,5 +1,6 @@
 """`python main.py train` end to end in a subprocess: outputs, resume, one-line errors with exit code 2."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,10 @@ def test_train_writes_epochs_checkpoint_and_config_then_resumes(tmp_path):
     assert (run_dir / "checkpoint.pt").is_file()
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"] == "vit_micro"
     assert "best val_acc" in proc.stdout
+    # Each epoch's line says how long the rest of the run takes, at the run's time per epoch so far.
+    out = " ".join(proc.stdout.split())
+    assert re.search(r"img/s ~\d+ s left$", out.split("epoch 1/2")[1].split("epoch 2/2")[0].strip())
+    assert "left" not in out.split("epoch 2/2")[1]
     # The same run continued: the saved config is reused, 2 more epochs are impossible (epochs is part of
     # the config), so resuming a finished run trains nothing and keeps both rows.
     again = run("train", "--resume", str(run_dir))

@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .data import load_data
-    from .files import write_parquet, write_yaml
+    from .files import duration, write_parquet, write_yaml
     from .model import auto_patch_size
     from .train import CHECKPOINT_NAME, train
 
@@ -127,15 +127,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and (run_dir / "epochs.parquet").is_file():
         rows = pd.read_parquet(run_dir / "epochs.parquet").to_dict("records")
 
+    started, first_epoch = time.time(), (rows[-1]["epoch"] if rows else 0) + 1
+
     def report(metrics: dict) -> None:
         if not rows:  # written with the first epoch's results, so a run that fails to start leaves nothing
             write_yaml(cfg.to_dict(), run_dir / "config.yaml")
         rows.append(metrics)
         write_parquet(pd.DataFrame(rows), run_dir / "epochs.parquet")
+        # the time left at this run's mean time per epoch so far (model build and first-epoch warm-up included)
+        left = (cfg.epochs - metrics["epoch"]) * (time.time() - started) / (metrics["epoch"] - first_epoch + 1)
         console.print(f"epoch {metrics['epoch']:>3}/{cfg.epochs}  train_loss {metrics['train_loss']:.4f}  "
                       f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}  "
                       f"lr {metrics['lr']:.2e}  grad_norm {metrics['grad_norm']:.3f}  "
-                      f"{metrics['images_per_s']:.0f} img/s", highlight=False)
+                      f"{metrics['images_per_s']:.0f} img/s" + (f"  ~{duration(left)} left" if left > 0 else ""),
+                      highlight=False)
 
     try:
         result = train(cfg, report, data=data, device=args.device, checkpoint_dir=run_dir,

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import UserError
+from .files import duration
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the full tables
 SECOND_PROBE_WITHIN_S = 5.0  # the smallest batch is probed too when the largest's probe took less
@@ -388,8 +389,8 @@ def _print_plan(space, data, device: str, probes: list[tuple[int, float]]) -> fl
         else f"{probes[0][1]:,.0f}"
     console.print(f"probe: {speeds} training images/s per trial ({int(space.cpu)} CPU thread(s), "
                   f"device {device}); ~{epochs:.0f} trial-epochs expected with ASHA, {slots} at a time -> "
-                  f"estimated {_duration(epoch_times * epoch_s)} (all {space.num_samples * space.max_epochs} "
-                  f"trial-epochs: {_duration(everything)})", highlight=False, soft_wrap=True)
+                  f"estimated {duration(epoch_times * epoch_s)} (all {space.num_samples * space.max_epochs} "
+                  f"trial-epochs: {duration(everything)})", highlight=False, soft_wrap=True)
     return epochs
 
 
@@ -410,14 +411,6 @@ def _cpus() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_dir: str,
