@@ -406,6 +406,9 @@ def test_reproduce_compares_best_and_defaults_over_seeds(tiny_search, tmp_path):
     defaults = runs[runs["config"] == "recommended defaults"]["final_val_acc"]
     assert f"search best - recommended defaults: {best.mean() - defaults.mean():+.4f}" in proc.stdout
     assert "Reproduced over seeds" in (copy / "report.html").read_text()
+    # Before the first run ends it says how long all of them take (here a few seconds: once, at the first epoch).
+    first_run = proc.stdout.split("final val_acc")[0]
+    assert re.search(r"recommended defaults\s+seed 0\s+epoch 1/4\s+val_acc [.\d]+\s+~\d+ s left in all", first_run)
 
 
 def test_interop_pyarrow_sql_optuna_and_plain_timm(tiny_search):

@@ -173,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from . import reproduce
     from .config import TrainConfig
-    from .files import write_parquet
+    from .files import duration, write_parquet
 
     if args.seeds < 1:
         raise UserError(f"--seeds is {args.seeds}, but must be >= 1")
@@ -190,9 +190,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         from .data import load_data
 
         load_data(cfg)  # a missing dataset fails here, before any training
+    shown = [0.0]
+
+    def on_epoch(name: str, seed: int, metrics: dict, epochs: int, left: float) -> None:
+        if time.time() - shown[0] >= 60 and metrics["epoch"] < epochs:  # at the first epoch, then once a minute
+            shown[0] = time.time()
+            console.print(f"{name:>20}  seed {seed}  epoch {metrics['epoch']}/{epochs}  val_acc "
+                          f"{metrics['val_acc']:.4f}  ~{duration(left)} left in all", highlight=False)
+
     runs = reproduce.run(configs, args.seeds, args.device, progress=lambda row: console.print(
         f"{row['config']:>20}  seed {row['seed']}  final val_acc {row['final_val_acc']:.4f}  "
-        f"({row['epochs']} epochs, {row['wall_s']:.0f} s)", highlight=False))
+        f"({row['epochs']} epochs, {row['wall_s']:.0f} s)", highlight=False), on_epoch=on_epoch)
     write_parquet(runs, out_dir / "reproduce.parquet")
     table = Table(title=f"final val_acc over {args.seeds} seed(s), full budget")
     for col in ("config", "mean", "std", "seeds"):

@@ -20,14 +20,26 @@ COLUMNS = {"config": "string", "seed": "int64", "final_val_acc": "float64", "bes
            "final_val_loss": "float64", "epochs": "int64", "wall_s": "float64"}
 
 
-def run(configs: dict[str, TrainConfig], seeds: int, device: str = "auto", progress=None) -> pd.DataFrame:
-    """Train every config with seeds 0..seeds-1; one row per run."""
+def run(configs: dict[str, TrainConfig], seeds: int, device: str = "auto", progress=None,
+        on_epoch=None) -> pd.DataFrame:
+    """Train every config with seeds 0..seeds-1; one row per run. `progress(row)` after each run,
+    `on_epoch(config name, seed, epoch metrics, epochs, seconds left in all)` after each epoch, the time
+    left at the pace of every epoch so far."""
     rows = []
+    total = sum(cfg.epochs for cfg in configs.values()) * seeds
+    done, started = 0, time.perf_counter()
     for name, cfg in configs.items():
         for seed in range(seeds):
             seeded = cfg.replace(seed=seed)
             t0 = time.perf_counter()
-            result = train(seeded, data=load_data(seeded), device=device)
+
+            def report(metrics: dict, name=name, seed=seed, epochs=cfg.epochs) -> None:
+                nonlocal done
+                done += 1
+                if on_epoch is not None:
+                    on_epoch(name, seed, metrics, epochs, (total - done) * (time.perf_counter() - started) / done)
+
+            result = train(seeded, report, data=load_data(seeded), device=device)
             rows.append({"config": name, "seed": seed, "final_val_acc": result["val_acc"],
                          "best_val_acc": result["best_val_acc"], "final_val_loss": result["val_loss"],
                          "epochs": len(result["history"]), "wall_s": time.perf_counter() - t0})
