@@ -101,6 +101,7 @@ def _png(fig, tight: bool = True) -> bytes:
 
 def _learning_curves(space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFrame) -> bytes:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(9, 5))
     status = dict(zip(trials["trial_id"], trials["status"]))
@@ -117,6 +118,7 @@ def _learning_curves(space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFr
                 plt.Line2D([], [], color="#4575b4", ls=":", label="ASHA rungs")]
     ax.legend(handles=handles, loc="best", fontsize=9)
     ax.set(xlabel="epoch", ylabel=space.metric, title=f"{space.metric} of every trial, by final status")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: whole numbers
     ax.grid(alpha=0.3)
     return _png(fig)
 
@@ -158,6 +160,7 @@ def _knobs(space: SearchSpace, trials: pd.DataFrame) -> bytes:
 def _best_trial(space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFrame) -> bytes:
     """The best full-budget trial's monitors per epoch: losses, accuracy, learning rate, gradient norm."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     best = best_trial(trials, space)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
@@ -190,6 +193,7 @@ def _best_trial(space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFrame) 
     axes[0].set_title(f"best trial #{best['optuna_number']}")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig, tight=False)
