@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def duration(seconds: float) -> str:
+    """A time for people: 45 s, 12 min, 3.5 h."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _prog() -> str:
     """`main.py` as `python main.py`, `vitsearch` as the installed command."""
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
@@ -101,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .data import load_data
-    from .files import duration, write_parquet, write_yaml
+    from .files import write_parquet, write_yaml
     from .model import auto_patch_size
     from .train import CHECKPOINT_NAME, train
 
@@ -173,7 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from . import reproduce
     from .config import TrainConfig
-    from .files import duration, write_parquet
+    from .files import write_parquet
 
     if args.seeds < 1:
         raise UserError(f"--seeds is {args.seeds}, but must be >= 1")

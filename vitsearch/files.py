@@ -34,12 +34,3 @@ def write_yaml(data: Any, path: str | Path, header: str = "") -> None:
 
 def write_bytes(data: bytes, path: str | Path) -> None:
     _atomic(Path(path), lambda tmp: tmp.write_bytes(data))
-
-
-def duration(seconds: float) -> str:
-    """A time for people: 45 s, 12 min, 3.5 h."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -180,6 +180,7 @@ def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 5, width:
     if len(defaults) and defaults.index[0] not in shown.index:
         shown = pd.concat([shown, defaults.head(1)])
     headers = ["trial", "status", "epochs", column, *space.search]
+
     def rows(digits: int) -> list[list[str]]:
         return [[f"#{row['optuna_number']}" + (" defaults" if row["is_defaults"] else ""), row["status"],
                  str(row["epochs_run"]), _fmt(row[column]), *(_fmt(row[k], digits) for k in space.search)]

@@ -15,8 +15,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from .cli import duration
 from .errors import UserError
-from .files import duration
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the full tables
 SECOND_PROBE_WITHIN_S = 5.0  # the smallest batch is probed too when the largest's probe took less
