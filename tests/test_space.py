@@ -103,7 +103,8 @@ def test_unknown_space_name_lists_the_shipped_ones():
 
 def test_an_installed_vitsearch_finds_the_shipped_spaces(tmp_path):
     """A non-editable install (a wheel, `pip install git+...`) has no repository around it: the spaces ship
-    in the package, and the installed `vitsearch` command finds them by name from any folder."""
+    in the package, and the installed `vitsearch` command (and `python -m vitsearch`) finds them by name
+    from any folder."""
     src = tmp_path / "src"
     shutil.copytree(ROOT / "vitsearch", src / "vitsearch", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
@@ -120,8 +121,15 @@ def test_an_installed_vitsearch_finds_the_shipped_spaces(tmp_path):
                              "print(s.__file__, s.load_space('quickstart').fixed['model'])"],
                             cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert loaded.stdout.split() == [str(site / "vitsearch" / "space.py"), "vit_micro"], loaded.stderr
-    command = subprocess.run([str(site / "bin" / "vitsearch"), "search", "--space", "nosuch"], cwd=work, env=env,
-                             capture_output=True, text=True, timeout=120)
-    assert command.returncode == 2, command.stderr
-    assert "quickstart.yaml, vit_small.yaml, vit_tiny.yaml" in command.stderr and "Traceback" not in command.stderr
-    assert not (work / "results").exists()
+    for command in ([str(site / "bin" / "vitsearch")], [sys.executable, "-m", "vitsearch"]):
+        proc = subprocess.run([*command, "search", "--space", "nosuch"], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "quickstart.yaml, vit_small.yaml, vit_tiny.yaml" in proc.stderr and "Traceback" not in proc.stderr
+        assert not (work / "results").exists()
+    # and it trains, writing results/ in the folder it runs from
+    proc = subprocess.run([str(site / "bin" / "vitsearch"), "train", "--set", "model=vit_micro", "--set", "epochs=1",
+                           "--set", "data_subset=300", "--set", "batch_size=64", "--name", "r"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (work / "results" / "r" / "epochs.parquet").is_file()

@@ -66,9 +66,9 @@ def duration(seconds: float) -> str:
 
 
 def _prog() -> str:
-    """`main.py` as `python main.py`, `vitsearch` as the installed command."""
+    """How the user called it: `main.py`, the installed `vitsearch`, or `python -m vitsearch`."""
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return name if name in ("main.py", "vitsearch") else "main.py"
+    return {"vitsearch": "vitsearch", "__main__.py": "python -m vitsearch"}.get(name, "main.py")
 
 
 def run() -> None:
