@@ -1,5 +1,6 @@
 """The same search on a real multi-node Ray cluster (two nodes on this machine), joined with --address."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,46 @@ def test_unreachable_address_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "cannot start or reach --address '127.0.0.1:1'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "exp").exists()
+
+
+HEAD_WITH_TOKEN = r"""
+import sys
+from ray.cluster_utils import Cluster
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+print(cluster.address, flush=True)
+sys.stdin.readline()  # until the test is done
+cluster.shutdown()
+"""
+
+
+def test_a_cluster_that_wants_a_token_is_one_line_then_joined_with_it(tmp_path):
+    """Ray >= 2.59 turns token authentication on for `ray start --head` where ~/.ray/auth_token exists, but a
+    driver given an explicit address sends the token only with RAY_AUTH_MODE=token: without it, one line that
+    says so (not ray.init's 20 retries, each a warning from Ray's C++ client); with it, the search runs."""
+    token = "b1d3" * 16
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    (tmp_path / "home").mkdir()
+    head = subprocess.Popen([sys.executable, "-c", HEAD_WITH_TOKEN], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env={**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    try:
+        address = head.stdout.readline().strip()
+        assert address, "the head did not start"
+        space = {**TINY, "num_samples": 2, "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2}}
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
+
+        def search(name: str, env: dict):
+            return subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--space", str(tmp_path / "s.yaml"),
+                                   "--out", str(tmp_path), "--name", name, "--address", address], capture_output=True,
+                                  text=True, timeout=300, env={**env, "HOME": str(tmp_path / "home")})
+
+        refused = search("without", plain)
+        assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "the cluster uses token authentication" in refused.stderr and "RAY_AUTH_MODE=token" in refused.stderr
+        assert not (tmp_path / "without").exists()
+        joined = search("with", {**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+        assert joined.returncode == 0, joined.stdout[-2000:] + joined.stderr[-2000:]
+        assert len(pd.read_parquet(tmp_path / "with" / "trials.parquet")) == 2
+    finally:
+        head.communicate("\n", timeout=120)

@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -444,6 +445,8 @@ def init_ray(address: str | None, verbose: bool) -> None:
         analysis.addFilter(_NoMetricsFilesWarning())
     if address and address != "auto":
         _check_reachable(address)
+        if not address.startswith("ray://"):
+            _check_token(address, verbose)
     _no_crash_handler_in_driver()
     try:
         with _stops_wait_for_ray_init():
@@ -457,6 +460,8 @@ def init_ray(address: str | None, verbose: bool) -> None:
                 _LOCAL_INSTANCE[:] = [(context.address_info.get("gcs_address", ""), dict(os.environ))]
         stop_on_sigterm()  # instead of the handler ray.init has put in place
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        if address and _token_refused(exc):
+            raise _token_error(address) from None
         where = f"--address {address!r}" if address else "a local Ray instance"
         raise UserError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
                         "check that `ray start --head` runs there and the address is HOST:PORT") from None
@@ -465,6 +470,59 @@ def init_ray(address: str | None, verbose: bool) -> None:
             raise
         STOP_SIGNALS.append(signal.SIGTERM)
         raise KeyboardInterrupt from None
+
+
+def _check_token(address: str, verbose: bool) -> None:
+    """One request to the cluster's GCS, as ray.init's first is, so that a cluster that wants a token this process
+    does not send fails in a second with one line, not after ray.init's 20 retries of a second each (and a warning
+    line from Ray's C++ client for every one). Ray >= 2.59 turns token authentication on for `ray start --head`
+    where ~/.ray/auth_token exists (any earlier local ray.init writes one), but a driver given an explicit address
+    sends the token only with RAY_AUTH_MODE=token."""
+    try:
+        from ray._raylet import GcsClient  # the client ray.init itself starts with (not a public API)
+    except ImportError:
+        return
+    with contextlib.nullcontext() if verbose else _stderr_silenced():
+        try:
+            GcsClient(address=address, cluster_id=None)
+        except Exception as exc:  # noqa: BLE001 (anything else is left to ray.init to report)
+            if _token_refused(exc):
+                raise _token_error(address) from None
+
+
+def _token_error(address: str) -> UserError:
+    return UserError(
+        f"cannot join --address {address!r}: the cluster uses token authentication and has no token from this "
+        f"process (RAY_AUTH_MODE here: {os.environ.get('RAY_AUTH_MODE', 'unset')}); run the search with "
+        "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, or the head's ~/.ray/auth_token on this "
+        "machine; `ray get-auth-token` on the head prints it)")
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 to /dev/null for a moment: Ray's C++ code logs there, past Python's sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _token_refused(exc: BaseException) -> bool:
+    """Whether Ray's connection error comes from the cluster refusing the request for want of its token
+    (ray.exceptions.AuthenticationError, "InvalidAuthToken", a few causes down the chain)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if type(seen).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @contextlib.contextmanager
