@@ -83,6 +83,11 @@ def _truncated_checkpoint(tmp: Path) -> Path:
     return run
 
 
+def _file(path: Path) -> Path:
+    path.write_text("not a folder")
+    return path
+
+
 TRUNCATED_PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -104,6 +109,12 @@ GENERATED = {
     "--space and --resume": (lambda t: ["search", "--space", "quickstart", "--resume", str(t)], "exactly one of"),
     "bad --address": (lambda t: ["search", "--space", "quickstart", "--address", "not-an-address"],
                       "must be HOST:PORT"),
+    "--storage that is a file": (lambda t: ["search", "--space", "quickstart", "--storage", str(_file(t / "f"))],
+                                 "is a file, not a folder"),
+    "--storage of an unknown scheme": (lambda t: ["search", "--space", "quickstart", "--storage", "nosuch://b/x"],
+                                       "cannot be used: Unrecognized filesystem type"),
+    "--storage where no folder can be made": (lambda t: ["search", "--space", "quickstart", "--storage", "/proc/x/y"],
+                                              "cannot make a folder in '/proc'"),
     "bad --device": (lambda t: ["train", "--set", "model=vit_micro", "--set", "image_size=16", "--device", "tpu"],
                      "invalid device 'tpu'"),
 }

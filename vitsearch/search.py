@@ -578,6 +578,48 @@ def _no_crash_handler_in_driver() -> None:
             ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
 
 
+def check_storage(storage: str | None, timeout_s: float = 30.0) -> None:
+    """`--storage` before anything starts or is written: a URI must open and answer (pyarrow, as Tune opens it)
+    within `timeout_s`, a local folder must be one this process can write. Otherwise one line, exit code 2,
+    instead of a traceback from inside Tune after the experiment folder was made."""
+    if not storage:
+        return
+    if "://" not in storage:
+        path = Path(storage).expanduser()
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--storage {storage!r} is a file, not a folder")
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        try:  # a folder made and removed again where Tune will make its own (access() says yes to root anywhere)
+            os.rmdir(tempfile.mkdtemp(prefix=".vitsearch-check-", dir=existing))
+        except OSError as exc:
+            raise UserError(f"--storage {storage!r}: cannot make a folder in {str(existing)!r} "
+                            f"({exc.strerror or exc})") from None
+        return
+    import threading
+
+    import pyarrow.fs
+
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            fs, path = pyarrow.fs.FileSystem.from_uri(storage)
+            fs.get_file_info(path)
+            outcome.append(None)
+        except Exception as exc:  # noqa: BLE001 (reported below, in one line)
+            outcome.append(exc)
+
+    thread = threading.Thread(target=probe, daemon=True)  # pyarrow's own retries can take minutes offline
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        raise UserError(f"--storage {storage!r} did not answer within {timeout_s:.0f} s; check the URI, the network "
+                        "and the credentials")
+    if outcome[0] is not None:
+        reason = str(outcome[0]).strip().splitlines()[0] if str(outcome[0]).strip() else repr(outcome[0])
+        raise UserError(f"--storage {storage!r} cannot be used: {reason}")
+
+
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail in seconds, not minutes (ray.init retries an unreachable GCS for a long time)."""
     import socket

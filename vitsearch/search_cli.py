@@ -219,8 +219,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, run: dict, args) -> int:
     from .data import load_data
     from .files import write_bytes, write_yaml
-    from .search import RUN_FILE, SPACE_FILE, init_ray
+    from .search import RUN_FILE, SPACE_FILE, check_storage, init_ray
 
+    check_storage(storage)  # before anything is loaded, started or written
     data = load_data(space.trial_config({}))  # once per search; every trial shares it through Ray's object store
     # On a CPU the throughput probe runs while Ray starts (mostly waiting on processes); on a GPU after
     # the packing probe, which needs Ray and the whole GPU.
