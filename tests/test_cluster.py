@@ -88,3 +88,25 @@ def test_a_cluster_that_wants_a_token_is_one_line_then_joined_with_it(tmp_path):
         assert len(pd.read_parquet(tmp_path / "with" / "trials.parquet")) == 2
     finally:
         head.communicate("\n", timeout=120)
+
+
+def test_a_port_where_no_ray_cluster_answers_is_one_line(tmp_path):
+    """Something listens (here a plain HTTP server), but no Ray GCS: one line within seconds, where ray.init
+    retried 20 times, waiting 40 s each."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump(TINY))
+        address = f"127.0.0.1:{server.server_address[1]}"
+        proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--space", str(tmp_path / "s.yaml"),
+                               "--out", str(tmp_path), "--name", "exp", "--address", address],
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"cannot join --address '{address}': something answers there, but no Ray cluster did" in proc.stderr
+    assert not (tmp_path / "exp").exists()

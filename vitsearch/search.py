@@ -446,7 +446,7 @@ def init_ray(address: str | None, verbose: bool) -> None:
     if address and address != "auto":
         _check_reachable(address)
         if not address.startswith("ray://"):
-            _check_token(address, verbose)
+            _check_gcs(address, verbose)
     _no_crash_handler_in_driver()
     try:
         with _stops_wait_for_ray_init():
@@ -472,22 +472,40 @@ def init_ray(address: str | None, verbose: bool) -> None:
         raise KeyboardInterrupt from None
 
 
-def _check_token(address: str, verbose: bool) -> None:
-    """One request to the cluster's GCS, as ray.init's first is, so that a cluster that wants a token this process
-    does not send fails in a second with one line, not after ray.init's 20 retries of a second each (and a warning
-    line from Ray's C++ client for every one). Ray >= 2.59 turns token authentication on for `ray start --head`
-    where ~/.ray/auth_token exists (any earlier local ray.init writes one), but a driver given an explicit address
-    sends the token only with RAY_AUTH_MODE=token."""
+def _check_gcs(address: str, verbose: bool, timeout_s: float = 15.0) -> None:
+    """One request to the cluster's GCS, as ray.init's first is, so that what ray.init would retry for long fails
+    in seconds with one line: a cluster that wants a token this process does not send (ray.init: 20 retries of a
+    second, each a warning line from Ray's C++ client), or a port where something answers but no GCS (each of the
+    20 retries waits 40 s). Ray >= 2.59 turns token authentication on for `ray start --head` where
+    ~/.ray/auth_token exists (any earlier local ray.init writes one), but a driver given an explicit address sends
+    the token only with RAY_AUTH_MODE=token."""
+    import threading
+
     try:
         from ray._raylet import GcsClient  # the client ray.init itself starts with (not a public API)
     except ImportError:
         return
-    with contextlib.nullcontext() if verbose else _stderr_silenced():
+    outcome: list[BaseException | None] = []
+
+    def request() -> None:
         try:
             GcsClient(address=address, cluster_id=None)
-        except Exception as exc:  # noqa: BLE001 (anything else is left to ray.init to report)
-            if _token_refused(exc):
-                raise _token_error(address) from None
+            outcome.append(None)
+        except Exception as exc:  # noqa: BLE001 (sorted out below)
+            outcome.append(exc)
+
+    with contextlib.nullcontext() if verbose else _stderr_silenced():
+        thread = threading.Thread(target=request, daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+    if outcome and outcome[0] is None:
+        return
+    if outcome and _token_refused(outcome[0]):
+        raise _token_error(address)
+    if not outcome or "Timed out" in str(outcome[0]):
+        raise UserError(f"cannot join --address {address!r}: something answers there, but no Ray cluster did within "
+                        f"{timeout_s:.0f} s; check the head's address and port (`ray start --head --port`)")
+    # anything else is left to ray.init to report
 
 
 def _token_error(address: str) -> UserError:
