@@ -479,25 +479,12 @@ def _check_gcs(address: str, verbose: bool, timeout_s: float = 15.0) -> None:
     20 retries waits 40 s). Ray >= 2.59 turns token authentication on for `ray start --head` where
     ~/.ray/auth_token exists (any earlier local ray.init writes one), but a driver given an explicit address sends
     the token only with RAY_AUTH_MODE=token."""
-    import threading
-
     try:
         from ray._raylet import GcsClient  # the client ray.init itself starts with (not a public API)
     except ImportError:
         return
-    outcome: list[BaseException | None] = []
-
-    def request() -> None:
-        try:
-            GcsClient(address=address, cluster_id=None)
-            outcome.append(None)
-        except Exception as exc:  # noqa: BLE001 (sorted out below)
-            outcome.append(exc)
-
     with contextlib.nullcontext() if verbose else _stderr_silenced():
-        thread = threading.Thread(target=request, daemon=True)
-        thread.start()
-        thread.join(timeout_s)
+        outcome = _within(timeout_s, lambda: GcsClient(address=address, cluster_id=None))
     if outcome and outcome[0] is None:
         return
     if outcome and _token_refused(outcome[0]):
@@ -506,6 +493,26 @@ def _check_gcs(address: str, verbose: bool, timeout_s: float = 15.0) -> None:
         raise UserError(f"cannot join --address {address!r}: something answers there, but no Ray cluster did within "
                         f"{timeout_s:.0f} s; check the head's address and port (`ray start --head --port`)")
     # anything else is left to ray.init to report
+
+
+def _within(timeout_s: float, call) -> list[BaseException | None]:
+    """`call()` on a daemon thread, waited for at most `timeout_s`: [] if it is still running then (it is left
+    to run out), [None] if it returned, [the exception] if it raised."""
+    import threading
+
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except Exception as exc:  # noqa: BLE001 (the caller sorts it out)
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return outcome
 
 
 def _token_error(address: str) -> UserError:
@@ -613,23 +620,13 @@ def check_storage(storage: str | None, timeout_s: float = 30.0) -> None:
             raise UserError(f"--storage {storage!r}: cannot make a folder in {str(existing)!r} "
                             f"({exc.strerror or exc})") from None
         return
-    import threading
-
     import pyarrow.fs
 
-    outcome: list[BaseException | None] = []
-
     def probe() -> None:
-        try:
-            fs, path = pyarrow.fs.FileSystem.from_uri(storage)
-            fs.get_file_info(path)
-            outcome.append(None)
-        except Exception as exc:  # noqa: BLE001 (reported below, in one line)
-            outcome.append(exc)
+        fs, path = pyarrow.fs.FileSystem.from_uri(storage)
+        fs.get_file_info(path)
 
-    thread = threading.Thread(target=probe, daemon=True)  # pyarrow's own retries can take minutes offline
-    thread.start()
-    thread.join(timeout_s)
+    outcome = _within(timeout_s, probe)  # pyarrow's own retries can take minutes offline
     if not outcome:
         raise UserError(f"--storage {storage!r} did not answer within {timeout_s:.0f} s; check the URI, the network "
                         "and the credentials")
