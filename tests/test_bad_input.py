@@ -115,6 +115,9 @@ GENERATED = {
                                        "cannot be used: Unrecognized filesystem type"),
     "--storage where no folder can be made": (lambda t: ["search", "--space", "quickstart", "--storage", "/proc/x/y"],
                                               "cannot make a folder in '/proc'"),
+    "a bare folder as --data": (lambda t: ["search", "--space", "quickstart", "--data",
+                                           str(_image_folder(t / "img", ("c.png", TRUNCATED_PNG)))],
+                                "; for a folder of class folders: imagefolder:"),
     "bad --device": (lambda t: ["train", "--set", "model=vit_micro", "--set", "image_size=16", "--device", "tpu"],
                      "invalid device 'tpu'"),
 }

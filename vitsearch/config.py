@@ -192,6 +192,13 @@ def _valid_data(spec: str) -> bool:
     return scheme != "digits" or not path
 
 
+def _folder_hint(spec: str) -> str:
+    """For a bare folder given as the dataset: the spec that reads it as class folders."""
+    if spec.partition(":")[0] in DATA_SCHEMES or not Path(spec).expanduser().is_dir():
+        return ""
+    return f"; for a folder of class folders: imagefolder:{spec}"
+
+
 def _rules(c: TrainConfig):
     positive_int = "must be an integer >= 1"
     return [
@@ -216,7 +223,8 @@ def _rules(c: TrainConfig):
         ("image_size", c.image_size, lambda v: v >= 1, positive_int),
         ("drop_path", c.drop_path, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
         ("data", c.data, _valid_data,
-         "must be digits, fashion_mnist[:PATH], imagefolder:PATH, cifar10:PATH or cifar100:PATH"),
+         "must be digits, fashion_mnist[:PATH], imagefolder:PATH, cifar10:PATH or cifar100:PATH"
+         + _folder_hint(c.data)),
         ("data_subset", c.data_subset, lambda v: v >= 1, positive_int),
         ("val_fraction", c.val_fraction, lambda v: 0.0 < v < 1.0, "must be in (0, 1)"),
         ("loader", c.loader, lambda v: v in LOADERS and (v != "stream" or c.data_scheme == "imagefolder"),
