@@ -123,6 +123,14 @@ def test_ctrl_c_keeps_everything_and_resume_finishes_the_search(tmp_path, sig, c
     assert f"in {sum(run['run_walls']):.0f} s over 2 runs (this one: " in resumed.stdout
     page = (exp / "report.html").read_text()
     assert f"search wall time (s), summed over its 2 runs</td><td>{run['wall_s']:.0f}<" in page
+    # Resumed again, the finished search shows its summary and starts, trains and rewrites nothing.
+    written = {p.name: p.stat().st_mtime_ns for p in exp.iterdir() if p.is_file()}
+    again = subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--resume", str(exp)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "the search has finished: nothing to resume. 4 trials, 24 trial-epochs" in again.stdout
+    assert "probe:" not in again.stdout and "top trials" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in exp.iterdir() if p.is_file()} == written
 
 
 SIGNAL_AT = r"""

@@ -189,6 +189,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                 raise UserError("--extend needs --trials N with N >= 1 (how many trials to add)")
             space = replace(space, num_samples=args.trials)
             ray_dir = f"{RAY_DIR}-extend-{run.get('extensions', 0) + 1}"
+        elif run.get("finished") == ray_dir and (exp_dir / "trials.parquet").is_file():
+            return _show_finished(space, exp_dir, run)
     else:
         space = load_space_arg(args.space, args.data)
         exp_dir = Path(args.out) / (args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -459,7 +461,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         trials, epochs = write_reports(exp_dir, space, outcomes, numbers, previous)
         parquet_written = True
         this_run = time.time() - t0
-        walls = _add_run_time(exp_dir, this_run)
+        walls = _add_run_time(exp_dir, this_run, finished=ray_dir)
         report_path = write_html_report(exp_dir)
         console.print(summary_table(trials, space, width=console.width))
         console.print(comparison_line(trials, space), highlight=False)
@@ -480,13 +482,37 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
     return 0
 
 
-def _add_run_time(exp_dir: Path, seconds: float) -> list[float]:
+def _add_run_time(exp_dir: Path, seconds: float, finished: str | None = None) -> list[float]:
     """Add this run's search time to run.json: `run_walls` lists every run of the search (the first, each
-    resume, each extension) that ended or was stopped by Ctrl-C or SIGTERM, and `wall_s` is their sum."""
+    resume, each extension) that ended or was stopped by Ctrl-C or SIGTERM, and `wall_s` is their sum.
+    `finished` (a run whose trials all ended and whose Parquet files are written) names its Ray folder, so
+    that a later --resume knows there is nothing left to run."""
     from .files import write_bytes
 
     run_file = exp_dir / "run.json"
     run = json.loads(run_file.read_text())
     walls = [*run.get("run_walls", [run["wall_s"]] if "wall_s" in run else []), round(seconds, 1)]
-    write_bytes(json.dumps({**run, "run_walls": walls, "wall_s": round(sum(walls), 1)}).encode(), run_file)
+    ended = {"finished": finished} if finished else {}
+    write_bytes(json.dumps({**run, "run_walls": walls, "wall_s": round(sum(walls), 1), **ended}).encode(), run_file)
     return walls
+
+
+def _show_finished(space, exp_dir: Path, run: dict) -> int:
+    """--resume of a search that has finished: its summary, without starting Ray or training anything (the
+    report is drawn again only where a stop during the drawing left it missing)."""
+    import pandas as pd
+
+    from .report import comparison_line, summary_table
+
+    trials = pd.read_parquet(exp_dir / "trials.parquet")
+    epochs = pd.read_parquet(exp_dir / "epochs.parquet", columns=["epoch"])
+    if not (exp_dir / "report.html").is_file():
+        from .figures import write_html_report
+
+        write_html_report(exp_dir)
+    console.print(summary_table(trials, space, width=console.width))
+    console.print(comparison_line(trials, space), highlight=False)
+    console.print(f"the search has finished: nothing to resume. {len(trials)} trials, {len(epochs)} trial-epochs "
+                  f"in {run.get('wall_s', 0):.0f} s; its reports are in {exp_dir} (add trials with "
+                  f"`python main.py search --extend {exp_dir} --trials N`)", highlight=False, soft_wrap=True)
+    return 0
