@@ -303,6 +303,22 @@ def test_resume_after_a_killed_search_loses_and_reruns_nothing(tmp_path):
     assert any(epoch > 1 for epoch in first_after.values())
 
 
+def test_batch_sizes_are_drawn_on_a_log_axis():
+    """knobs.png and parallel.png: a choice of numbers spanning 4x or more (batch sizes 32-128 and the
+    defaults' 512) goes on a log axis, where 32, 64 and 128 do not crowd together; other choices do not."""
+    from vitsearch.figures import _doubling_choice
+    from vitsearch.space import parse_space
+
+    space = parse_space({"metric": "val_acc", "mode": "max", "num_samples": 4, "scheduler": {"max_epochs": 2},
+                         "search": {"batch_size": {"choice": [32, 64, 128]}, "lr_scaling": {"choice": ["none", "sqrt"]},
+                                    "label_smoothing": {"choice": [0.1, 0.2]}, "lr": {"uniform": [0.001, 0.01]}}},
+                        origin="s.yaml")
+    trials = pd.DataFrame({"batch_size": [512, 32, 64, 128], "lr_scaling": ["linear", "none", "sqrt", "none"],
+                           "label_smoothing": [0.1, 0.1, 0.2, 0.2], "lr": [0.001, 0.002, 0.004, 0.008]})
+    assert [_doubling_choice(space, k, trials[k]) for k in trials] == [True, False, False, False]
+    assert not _doubling_choice(space, "batch_size", pd.Series([64, 128]))  # a span under 4x stays linear
+
+
 def test_resume_of_a_folder_that_is_no_experiment(tmp_path):
     proc = search("--resume", str(tmp_path))
     assert proc.returncode == 2 and "is not a vitsearch experiment folder" in proc.stderr

@@ -140,7 +140,13 @@ def _knobs(space: SearchSpace, trials: pd.DataFrame) -> bytes:
         defaults = trials[trials["is_defaults"]]
         ax.scatter(defaults[knob], defaults[metric], marker="*", s=160, color="#4575b4", label="defaults", zorder=3)
         scored = trials.loc[trials[metric].notna(), knob]
-        if space.search[knob].kind in ("loguniform", "int-log") and (scored > 0).any():  # no trial scored: linear
+        if _doubling_choice(space, knob, trials[knob]):
+            # batch sizes 32, 64, 128 (and the defaults' 512): evenly spaced, labelled with their values
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(set(trials[knob].dropna())))
+            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_locator(ticker.NullLocator())
+        elif space.search[knob].kind in ("loguniform", "int-log") and (scored > 0).any():  # no trial scored: linear
             ax.set_xscale("log")
             # Labels at 1, 2 and 5 x 10^k: a range within a decade or two (lr 1e-4..3e-3) otherwise shows a
             # single labelled tick; the other minor ticks stay unlabelled (their labels overlap).
@@ -155,6 +161,14 @@ def _knobs(space: SearchSpace, trials: pd.DataFrame) -> bytes:
     fig.suptitle(f"{space.metric} against each searched knob (filled: full budget; hollow: stopped early)")
     fig.tight_layout()
     return _png(fig, tight=False)  # laid out already: a second (cropping) layout pass costs ~0.2 s
+
+
+def _doubling_choice(space: SearchSpace, knob: str, values: pd.Series) -> bool:
+    """A choice of positive numbers that span a factor of 4 or more (batch sizes): drawn on a log axis."""
+    if space.search[knob].kind != "choice" or not pd.api.types.is_numeric_dtype(values):
+        return False
+    present = values.dropna()
+    return bool(len(present)) and present.min() > 0 and present.max() >= 4 * present.min()
 
 
 def _best_trial(space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFrame) -> bytes:
@@ -245,7 +259,7 @@ def _parallel(space: SearchSpace, trials: pd.DataFrame) -> bytes:
     scaled = {}
     for knob in knobs:
         values = trials[knob].astype(float)
-        if space.search[knob].kind in ("loguniform", "int-log"):
+        if space.search[knob].kind in ("loguniform", "int-log") or _doubling_choice(space, knob, trials[knob]):
             values = np.log10(values.clip(lower=1e-30))
         span = values.max() - values.min()
         scaled[knob] = (values - values.min()) / span if span > 0 else values * 0 + 0.5
@@ -262,7 +276,7 @@ def _parallel(space: SearchSpace, trials: pd.DataFrame) -> bytes:
     ax.set_yticks([0, 1], ["low", "high"])
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(low, high))
     fig.colorbar(sm, ax=ax, label=f"{space.metric} at last epoch")
-    ax.set_title("parallel coordinates of the searched knobs (log scale where searched on one)")
+    ax.set_title("parallel coordinates of the searched knobs (log scale where searched on one, and for batch sizes)")
     return _png(fig)
 
 
