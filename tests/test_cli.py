@@ -32,6 +32,9 @@ def test_train_writes_epochs_checkpoint_and_config_then_resumes(tmp_path):
     out = " ".join(proc.stdout.split())
     assert re.search(r"img/s ~\d+ s left$", out.split("epoch 1/2")[1].split("epoch 2/2")[0].strip())
     assert "left" not in out.split("epoch 2/2")[1]
+    # In a log (no terminal) each epoch is one whole line, for grep and tail.
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and all(line.rstrip().split()[-1] in ("left", "img/s") for line in lines), lines
     # The same run continued: the saved config is reused, 2 more epochs are impossible (epochs is part of
     # the config), so resuming a finished run trains nothing and keeps both rows.
     again = run("train", "--resume", str(run_dir))

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from .errors import NonFiniteLossError, UserError
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes: whole lines and tables
 err_console = Console(stderr=True)
 
 

@@ -5,20 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .cli import duration
+from .cli import console, duration
 from .errors import UserError
 
-console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the full tables
 SECOND_PROBE_WITHIN_S = 5.0  # the smallest batch is probed too when the largest's probe took less
 LOG_EVERY_S = 60.0  # without a terminal: a progress line per finished trial, and on a result at least this often
 
