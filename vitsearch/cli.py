@@ -129,7 +129,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"images, {data.image_size}px x{data.channels}, {data.num_classes} classes, "
                   + (f"patch {cfg.patch_size or auto_patch_size(data.image_size)}, " if cfg.is_vit else "")
                   + f"batch {cfg.batch_size}, "
-                  f"lr {cfg.scaled_lr:.3g} ({cfg.lr:g} at {cfg.lr_base_batch}, {cfg.lr_scaling} scaling)"
+                  + (f"lr {cfg.scaled_lr:.3g} ({cfg.lr:g} at {cfg.lr_base_batch}, {cfg.lr_scaling} scaling)"
+                     if cfg.lr_scaling != "none" else f"lr {cfg.lr:.3g} (not scaled by the batch)")
                   + (f", {cfg.distill_mode} distillation (weight {cfg.distill_share:g}) from {cfg.teacher}"
                      if cfg.teacher else ""), highlight=False)
     rows: list[dict] = []
