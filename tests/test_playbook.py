@@ -200,7 +200,7 @@ def test_a_search_distils_from_a_relative_teacher_path_and_searches_its_weight(t
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     trials = pd.read_parquet(root / "exp" / "trials.parquet")
     assert list(trials["status"]) == ["completed", "completed"], trials[["status", "reason"]].to_string()
-    assert list(trials["teacher"]) == ["teacher", "teacher"]
+    assert list(trials["teacher"]) == [str(teacher_run)] * 2  # stored absolute: best_config.yaml works anywhere
     sampled = trials[~trials["is_defaults"]]["distill_weight"].iloc[0]
     assert 0.2 <= sampled <= 0.8 and pd.isna(trials[trials["is_defaults"]]["distill_weight"].iloc[0])
 

@@ -303,6 +303,29 @@ def test_resume_after_a_killed_search_loses_and_reruns_nothing(tmp_path):
     assert any(epoch > 1 for epoch in first_after.values())
 
 
+def test_relative_paths_are_stored_absolute_so_the_outputs_work_from_any_folder(image_folder, tmp_path):
+    """`--data imagefolder:<relative path>` given in one folder: space.yaml and best_config.yaml hold the
+    absolute path, so `train --config best_config.yaml` (and --resume) work from another folder."""
+    import shutil
+
+    shutil.copytree(image_folder, tmp_path / "pics")
+    space = {**TINY, "num_samples": 2, "scheduler": {"max_epochs": 1, "grace_period": 1},
+             "fixed": {**TINY["fixed"], "data_subset": None, "image_size": 16, "patch_size": 4},
+             "search": {"lr": {"loguniform": [1e-3, 3e-3]}, "batch_size": {"choice": [32]}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
+    proc = search("--space", "s.yaml", "--data", "imagefolder:pics", "--out", "out", "--name", "e", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = tmp_path / "out" / "e"
+    expected = f"imagefolder:{tmp_path / 'pics'}"
+    assert yaml.safe_load((exp / "space.yaml").read_text())["fixed"]["data"] == expected
+    assert yaml.safe_load((exp / "best_config.yaml").read_text())["data"] == expected
+    trained = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", "--config", str(exp / "best_config.yaml"),
+                              "--out", str(tmp_path / "runs"), "--name", "r"], capture_output=True, text=True,
+                             timeout=300, cwd=ROOT)
+    assert trained.returncode == 0, trained.stderr
+    assert yaml.safe_load((tmp_path / "runs" / "r" / "config.yaml").read_text())["data"] == expected
+
+
 def test_batch_sizes_are_drawn_on_a_log_axis():
     """knobs.png and parallel.png: a choice of numbers spanning 4x or more (batch sizes 32-128 and the
     defaults' 512) goes on a log axis, where 32, 64 and 128 do not crowd together; other choices do not."""

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .config import load_config
+    from .config import TrainConfig, absolute_paths, load_config
     from .data import load_data
     from .files import write_parquet, write_yaml
     from .model import auto_patch_size
@@ -120,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError(f"--resume {args.resume!r} is not a train run folder (no {CHECKPOINT_NAME} in it)")
         cfg = load_config(args.config or run_dir / "config.yaml", args.set)
     else:
-        cfg = load_config(args.config, args.set)
+        cfg = TrainConfig.from_dict(absolute_paths(load_config(args.config, args.set).to_dict(), os.getcwd()))
         run_dir = Path(args.out) / (args.name or time.strftime("train-%Y%m%d-%H%M%S"))
         if run_dir.exists() and any(run_dir.iterdir()):
             raise UserError(f"run folder {str(run_dir)!r} already exists; pick another --name or use --resume")
@@ -195,7 +195,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         configs = {"recommended defaults": TrainConfig()}
         out_dir = Path(args.out) / time.strftime("reproduce-%Y%m%d-%H%M%S")
     if args.data:
-        configs = {name: cfg.replace(data=args.data) for name, cfg in configs.items()}
+        from .config import absolute_paths
+
+        data = absolute_paths({"data": args.data}, os.getcwd())["data"]
+        configs = {name: cfg.replace(data=data) for name, cfg in configs.items()}
     for cfg in configs.values():
         from .data import load_data
 

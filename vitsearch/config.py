@@ -192,6 +192,34 @@ def _valid_data(spec: str) -> bool:
     return scheme != "digits" or not path
 
 
+PATH_KEYS = ("teacher", "init_from")  # config values that name local files (besides `data`'s PATH)
+
+
+def absolute_paths(values: dict[str, Any], cwd: str, data: bool = True) -> dict[str, Any]:
+    """`values` with relative local paths (`teacher`, `init_from`, the PATH of `data`) that exist as seen from
+    the folder `cwd` made absolute there: a run folder's config.yaml, a search's space.yaml and its
+    best_config.yaml then work from any folder, and Tune, which runs each trial in its own working
+    directory, finds them too. Other values (timm:NAME, paths that do not exist) stay as written. Without
+    `data`, the dataset spec stays as written (a trial: its config must match its checkpoint's)."""
+    resolved = dict(values)
+
+    def found(path: str) -> str | None:
+        if path and not Path(path).expanduser().is_absolute() and (Path(cwd) / path).exists():
+            return str(Path(cwd) / path)
+        return None
+
+    for key in PATH_KEYS:
+        value = resolved.get(key)
+        if isinstance(value, str) and found(value):
+            resolved[key] = found(value)
+    spec = resolved.get("data")
+    if data and isinstance(spec, str):
+        scheme, _, path = spec.partition(":")
+        if scheme in DATA_SCHEMES and found(path):
+            resolved["data"] = f"{scheme}:{found(path)}"
+    return resolved
+
+
 def _folder_hint(spec: str) -> str:
     """For a bare folder given as the dataset: the spec that reads it as class folders."""
     if spec.partition(":")[0] in DATA_SCHEMES or not Path(spec).expanduser().is_dir():

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
+from .config import TrainConfig, absolute_paths
 from .errors import NonFiniteLossError, UserError
 from .space import SearchSpace
 
@@ -100,21 +100,6 @@ class TrialCheckpoints:
 
 # --- the trial adapter ---------------------------------------------------------------------------
 
-PATH_KEYS = ("teacher", "init_from")  # config values that name local files
-
-
-def absolute_paths(values: dict[str, Any], cwd: str) -> dict[str, Any]:
-    """Relative file paths in `values` as seen from the driver's folder `cwd`: Tune runs each trial in
-    its own working directory, where `teacher: results/teacher` would name nothing."""
-    resolved = dict(values)
-    for key in PATH_KEYS:
-        value = resolved.get(key)
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() \
-                and (Path(cwd) / value).exists():
-            resolved[key] = str(Path(cwd) / value)
-    return resolved
-
-
 def _trial(config: dict[str, Any], data=None, base: dict[str, Any] | None = None, device: str = "auto",
            threads: int = 1, metric: str = "val_acc", worst: float = 0.0, checkpoint_root: str = "",
            checkpoint_every_s: float = 0.0, finished: dict[str, dict] | None = None, cwd: str = ".") -> None:
@@ -156,7 +141,7 @@ def _trial(config: dict[str, Any], data=None, base: dict[str, Any] | None = None
             tune.report({**metrics, "diverged": 0, "failed": 0, "reason": "", "node_id": node_id})
 
         try:
-            cfg = TrainConfig.from_dict(absolute_paths({**(base or {}), **config}, cwd))
+            cfg = TrainConfig.from_dict(absolute_paths({**(base or {}), **config}, cwd, data=False))
             if resume:
                 # A kill between a checkpoint upload and its report loses that epoch's report: repeat it.
                 from .train import peek_history

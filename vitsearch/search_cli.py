@@ -261,10 +261,17 @@ def preload(*modules: str) -> None:
 
 
 def load_space_arg(name: str, data: str | None):
-    from .space import load_space
+    """A new search's space, with --data, and its relative paths made absolute (see `absolute_paths`)."""
+    import os
+
+    from .config import absolute_paths
+    from .space import load_space, parse_space
 
     space = load_space(name)
-    return space.with_data(data) if data else space
+    space = space.with_data(data) if data else space
+    fixed = space.source.get("fixed") or {}
+    absolute = absolute_paths(fixed, os.getcwd())
+    return space if absolute == fixed else parse_space({**space.source, "fixed": absolute}, origin=space.name)
 
 
 def _existing(exp_dir: Path, flag: str):
