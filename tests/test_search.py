@@ -305,7 +305,8 @@ def test_resume_after_a_killed_search_loses_and_reruns_nothing(tmp_path):
 
 def test_relative_paths_are_stored_absolute_so_the_outputs_work_from_any_folder(image_folder, tmp_path):
     """`--data imagefolder:<relative path>` given in one folder: space.yaml and best_config.yaml hold the
-    absolute path, so `train --config best_config.yaml` (and --resume) work from another folder."""
+    absolute path, so `train --config best_config.yaml` (and --resume) work from another folder. A relative
+    `--storage` folder (Ray Tune takes only absolute ones: it was a pyarrow traceback) is made absolute too."""
     import shutil
 
     shutil.copytree(image_folder, tmp_path / "pics")
@@ -313,9 +314,12 @@ def test_relative_paths_are_stored_absolute_so_the_outputs_work_from_any_folder(
              "fixed": {**TINY["fixed"], "data_subset": None, "image_size": 16, "patch_size": 4},
              "search": {"lr": {"loguniform": [1e-3, 3e-3]}, "batch_size": {"choice": [32]}}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
-    proc = search("--space", "s.yaml", "--data", "imagefolder:pics", "--out", "out", "--name", "e", cwd=tmp_path)
+    proc = search("--space", "s.yaml", "--data", "imagefolder:pics", "--out", "out", "--name", "e",
+                  "--storage", "shared", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = tmp_path / "out" / "e"
+    assert json.loads((exp / "run.json").read_text())["storage"] == str(tmp_path / "shared")
+    assert (tmp_path / "shared" / "ray").is_dir() and not (exp / "ray").exists()
     expected = f"imagefolder:{tmp_path / 'pics'}"
     assert yaml.safe_load((exp / "space.yaml").read_text())["fixed"]["data"] == expected
     assert yaml.safe_load((exp / "best_config.yaml").read_text())["data"] == expected

@@ -170,6 +170,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if len(chosen) != 1:
         raise UserError("give exactly one of --space NAME (a new search), --resume EXPERIMENT_DIR or "
                         "--extend EXPERIMENT_DIR")
+    if args.storage and "://" not in args.storage:  # a local folder: Ray Tune takes only absolute paths
+        import os
+
+        args.storage = os.path.abspath(os.path.expanduser(args.storage))
     if args.trials is not None and not args.extend:
         raise UserError("--trials goes with --extend (a new search takes num_samples from its space)")
     if args.resume or args.extend:
