@@ -433,6 +433,16 @@ def test_extend_adds_trials_that_learn_from_the_earlier_ones(tiny_search, tmp_pa
     assert pd.read_parquet(copy / "trials.parquet")["trial_id"].tolist() == after["trial_id"].tolist()
 
 
+def test_reproduce_with_one_seed_says_there_is_no_standard_error():
+    from vitsearch.reproduce import difference_line
+
+    runs = pd.DataFrame({"config": ["recommended defaults", "search best"], "final_val_acc": [0.2, 0.9]})
+    line = difference_line(runs)
+    assert line.startswith("search best - recommended defaults: +0.7000 (one seed of each") and "nan" not in line
+    two = pd.concat([runs, runs.assign(final_val_acc=[0.3, 0.8])])
+    assert difference_line(two) == "search best - recommended defaults: +0.6000 (standard error 0.0707)"
+
+
 def test_reproduce_compares_best_and_defaults_over_seeds(tiny_search, tmp_path):
     import shutil
 

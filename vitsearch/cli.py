@@ -222,8 +222,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         table.add_row(name, f"{row['mean']:.4f}", f"{row['std']:.4f}", str(int(row["seeds"])))
     console.print(table)
     if len(configs) == 2:
-        diff, se = reproduce.difference(runs, "search best", "recommended defaults")
-        console.print(f"search best - recommended defaults: {diff:+.4f} (standard error {se:.4f})", highlight=False)
+        console.print(reproduce.difference_line(runs), highlight=False)
     if args.source:
         from .figures import write_html_report
 

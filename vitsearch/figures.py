@@ -371,13 +371,12 @@ def _packing_text(packing: dict) -> str:
 
 
 def _reproduced(runs: pd.DataFrame) -> str:
-    from .reproduce import difference, summary
+    from .reproduce import difference_line, summary
 
     rows = [[name, r["mean"], r["std"], int(r["seeds"])] for name, r in summary(runs).iterrows()]
     text = _table(rows, ["config", "mean final val_acc", "std", "seeds"])
     if set(runs["config"]) == {"search best", "recommended defaults"}:
-        diff, se = difference(runs, "search best", "recommended defaults")
-        text += f"<p>search best - recommended defaults: {diff:+.4f} (standard error {se:.4f})</p>"
+        text += f"<p>{html.escape(difference_line(runs))}</p>"
     return text + "<p class='note'>Each seed draws its own split, initialisation, order and augmentation.</p>"
 
 

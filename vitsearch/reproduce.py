@@ -62,6 +62,14 @@ def difference(runs: pd.DataFrame, better: str, baseline: str) -> tuple[float, f
     return float(a.mean() - b.mean()), se
 
 
+def difference_line(runs: pd.DataFrame) -> str:
+    """'search best - recommended defaults: +0.0123 (standard error 0.0045)', for the terminal and report."""
+    diff, se = difference(runs, "search best", "recommended defaults")
+    return (f"search best - recommended defaults: {diff:+.4f} " +
+            (f"(standard error {se:.4f})" if not math.isnan(se) else "(one seed of each: no standard error; "
+             "--seeds 3 or more gives one)"))
+
+
 def defaults_for(exp_dir: Path) -> tuple[TrainConfig, TrainConfig]:
     """The experiment's recommended-defaults trial config and its best config."""
     from .config import load_config, read_yaml
