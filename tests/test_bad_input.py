@@ -132,3 +132,14 @@ def test_generated_case(name, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     after = sorted(p.name for p in tmp_path.rglob("*"))
     assert len(after) >= len(before)  # inputs untouched (the builders created them before the run)
+
+
+@pytest.mark.parametrize("command", [["search", "--space", "quickstart"],
+                                     ["train", "--set", "model=vit_micro", "--set", "image_size=16"]])
+def test_an_out_folder_that_cannot_be_made_is_one_line_before_anything_runs(command, tmp_path, capsys):
+    """--out under /proc, or naming a file: one line before the data loads or Ray starts (it was a
+    traceback from the first write, after Ray had started and the probe had run)."""
+    assert "cannot make a folder in '/proc'" in run_cli([*command, "--out", "/proc/x/y"], capsys)
+    (tmp_path / "f").write_text("a file")
+    assert "is a file, not a folder" in run_cli([*command, "--out", str(tmp_path / "f")], capsys)
+    assert (tmp_path / "f").read_text() == "a file"

@@ -110,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .config import TrainConfig, absolute_paths, load_config
     from .data import load_data
-    from .files import write_parquet, write_yaml
+    from .files import check_folder, write_parquet, write_yaml
     from .model import auto_patch_size
     from .train import CHECKPOINT_NAME, train
 
@@ -124,6 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) / (args.name or time.strftime("train-%Y%m%d-%H%M%S"))
         if run_dir.exists() and any(run_dir.iterdir()):
             raise UserError(f"run folder {str(run_dir)!r} already exists; pick another --name or use --resume")
+        check_folder(args.out, "--out")
     data = load_data(cfg)
     console.print(f"[bold]train[/] {cfg.model} on {data.name}: {len(data.train_y)} train / {len(data.val_y)} val "
                   f"images, {data.image_size}px x{data.channels}, {data.num_classes} classes, "

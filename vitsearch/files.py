@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,24 @@ import yaml
 from .errors import UserError
 
 
+def check_folder(path: str | Path, flag: str) -> None:
+    """Before anything starts or is written: `path` (given as `flag`) is a folder this process can make or
+    write in. Otherwise one line naming the flag, instead of a traceback once results arrive."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a file, not a folder")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    try:  # a folder made and removed again where the real one will go (access() says yes to root anywhere)
+        os.rmdir(tempfile.mkdtemp(prefix=".vitsearch-check-", dir=existing))
+    except OSError as exc:
+        raise UserError(f"{flag} {str(path)!r}: cannot make a folder in {str(existing)!r} "
+                        f"({exc.strerror or exc})") from None
+
+
 def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
     except OSError as exc:

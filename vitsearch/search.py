@@ -412,7 +412,7 @@ class _NoMetricsFilesWarning(logging.Filter):
         return not str(record.msg).startswith("Failed to fetch metrics")
 
 
-def init_ray(address: str | None, verbose: bool) -> None:
+def init_ray(address: str | None, verbose: bool, address_checked: bool = False) -> None:
     import ray
 
     if ray.is_initialized():
@@ -428,10 +428,8 @@ def init_ray(address: str | None, verbose: bool) -> None:
     analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
     if not any(isinstance(f, _NoMetricsFilesWarning) for f in analysis.filters):
         analysis.addFilter(_NoMetricsFilesWarning())
-    if address and address != "auto":
-        _check_reachable(address)
-        if not address.startswith("ray://"):
-            _check_gcs(address, verbose)
+    if not address_checked:
+        check_address(address, verbose)
     _no_crash_handler_in_driver()
     try:
         with _stops_wait_for_ray_init():
@@ -455,6 +453,14 @@ def init_ray(address: str | None, verbose: bool) -> None:
             raise
         STOP_SIGNALS.append(signal.SIGTERM)
         raise KeyboardInterrupt from None
+
+
+def check_address(address: str | None, verbose: bool) -> None:
+    """--address HOST:PORT names a Ray cluster that answers (in seconds; `ray.init` retries for minutes)."""
+    if address and address != "auto":
+        _check_reachable(address)
+        if not address.startswith("ray://"):
+            _check_gcs(address, verbose)
 
 
 def _check_gcs(address: str, verbose: bool, timeout_s: float = 15.0) -> None:
@@ -595,15 +601,9 @@ def check_storage(storage: str | None, timeout_s: float = 30.0) -> None:
     if not storage:
         return
     if "://" not in storage:
-        path = Path(storage).expanduser()
-        if path.exists() and not path.is_dir():
-            raise UserError(f"--storage {storage!r} is a file, not a folder")
-        existing = next(p for p in (path, *path.parents) if p.exists())
-        try:  # a folder made and removed again where Tune will make its own (access() says yes to root anywhere)
-            os.rmdir(tempfile.mkdtemp(prefix=".vitsearch-check-", dir=existing))
-        except OSError as exc:
-            raise UserError(f"--storage {storage!r}: cannot make a folder in {str(existing)!r} "
-                            f"({exc.strerror or exc})") from None
+        from .files import check_folder
+
+        check_folder(storage, "--storage")
         return
     import pyarrow.fs
 

@@ -222,17 +222,25 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, run: dict, args) -> int:
     from .data import load_data
-    from .files import write_bytes, write_yaml
-    from .search import RUN_FILE, SPACE_FILE, check_storage, init_ray
+    from .files import check_folder, write_bytes, write_yaml
+    from .search import RUN_FILE, SPACE_FILE, check_address, check_storage, init_ray
 
     check_storage(storage)  # before anything is loaded, started or written
+    if args.space:
+        check_folder(args.out, "--out")
     data = load_data(space.trial_config({}))  # once per search; every trial shares it through Ray's object store
+    check_address(args.address, args.verbose)  # a cluster that does not answer: one line, before the probe starts
     # On a CPU the throughput probe runs while Ray starts (mostly waiting on processes); on a GPU after
     # the packing probe, which needs Ray and the whole GPU.
     early = _Probe(space, data, device) if not _packs(space, device) else None
     # Ray Tune and Optuna's storage take ~2 s to import; ray.init spends about as long waiting on processes.
     preload("ray.tune", "ray.tune.search.optuna")
-    init_ray(args.address, args.verbose)  # before anything is written: an unreachable cluster leaves no trace
+    try:
+        init_ray(args.address, args.verbose, address_checked=True)  # before anything is written
+    except BaseException:
+        if early is not None:  # a caller of main() in the same process must not find it still training
+            early.thread.join()
+        raise
     space, packing = _packing(space, data, device, run.get("packing"))
     expected_epochs = _print_plan(space, data, device,
                                   early.result() if early else _Probe(space, data, device).result())
