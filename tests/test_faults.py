@@ -137,7 +137,7 @@ SIGNAL_AT = r"""
 import os, signal, sys, threading
 import ray
 import vitsearch.data, vitsearch.figures, vitsearch.search_cli
-from vitsearch.cli import main
+from vitsearch.cli import run
 
 # Ctrl-C as in a terminal: a process started by a background job (`cmd &` in a script) inherits SIGINT ignored
 signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -159,7 +159,8 @@ def signalled(*args, **kwargs):  # the signal comes while this step runs
 
 ray.shutdown = shutdown
 setattr(module, name, signalled)
-sys.exit(main(sys.argv[4:]))
+sys.argv = [sys.argv[0], *sys.argv[4:]]
+run()  # as main.py does
 """
 
 
@@ -181,6 +182,23 @@ def test_a_stop_before_the_first_trial_leaves_no_half_made_experiment(tmp_path, 
     assert "interrupted before any trial started: nothing was trained" in proc.stdout, out[-3000:]
     assert "Traceback" not in out and "SIGTERM received" not in out
     assert not exp.exists()
+
+
+def test_a_stop_while_ray_starts_and_a_slow_probe_runs_exits_cleanly(tmp_path):
+    """SIGTERM inside ray.init while the throughput probe is still stepping a large model (ViT-S at 64 px on
+    a CPU: seconds per step): the probe stops after its step, or is left to the exit, and the process
+    exits with 143 instead of aborting in the interpreter's teardown ("terminate called without an active
+    exception", code -6, seen in CI on a busy machine with the quickstart-sized space)."""
+    space = {**SLOW, "fixed": {**SLOW["fixed"], "model": "vit_small", "image_size": 64, "patch_size": 8},
+             "search": {"lr": {"loguniform": [1e-4, 1e-3]}, "batch_size": {"choice": [32, 256]}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_AT, "ray._private.worker.connect", "SIGTERM", "now",
+                           "search", "--space", str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--name", "exp"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 143, out[-3000:]
+    assert "interrupted before any trial started" in proc.stdout and "Fatal Python error" not in out
+    assert not (tmp_path / "exp").exists()
 
 
 def test_a_stop_while_the_reports_are_drawn_keeps_the_parquet_files(tmp_path):

@@ -237,13 +237,13 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
     preload("ray.tune", "ray.tune.search.optuna")
     try:
         init_ray(args.address, args.verbose, address_checked=True)  # before anything is written
-    except BaseException:
-        if early is not None:  # a caller of main() in the same process must not find it still training
-            early.thread.join()
+        space, packing = _packing(space, data, device, run.get("packing"))
+        expected_epochs = _print_plan(space, data, device,
+                                      early.result() if early else _Probe(space, data, device).result())
+    except BaseException:  # Ray cannot start, or Ctrl-C or SIGTERM before the plan
+        if early is not None:
+            early.cancel()
         raise
-    space, packing = _packing(space, data, device, run.get("packing"))
-    expected_epochs = _print_plan(space, data, device,
-                                  early.result() if early else _Probe(space, data, device).result())
     if not args.resume:
         if not args.extend:
             write_yaml(space.source, exp_dir / SPACE_FILE)
@@ -335,6 +335,7 @@ class _Probe:
 
         self.value: list[tuple[int, float]] | None = None
         self.error: BaseException | None = None
+        self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(space, data, device), daemon=True)
         self.thread.start()
 
@@ -352,14 +353,23 @@ class _Probe:
         try:
             self.value = []
             for point in _probe_points(space, data, device):
-                if self.value and time.time() - started > SECOND_PROBE_WITHIN_S:
+                if self.stopping.is_set() or (self.value and time.time() - started > SECOND_PROBE_WITHIN_S):
                     break  # a slow first probe (ViT-S on a CPU: ~30 s) is what the estimate gets
                 cfg = space.trial_config(point)
-                self.value.append((cfg.batch_size, measure_throughput(cfg, data, device)))
+                self.value.append((cfg.batch_size, measure_throughput(cfg, data, device,
+                                                                      stop=self.stopping.is_set)))
         except BaseException as exc:  # re-raised in the main thread (a bad teacher path is a UserError)
             self.error = exc
         finally:
             torch.set_num_threads(threads)
+
+    def cancel(self, wait_s: float = 10.0) -> None:
+        """End the probe after the step under way, and wait for that up to `wait_s`: an interpreter that
+        tears down while this thread is inside torch can abort ("terminate called ..."). One step of a large
+        model can take longer on a CPU (ViT-S at 64 px: ~30 s); the command line then exits without the
+        teardown (`cli.run`)."""
+        self.stopping.set()
+        self.thread.join(wait_s)
 
     def result(self) -> list[tuple[int, float]]:
         self.thread.join()

@@ -538,12 +538,13 @@ def measure_window(cfg: TrainConfig, data: ImageData, device: str = "auto", *, s
 
 
 def measure_throughput(cfg: TrainConfig, data: ImageData, device: str = "auto", steps: int = 3,
-                       max_seconds: float = 5.0) -> float:
+                       max_seconds: float = 5.0, stop: Callable[[], bool] | None = None) -> float:
     """Training images/s of `cfg` over up to `steps` real optimizer steps (after one warm-up step), fewer
     where they take more than `max_seconds` (at least one). On a CPU a step is one micro-batch (at most
     CPU_MICRO_BATCH images, or the config's `micro_batch_size`): a larger batch is accumulated from such
     micro-batches at the same images/s, and one step of it can take minutes (ViT-S at batch 1,024). With
-    one CPU thread the images/s are per second of the thread's CPU time (see below)."""
+    one CPU thread the images/s are per second of the thread's CPU time (see below). `stop()` true ends it
+    after the step under way (the search stopped before its probe was done)."""
     dev = resolve_device(device)
     batch = probe_batch(cfg, len(data.train_y), dev)
     run = setup(cfg, data, dev, steps + 1, batch)
@@ -560,11 +561,13 @@ def measure_throughput(cfg: TrainConfig, data: ImageData, device: str = "auto", 
     t0, c0 = time.perf_counter(), clock()
     done = 0
     for _ in range(max(1, n // batch - 1)):
+        if stop is not None and stop():
+            break
         done += train_one_epoch(run, feed, batch, 1, 1)["images"]
         _sync(dev)
         if time.perf_counter() - t0 > max_seconds:
             break
-    return done / (clock() - c0)
+    return done / max(clock() - c0, 1e-9)
 
 
 def probe_batch(cfg: TrainConfig, n_train: int, dev: torch.device) -> int:
