@@ -210,13 +210,13 @@ def absolute_paths(values: dict[str, Any], cwd: str, data: bool = True) -> dict[
 
     for key in PATH_KEYS:
         value = resolved.get(key)
-        if isinstance(value, str) and found(value):
-            resolved[key] = found(value)
+        if isinstance(value, str) and (absolute := found(value)):
+            resolved[key] = absolute
     spec = resolved.get("data")
     if data and isinstance(spec, str):
         scheme, _, path = spec.partition(":")
-        if scheme in DATA_SCHEMES and found(path):
-            resolved["data"] = f"{scheme}:{found(path)}"
+        if scheme in DATA_SCHEMES and (absolute := found(path)):
+            resolved["data"] = f"{scheme}:{absolute}"
     return resolved
 
 
