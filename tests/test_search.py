@@ -570,6 +570,28 @@ def test_a_search_whose_every_trial_fails_still_writes_its_reports(tmp_path):
     assert "2 failed; recommended defaults (#0) failed: invalid value" in " ".join(proc.stdout.split())
 
 
+def test_architecture_knobs_can_be_searched(tmp_path):
+    """`depth` (whose recommended default, None, is the model family's own), `stem` and `attention` (choices of
+    names) searched: the defaults trial runs with depth None (a traceback before), the Parquet columns keep
+    their types, and the report draws the named choices (parallel.png raised converting 'patch' to float)."""
+    space = {**TINY, "num_samples": 3, "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
+             "fixed": {**TINY["fixed"], "batch_size": 32},
+             "search": {"depth": {"int": [1, 3]}, "stem": {"choice": ["patch", "conv"]},
+                        "attention": {"choice": ["full", "linformer"]}, "lr": {"loguniform": [1e-3, 3e-3]}}}
+    (tmp_path / "arch.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    proc = search("--space", str(tmp_path / "arch.yaml"), "--out", str(tmp_path), "--name", "arch")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = tmp_path / "arch"
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert list(trials["status"]) == ["completed"] * 3
+    defaults = trials[trials["is_defaults"]].iloc[0]
+    assert pd.isna(defaults["depth"]) and (defaults["stem"], defaults["attention"]) == ("patch", "full")
+    assert trials["depth"].dropna().between(1, 3).all() and str(trials["depth"].dtype) == "Int64"
+    study = optuna.load_study(study_name="arch", storage=f"sqlite:///{exp / 'study.db'}")
+    assert study.trials[0].user_attrs["outside_space.depth"] is None and "depth" not in study.trials[0].params
+    assert (exp / "report.html").read_text().count("data:image/png;base64,") >= 5
+
+
 def test_the_plan_probes_the_largest_and_the_smallest_batch(tiny_search):
     exp, proc = tiny_search
     assert re.search(r"probe: [\d,]+ at batch 64 and [\d,]+ at batch 32 training images/s per trial "

@@ -153,6 +153,8 @@ def _knobs(space: SearchSpace, trials: pd.DataFrame) -> bytes:
             ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(ticker.LogFormatterSciNotation(labelOnlyBase=False))
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        elif space.search[knob].kind == "int":  # depth 1-4: no ticks at 1.5, 2.5
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.set(xlabel=knob, ylabel=f"{space.metric} at last epoch")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(knobs):]:
@@ -256,10 +258,18 @@ def _parallel(space: SearchSpace, trials: pd.DataFrame) -> bytes:
     knobs = list(space.search)
     metric = f"final_{space.metric}"
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    scaled = {}
+    scaled, labels = {}, {}
     for knob in knobs:
-        values = trials[knob].astype(float)
-        if space.search[knob].kind in ("loguniform", "int-log") or _doubling_choice(space, knob, trials[knob]):
+        dist = space.search[knob]
+        if dist.kind == "choice" and not pd.api.types.is_numeric_dtype(trials[knob]):
+            # a choice of names (stem: patch | conv): its choices evenly spaced, in the file's order, labelled
+            positions = np.linspace(0, 1, len(dist.choices)) if len(dist.choices) > 1 else [0.5]
+            where = {choice: float(y) for choice, y in zip(dist.choices, positions)}
+            scaled[knob] = trials[knob].map(where).astype(float)  # any other value: NaN, no point
+            labels[knob] = where
+            continue
+        values = trials[knob].astype(float)  # an unset default (depth: the family's own) is NaN: no point
+        if dist.kind in ("loguniform", "int-log") or _doubling_choice(space, knob, trials[knob]):
             values = np.log10(values.clip(lower=1e-30))
         span = values.max() - values.min()
         scaled[knob] = (values - values.min()) / span if span > 0 else values * 0 + 0.5
@@ -272,6 +282,9 @@ def _parallel(space: SearchSpace, trials: pd.DataFrame) -> bytes:
         color = "#bbbbbb" if math.isnan(s) else cmap((s - low) / (high - low) if high > low else 1.0)
         ax.plot(range(len(knobs)), [scaled[k][i] for k in knobs], color=color, alpha=0.8,
                 lw=2.5 if trials.loc[i, "is_defaults"] else 1.2)
+    for x, knob in enumerate(knobs):
+        for choice, y in labels.get(knob, {}).items():
+            ax.annotate(str(choice), (x, y), xytext=(4, 0), textcoords="offset points", fontsize=8, va="center")
     ax.set_xticks(range(len(knobs)), knobs)
     ax.set_yticks([0, 1], ["low", "high"])
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(low, high))

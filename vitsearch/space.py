@@ -124,7 +124,9 @@ class SearchSpace:
         point = {}
         for key, dist in self.search.items():
             value = getattr(defaults, key)
-            point[key] = int(value) if dist.kind in ("int", "int-log") and float(value).is_integer() else value
+            # None (e.g. depth: the model family's own) stays None: the trial runs TrainConfig's behaviour.
+            is_int = dist.kind in ("int", "int-log") and value is not None and float(value).is_integer()
+            point[key] = int(value) if is_int else value
         return point
 
     def trial_config(self, sampled: dict[str, Any]) -> TrainConfig:
