@@ -570,11 +570,13 @@ def test_a_search_whose_every_trial_fails_still_writes_its_reports(tmp_path):
     assert "2 failed; recommended defaults (#0) failed: invalid value" in " ".join(proc.stdout.split())
 
 
-def test_architecture_knobs_can_be_searched(tmp_path):
+def test_architecture_knobs_can_be_searched_and_reproduced_by_the_searchs_metric(tmp_path):
     """`depth` (whose recommended default, None, is the model family's own), `stem` and `attention` (choices of
     names) searched: the defaults trial runs with depth None (a traceback before), the Parquet columns keep
-    their types, and the report draws the named choices (parallel.png raised converting 'patch' to float)."""
-    space = {**TINY, "num_samples": 3, "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
+    their types, and the report draws the named choices (parallel.png raised converting 'patch' to float).
+    The search ranks by val_loss, so `reproduce --from` compares by val_loss too (it compared val_acc)."""
+    space = {**TINY, "num_samples": 3, "metric": "val_loss", "mode": "min",
+             "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
              "fixed": {**TINY["fixed"], "batch_size": 32},
              "search": {"depth": {"int": [1, 3]}, "stem": {"choice": ["patch", "conv"]},
                         "attention": {"choice": ["full", "linformer"]}, "lr": {"loguniform": [1e-3, 3e-3]}}}
@@ -590,6 +592,16 @@ def test_architecture_knobs_can_be_searched(tmp_path):
     study = optuna.load_study(study_name="arch", storage=f"sqlite:///{exp / 'study.db'}")
     assert study.trials[0].user_attrs["outside_space.depth"] is None and "depth" not in study.trials[0].params
     assert (exp / "report.html").read_text().count("data:image/png;base64,") >= 5
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "reproduce", "--from", str(exp), "--seeds", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = pd.read_parquet(exp / "reproduce.parquet")
+    loss = runs.set_index("config")["final_val_loss"]
+    out = " ".join(proc.stdout.split())
+    assert "final val_loss over 1 seed(s)" in out
+    assert (f"search best - recommended defaults in final val_loss (lower is better): "
+            f"{loss['search best'] - loss['recommended defaults']:+.4f}") in out
+    assert "mean final val_loss" in (exp / "report.html").read_text()
 
 
 def test_the_plan_probes_the_largest_and_the_smallest_batch(tiny_search):

@@ -192,10 +192,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise UserError(f"--seeds is {args.seeds}, but must be >= 1")
+    metric = "val_acc"
     if args.source:
         defaults, best = reproduce.defaults_for(Path(args.source))
         configs = {"recommended defaults": defaults, "search best": best}
         out_dir = Path(args.source)
+        metric = reproduce.experiment_metric(out_dir)  # the search ranked by it: compare by it
     else:
         configs = {"recommended defaults": TrainConfig()}
         out_dir = Path(args.out) / time.strftime("reproduce-%Y%m%d-%H%M%S")
@@ -213,21 +215,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     def on_epoch(name: str, seed: int, metrics: dict, epochs: int, left: float) -> None:
         if time.time() - shown[0] >= 60 and metrics["epoch"] < epochs:  # at the first epoch, then once a minute
             shown[0] = time.time()
-            console.print(f"{name:>20}  seed {seed}  epoch {metrics['epoch']}/{epochs}  val_acc "
-                          f"{metrics['val_acc']:.4f}  ~{duration(left)} left in all", highlight=False)
+            console.print(f"{name:>20}  seed {seed}  epoch {metrics['epoch']}/{epochs}  {metric} "
+                          f"{metrics[metric]:.4f}  ~{duration(left)} left in all", highlight=False)
 
     runs = reproduce.run(configs, args.seeds, args.device, progress=lambda row: console.print(
-        f"{row['config']:>20}  seed {row['seed']}  final val_acc {row['final_val_acc']:.4f}  "
+        f"{row['config']:>20}  seed {row['seed']}  final {metric} {row[f'final_{metric}']:.4f}  "
         f"({row['epochs']} epochs, {row['wall_s']:.0f} s)", highlight=False), on_epoch=on_epoch)
     write_parquet(runs, out_dir / "reproduce.parquet")
-    table = Table(title=f"final val_acc over {args.seeds} seed(s), full budget")
+    table = Table(title=f"final {metric} over {args.seeds} seed(s), full budget")
     for col in ("config", "mean", "std", "seeds"):
         table.add_column(col, justify="right")
-    for name, row in reproduce.summary(runs).iterrows():
+    for name, row in reproduce.summary(runs, metric).iterrows():
         table.add_row(name, f"{row['mean']:.4f}", f"{row['std']:.4f}", str(int(row["seeds"])))
     console.print(table)
     if len(configs) == 2:
-        console.print(reproduce.difference_line(runs), highlight=False)
+        console.print(reproduce.difference_line(runs, metric), highlight=False)
     if args.source:
         from .figures import write_html_report
 

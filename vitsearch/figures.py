@@ -371,7 +371,8 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
                 *[[f"fixed {k}", v] for k, v in space.fixed.items()],
                 *[[f"search {k}", d.describe()] for k, d in space.search.items()]]
     if (exp_dir / "reproduce.parquet").is_file():
-        parts += ["<h2>Reproduced over seeds</h2>", _reproduced(pd.read_parquet(exp_dir / "reproduce.parquet"))]
+        reproduced = pd.read_parquet(exp_dir / "reproduce.parquet")
+        parts += ["<h2>Reproduced over seeds</h2>", _reproduced(reproduced, space.metric)]
     parts += ["<h2>Settings</h2>", _table(settings, ["", ""]), "<h2>Hardware</h2>", _table(_hardware(), ["", ""])]
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -383,13 +384,15 @@ def _packing_text(packing: dict) -> str:
     return Packing(packing["trials_per_gpu"], packing["reason"], packing["measured"]).describe()
 
 
-def _reproduced(runs: pd.DataFrame) -> str:
+def _reproduced(runs: pd.DataFrame, metric: str) -> str:
     from .reproduce import difference_line, summary
 
-    rows = [[name, r["mean"], r["std"], int(r["seeds"])] for name, r in summary(runs).iterrows()]
-    text = _table(rows, ["config", "mean final val_acc", "std", "seeds"])
+    if f"final_{metric}" not in runs:  # written before reproduce compared by the search's metric
+        metric = "val_acc"
+    rows = [[name, r["mean"], r["std"], int(r["seeds"])] for name, r in summary(runs, metric).iterrows()]
+    text = _table(rows, ["config", f"mean final {metric}", "std", "seeds"])
     if set(runs["config"]) == {"search best", "recommended defaults"}:
-        text += f"<p>{html.escape(difference_line(runs))}</p>"
+        text += f"<p>{html.escape(difference_line(runs, metric))}</p>"
     return text + "<p class='note'>Each seed draws its own split, initialisation, order and augmentation.</p>"
 
 

@@ -17,7 +17,8 @@ from .data import load_data
 from .train import train
 
 COLUMNS = {"config": "string", "seed": "int64", "final_val_acc": "float64", "best_val_acc": "float64",
-           "final_val_loss": "float64", "epochs": "int64", "wall_s": "float64"}
+           "final_val_loss": "float64", "final_train_loss": "float64", "epochs": "int64", "wall_s": "float64"}
+LOWER_IS_BETTER = ("val_loss", "train_loss")
 
 
 def run(configs: dict[str, TrainConfig], seeds: int, device: str = "auto", progress=None,
@@ -42,32 +43,44 @@ def run(configs: dict[str, TrainConfig], seeds: int, device: str = "auto", progr
             result = train(seeded, report, data=load_data(seeded), device=device)
             rows.append({"config": name, "seed": seed, "final_val_acc": result["val_acc"],
                          "best_val_acc": result["best_val_acc"], "final_val_loss": result["val_loss"],
+                         "final_train_loss": result["train_loss"],
                          "epochs": len(result["history"]), "wall_s": time.perf_counter() - t0})
             if progress is not None:
                 progress(rows[-1])
     return pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
 
 
-def summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and spread (sample standard deviation) of the final accuracy per config."""
-    grouped = runs.groupby("config", sort=False)["final_val_acc"]
+def summary(runs: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
+    """Mean and spread (sample standard deviation) of the final `metric` per config."""
+    grouped = runs.groupby("config", sort=False)[f"final_{metric}"]
     return pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1).fillna(0.0), "seeds": grouped.size()})
 
 
-def difference(runs: pd.DataFrame, better: str, baseline: str) -> tuple[float, float]:
-    """Mean difference of final accuracy (better - baseline) and its standard error over seeds."""
-    a = runs[runs["config"] == better]["final_val_acc"]
-    b = runs[runs["config"] == baseline]["final_val_acc"]
+def difference(runs: pd.DataFrame, better: str, baseline: str, metric: str = "val_acc") -> tuple[float, float]:
+    """Mean difference of the final `metric` (better - baseline) and its standard error over seeds."""
+    a = runs[runs["config"] == better][f"final_{metric}"]
+    b = runs[runs["config"] == baseline][f"final_{metric}"]
     se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)) if len(a) > 1 and len(b) > 1 else math.nan
     return float(a.mean() - b.mean()), se
 
 
-def difference_line(runs: pd.DataFrame) -> str:
-    """'search best - recommended defaults: +0.0123 (standard error 0.0045)', for the terminal and report."""
-    diff, se = difference(runs, "search best", "recommended defaults")
-    return (f"search best - recommended defaults: {diff:+.4f} " +
+def difference_line(runs: pd.DataFrame, metric: str = "val_acc") -> str:
+    """'search best - recommended defaults: +0.0123 (standard error 0.0045)', for the terminal and report;
+    a metric other than val_acc is named, with which direction is better."""
+    diff, se = difference(runs, "search best", "recommended defaults", metric)
+    named = "" if metric == "val_acc" else f" in final {metric} ({'lower' if metric in LOWER_IS_BETTER else 'higher'}" \
+        " is better)"
+    return (f"search best - recommended defaults{named}: {diff:+.4f} " +
             (f"(standard error {se:.4f})" if not math.isnan(se) else "(one seed of each: no standard error; "
              "--seeds 3 or more gives one)"))
+
+
+def experiment_metric(exp_dir: Path) -> str:
+    """The metric a search ranked its trials by (space.yaml), which its reproduction compares."""
+    from .config import read_yaml
+    from .space import parse_space
+
+    return parse_space(read_yaml(exp_dir / "space.yaml", "search space"), origin=str(exp_dir / "space.yaml")).metric
 
 
 def defaults_for(exp_dir: Path) -> tuple[TrainConfig, TrainConfig]:
