@@ -36,10 +36,13 @@ def test_train_writes_epochs_checkpoint_and_config_then_resumes(tmp_path):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 2 and all(line.rstrip().split()[-1] in ("left", "img/s") for line in lines), lines
     # The same run continued: the saved config is reused, 2 more epochs are impossible (epochs is part of
-    # the config), so resuming a finished run trains nothing and keeps both rows.
+    # the config), so resuming a finished run trains nothing, says so and rewrites no file.
+    mtimes = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
     again = run("train", "--resume", str(run_dir))
     assert again.returncode == 0, again.stderr
     assert list(pd.read_parquet(run_dir / "epochs.parquet")["epoch"]) == [1, 2]
+    assert f"run {run_dir} has finished all 2 epochs: nothing to resume" in " ".join(again.stdout.split())
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == mtimes
 
 
 def test_a_warmup_that_fills_the_run_trains_without_timm_noise(tmp_path):

@@ -123,6 +123,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / CHECKPOINT_NAME).is_file():
             raise UserError(f"--resume {args.resume!r} is not a train run folder (no {CHECKPOINT_NAME} in it)")
         cfg = load_config(args.config or run_dir / "config.yaml", args.set)
+        done = pd.read_parquet(run_dir / "epochs.parquet") if (run_dir / "epochs.parquet").is_file() else None
+        if done is not None and len(done) and int(done["epoch"].iloc[-1]) >= cfg.epochs:
+            # its checkpoint is written before each epoch's row: the run is complete, and nothing is rewritten
+            best = done.loc[done["val_acc"].idxmax()]
+            console.print(f"run {run_dir} has finished all {cfg.epochs} epochs: nothing to resume (final val_acc "
+                          f"{done['val_acc'].iloc[-1]:.4f}, best {best['val_acc']:.4f} at epoch {int(best['epoch'])})",
+                          highlight=False, soft_wrap=True)
+            return 0
     else:
         cfg = TrainConfig.from_dict(absolute_paths(load_config(args.config, args.set).to_dict(), os.getcwd()))
         run_dir = Path(args.out) / (args.name or time.strftime("train-%Y%m%d-%H%M%S"))
