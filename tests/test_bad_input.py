@@ -40,6 +40,9 @@ FILE_CASES = {
     "config_missing_cifar.yaml": "cs.toronto.edu",
     "config_bad_precision.yaml": "invalid value for 'precision': 'fp8'",
     "config_scalar.yaml": "must hold a mapping",
+    "config_image_size_without_a_patch.yaml": "140,625 tokens, more than 1,024; use image_size 368 or 384",
+    "config_patch_not_dividing.yaml": "invalid value for 'patch_size': 4 (must be an integer >= 1 that divides "
+                                      "image_size (30))",
 }
 
 

@@ -45,6 +45,30 @@ def test_fashion_mnist_from_idx_files(fashion_mnist_dir):
     assert data.train_x.float().std() > 10  # real pictures, not blank
 
 
+@pytest.mark.parametrize("sides, patch_size, expected", [
+    ((375, 375, 333), None, 224),  # photos: at most 224 px (14x14 patches of 16), not patch 1 at 375 px
+    ((150, 150, 150), None, 144),  # 16-px patches, 9x9; at 150 px patch 2 gave 5,625 tokens
+    ((25, 25, 26), None, 24),  # 12x12 patches of 2; at 25 px only patch 1 divides
+    ((25, 25, 26), 5, 25),  # a patch_size set: a multiple of it
+    ((20, 20, 20), None, 20),  # sizes that fit already stay
+])
+def test_an_image_folders_native_size_fits_a_patch_grid(tmp_path, sides, patch_size, expected):
+    """An image folder without image_size trains at its median shorter side, capped at 224 px and rounded
+    down to a multiple of the patch, so the auto patch never makes thousands of tokens."""
+    from conftest import digit_images
+    from PIL import Image
+
+    images, _ = digit_images(6, 8)
+    for i, img in enumerate(images):
+        side = sides[i % len(sides)]
+        folder = tmp_path / f"class_{i % 2}"
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(img).resize((side + 40, side)).convert("RGB").save(folder / f"{i}.png")
+    for loader in ("memory", "stream"):
+        cfg = micro_config(data=f"imagefolder:{tmp_path}", image_size=None, patch_size=patch_size, loader=loader)
+        assert load_data(cfg).image_size == expected
+
+
 def test_image_folder_reads_pngs_and_jpegs(image_folder):
     data = load_data(micro_config(data=f"imagefolder:{image_folder}", image_size=None))
     assert data.image_size == 20 and data.num_classes == 10

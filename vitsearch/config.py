@@ -43,6 +43,10 @@ DISTILL_MODES = ("hard", "soft")
 # DeiT's distillation weights: hard = 1/2 CE(labels) + 1/2 CE(teacher argmax); soft = 0.9 CE + 0.1 tau^2 KL.
 DISTILL_DEFAULT_WEIGHT = {"hard": 0.5, "soft": 0.1}
 LR_SCALINGS = ("linear", "sqrt", "none")
+PATCH_CANDIDATES = (16, 8, 4, 2, 1)
+MIN_TOKENS_PER_SIDE = 7
+MAX_PATCH1_SIZE = 32  # patch 1 up to 32 px: at most 1,024 tokens
+NATIVE_SIZE_CAP = 224  # an image folder's size when image_size is unset: at most ViT's 224 px
 LOADERS = ("auto", "memory", "stream")
 
 
@@ -55,7 +59,7 @@ class TrainConfig:
     embed_dim: int | None = None  # None: the family's width
     depth: int | None = None  # None: the family's depth
     num_heads: int | None = None  # None: the family's head count
-    patch_size: int | None = None  # None: rule in model.auto_patch_size (>= 7 tokens per side)
+    patch_size: int | None = None  # None: rule in auto_patch_size (>= 7 tokens per side)
     image_size: int | None = None  # None: the dataset's native size
     drop_path: float = 0.1  # stochastic depth 0.1: DeiT-S/Ti recipe
     stem: str = "patch"  # patch: ViT's patchify conv; conv: stride-2 3x3 conv stack (Xiao et al. 2021)
@@ -220,6 +224,48 @@ def absolute_paths(values: dict[str, Any], cwd: str, data: bool = True) -> dict[
     return resolved
 
 
+def auto_patch_size(image_size: int) -> int:
+    """The patch when `patch_size` is unset: the largest of 16, 8, 4, 2, 1 that divides the image size and
+    leaves at least 7 tokens per side (model.py's rule)."""
+    for patch in PATCH_CANDIDATES:
+        if image_size % patch == 0 and image_size // patch >= MIN_TOKENS_PER_SIDE:
+            return patch
+    return 1
+
+
+def folder_image_size(median_side: int, patch_size: int | None) -> int:
+    """An image folder's size when `image_size` is unset: its images' median shorter side, at most 224 px,
+    rounded down to a multiple of the patch (`patch_size`, or the largest of 16, 8, 4, 2 that leaves >= 7
+    tokens per side). So photos with a median side of 375 px train at 224 (14x14 patches of 16), not at
+    375 px with 1-px patches (140,625 tokens); 25 px becomes 24 (12x12 patches of 2)."""
+    size = min(median_side, NATIVE_SIZE_CAP)
+    if patch_size:
+        return max(patch_size, size - size % patch_size)
+    for patch in PATCH_CANDIDATES:
+        if size // patch >= MIN_TOKENS_PER_SIDE:
+            return size - size % patch
+    return size
+
+
+def _fits_auto_patch(image_size: int) -> bool:
+    """With `patch_size` unset: ViT's 16-px patch, or at most 1,024 tokens (a smaller patch, forced by an
+    image size that 16 does not divide, must not multiply the tokens: 150 px took patch 2, 5,625 tokens)."""
+    patch = auto_patch_size(image_size)
+    return patch == 16 or (image_size // patch) ** 2 <= MAX_PATCH1_SIZE ** 2
+
+
+def _size_rule(c: TrainConfig) -> str:
+    rule = "must be an integer >= 1"
+    if not (c.is_vit and c.patch_size is None and isinstance(c.image_size, int) and c.image_size >= 1
+            and not _fits_auto_patch(c.image_size)):
+        return rule
+    size, patch = c.image_size, auto_patch_size(c.image_size)
+    fit = next(p for p in PATCH_CANDIDATES if size // p >= MIN_TOKENS_PER_SIDE)  # a grid of 7-14 tokens per side
+    return (f"{rule}; with patch_size unset, {patch}-px patches are the largest of 16, 8, 4, 2, 1 that divide it "
+            f"into >= 7 tokens per side: {(size // patch) ** 2:,} tokens, more than {MAX_PATCH1_SIZE ** 2:,}; use "
+            f"image_size {size - size % fit} or {size - size % fit + fit} ({fit}-px patches), or set patch_size")
+
+
 def _folder_hint(spec: str) -> str:
     """For a bare folder given as the dataset: the spec that reads it as class folders."""
     if spec.partition(":")[0] in DATA_SCHEMES or not Path(spec).expanduser().is_dir():
@@ -247,8 +293,10 @@ def _rules(c: TrainConfig):
         ("embed_dim", c.embed_dim, lambda v: v >= 1, positive_int),
         ("depth", c.depth, lambda v: v >= 1, positive_int),
         ("num_heads", c.num_heads, lambda v: v >= 1, positive_int),
-        ("patch_size", c.patch_size, lambda v: v >= 1, positive_int),
-        ("image_size", c.image_size, lambda v: v >= 1, positive_int),
+        ("patch_size", c.patch_size, lambda v: v >= 1 and (c.image_size is None or c.image_size % v == 0),
+         f"must be an integer >= 1 that divides image_size ({c.image_size})" if c.image_size else positive_int),
+        ("image_size", c.image_size,
+         lambda v: v >= 1 and (not c.is_vit or c.patch_size is not None or _fits_auto_patch(v)), _size_rule(c)),
         ("drop_path", c.drop_path, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
         ("data", c.data, _valid_data,
          "must be digits, fashion_mnist[:PATH], imagefolder:PATH, cifar10:PATH or cifar100:PATH"

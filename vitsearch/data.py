@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig
+from .config import TrainConfig, folder_image_size
 from .errors import DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -151,7 +151,8 @@ def load_data(cfg: TrainConfig) -> ImageData:
     elif scheme == "fashion_mnist":
         images, labels, classes = _fashion_mnist(Path(path or FASHION_MNIST_DIR))
     elif scheme == "imagefolder":
-        images, labels, classes = _image_folder(Path(path), cfg.image_size, cfg.loader)
+        images, labels, classes = _image_folder(Path(path), cfg.image_size, cfg.loader,
+                                                cfg.patch_size if cfg.is_vit else None)
     else:
         images, labels, classes = _cifar(Path(path), 100 if scheme == "cifar100" else 10)
     if cfg.image_size is not None and images.shape[-1] != cfg.image_size and isinstance(images, torch.Tensor):
@@ -237,7 +238,7 @@ def _read_idx(path: Path) -> np.ndarray:
         raise DataError(f"cannot read IDX file {str(path)!r}: {exc}") from None
 
 
-def _image_folder(root: Path, image_size: int | None, loader: str = "memory"):
+def _image_folder(root: Path, image_size: int | None, loader: str = "memory", patch_size: int | None = None):
     """In memory: every image decoded now (an unreadable file is an error before training). Streamed
     (`loader: stream`, or `auto` when the decoded images would exceed STREAM_ABOVE_BYTES): a sample of
     up to SAMPLE files fixes the size and colour mode; the rest are read per batch while training."""
@@ -257,20 +258,21 @@ def _image_folder(root: Path, image_size: int | None, loader: str = "memory"):
     labels = torch.tensor([i for _, i in files])
     sample = files if loader == "memory" else files[::max(1, len(files) // SAMPLE)]
     pictures = [_open(path) for path, _ in sample]
-    gray, size = _mode_and_size(pictures, image_size)
+    gray, size = _mode_and_size(pictures, image_size, patch_size)
     decoded = len(files) * (1 if gray else 3) * size * size
     if loader == "stream" or (loader == "auto" and decoded > STREAM_ABOVE_BYTES):
         return StreamedImages([path for path, _ in files], gray, size), labels, classes
     if len(sample) < len(files):  # in memory after all: size and colour mode from every image, as always
         pictures = [_open(path) for path, _ in files]
-        gray, size = _mode_and_size(pictures, image_size)
+        gray, size = _mode_and_size(pictures, image_size, patch_size)
     return torch.stack([_to_tensor(p, gray, size) for p in pictures]), labels, classes
 
 
-def _mode_and_size(pictures: list, image_size: int | None) -> tuple[bool, int]:
-    """Grayscale when every picture is; `image_size`, or the median shorter side."""
+def _mode_and_size(pictures: list, image_size: int | None, patch_size: int | None) -> tuple[bool, int]:
+    """Grayscale when every picture is; `image_size`, or the median shorter side fitted to a patch grid
+    (`config.folder_image_size`)."""
     gray = all(p.mode in ("1", "L", "I;16", "I") for p in pictures)
-    return gray, image_size or int(np.median([min(p.size) for p in pictures]))
+    return gray, image_size or folder_image_size(int(np.median([min(p.size) for p in pictures])), patch_size)
 
 
 SAMPLE = 256  # files a streamed folder opens up front for its image size and colour mode

@@ -3,7 +3,9 @@
 Patch-size rule (when `patch_size` is not set): the largest of 16, 8, 4, 2, 1 that divides the image
 size and leaves at least 7 tokens per side. That gives ViT's 16 px patches (14x14 tokens) at 224 px,
 the small-data convention of 4 px patches at 32 px (8x8, CIFAR ViTs) and 28 px (7x7, Fashion-MNIST),
-and 2 px at 16 px (8x8). Below 7 px no patch size can keep 7 tokens: patch 1 is used.
+and 2 px at 16 px (8x8). Below 7 px no patch size can keep 7 tokens: patch 1 is used. The rule lives in
+config.py (`auto_patch_size`), which refuses an `image_size` whose auto patch would make more than 1,024
+tokens, and fits an image folder's native size to a patch grid.
 """
 
 from __future__ import annotations
@@ -13,18 +15,10 @@ from pathlib import Path
 from timm.models.vision_transformer import Attention
 from torch import nn
 
-from .config import MODEL_FAMILIES, TrainConfig
+from .config import MODEL_FAMILIES, TrainConfig, auto_patch_size
 from .errors import ConfigError
 
-PATCH_CANDIDATES = (16, 8, 4, 2, 1)
-MIN_TOKENS_PER_SIDE = 7
-
-
-def auto_patch_size(image_size: int) -> int:
-    for patch in PATCH_CANDIDATES:
-        if image_size % patch == 0 and image_size // patch >= MIN_TOKENS_PER_SIDE:
-            return patch
-    return 1
+__all__ = ["auto_patch_size", "build_model"]
 
 
 def architecture(cfg: TrainConfig) -> tuple[str, dict[str, int]]:
