@@ -123,6 +123,10 @@ GENERATED = {
                                 "; for a folder of class folders: imagefolder:"),
     "bad --device": (lambda t: ["train", "--set", "model=vit_micro", "--set", "image_size=16", "--device", "tpu"],
                      "invalid device 'tpu'"),
+    "a search --name that leaves --out": (lambda t: ["search", "--space", "quickstart", "--name", "../x"],
+                                          "--name '../x' must be a folder name inside --out"),
+    "a train --name with a slash": (lambda t: ["train", "--set", "model=vit_micro", "--name", "a/b"],
+                                    "--name 'a/b' must be a folder name inside --out"),
 }
 
 

@@ -114,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .config import TrainConfig, absolute_paths, load_config
     from .data import load_data
-    from .files import check_folder, write_parquet, write_yaml
+    from .files import check_folder, check_name, write_parquet, write_yaml
     from .model import auto_patch_size
     from .train import CHECKPOINT_NAME, train
 
@@ -133,6 +133,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 0
     else:
         cfg = TrainConfig.from_dict(absolute_paths(load_config(args.config, args.set).to_dict(), os.getcwd()))
+        check_name(args.name)
         run_dir = Path(args.out) / (args.name or time.strftime("train-%Y%m%d-%H%M%S"))
         if run_dir.exists() and any(run_dir.iterdir()):
             raise UserError(f"run folder {str(run_dir)!r} already exists; pick another --name or use --resume")

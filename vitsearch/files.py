@@ -26,6 +26,12 @@ def check_folder(path: str | Path, flag: str) -> None:
                         f"({exc.strerror or exc})") from None
 
 
+def check_name(name: str | None) -> None:
+    """`--name` is one folder inside `--out`: `a/b` made nested folders and `../x` wrote outside `--out`."""
+    if name is not None and (not name.strip() or name in (".", "..") or "/" in name or os.sep in name):
+        raise UserError(f"--name {name!r} must be a folder name inside --out (no '/', not '.' or '..')")
+
+
 def _atomic(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -163,7 +163,7 @@ def _error_line(trial) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     import shutil
 
-    from .files import write_bytes
+    from .files import check_name, write_bytes
     from .search import RAY_DIR, RUN_FILE
 
     chosen = [flag for flag in ("space", "resume", "extend") if getattr(args, flag)]
@@ -195,6 +195,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             return _show_finished(space, exp_dir, run)
     else:
         space = load_space_arg(args.space, args.data)
+        check_name(args.name)
         exp_dir = Path(args.out) / (args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         if exp_dir.exists() and any(exp_dir.iterdir()):
             raise UserError(f"experiment folder {str(exp_dir)!r} already exists; use --resume or another --name")
