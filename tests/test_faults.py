@@ -36,11 +36,11 @@ def wait_for(predicate, log: Path, proc: subprocess.Popen, timeout_s: float = 30
     raise AssertionError("timed out waiting for the search")
 
 
-def start_search(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+def start_search(tmp_path: Path, *extra: str, own_group: bool = False) -> tuple[subprocess.Popen, Path]:
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(SLOW))
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "search", "--space", str(tmp_path / "s.yaml"),
                              "--out", str(tmp_path), "--name", "exp", *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=own_group)
     return proc, tmp_path / "exp"
 
 
@@ -82,6 +82,18 @@ def test_losing_a_node_mid_search_still_completes_the_report(tmp_path):
         assert (trials["node_id"] != worker.node_id).all()
     finally:
         cluster.shutdown()
+
+
+def test_sigterm_to_the_whole_process_group_stops_the_search_cleanly(tmp_path):
+    """GNU `timeout` (and `kill -- -PGID`) signals the search's whole process group. Ray's GCS and raylet were
+    in it and died at once; the driver's stop then hung 60 s in Tune's cleanup and ended with Ray's "Failed to
+    connect to GCS" instead of the resume line. Now they run in a group of their own and the driver stops them."""
+    proc, exp = start_search(tmp_path, own_group=True)
+    wait_for(lambda rs: len(rs) >= 2, exp / "epochs.jsonl", proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-2000:] + err[-2000:]
+    assert f"python main.py search --resume {exp}" in out and "Failed to connect to GCS" not in out + err
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])

@@ -439,7 +439,8 @@ def init_ray(address: str | None, verbose: bool, address_checked: bool = False) 
                 # Tune's trial actors would set this in their runtime env; here every worker inherits it (and
                 # the rest of this environment) from the driver, see _actors_on_prestarted_workers.
                 os.environ.setdefault("PL_DISABLE_FORK", "1")
-                context = ray.init(address="local", **kwargs)  # a new local instance, even if a cluster runs here
+                with _ray_processes_in_their_own_group():
+                    context = ray.init(address="local", **kwargs)  # a new local instance, even if a cluster runs here
                 _LOCAL_INSTANCE[:] = [(context.address_info.get("gcs_address", ""), dict(os.environ))]
         stop_on_sigterm()  # instead of the handler ray.init has put in place
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
@@ -453,6 +454,44 @@ def init_ray(address: str | None, verbose: bool, address_checked: bool = False) 
             raise
         STOP_SIGNALS.append(signal.SIGTERM)
         raise KeyboardInterrupt from None
+
+
+@contextlib.contextmanager
+def _ray_processes_in_their_own_group():
+    """The processes of the local Ray instance (GCS, raylet, dashboard and monitors) start in a process group of
+    their own, as Ray's trial workers already do. A SIGTERM sent to the search's process group (GNU `timeout`,
+    `kill -- -PGID`) then reaches the driver alone, which stops the trials and then Ray: it also reached the
+    raylet and the GCS, which died with it, and the driver's stop then hung 60 s in Tune's cleanup waiting for
+    the GCS and ended without its resume line. Ray's processes still die with the driver (Linux's
+    parent-death signal, Ray's fate sharing); where the kernel lacks it, Ray's reaper needs the shared group,
+    and nothing changes. Goes through Ray's private `services.ConsolePopen` (Ray does the same on Windows)."""
+    try:
+        from ray._private import services, utils
+    except ImportError:
+        yield
+        return
+    stock = getattr(services, "ConsolePopen", None)
+    if stock is None or not sys.platform.startswith("linux") or not utils.detect_fate_sharing_support():
+        yield
+        return
+
+    class OwnGroupPopen(stock):
+        def __init__(self, *args, **kwargs):
+            inner = kwargs.get("preexec_fn")
+
+            def preexec_fn():
+                os.setpgid(0, 0)
+                if inner is not None:
+                    inner()
+
+            kwargs["preexec_fn"] = preexec_fn
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnGroupPopen
+    try:
+        yield
+    finally:
+        services.ConsolePopen = stock
 
 
 def check_address(address: str | None, verbose: bool) -> None:
