@@ -203,10 +203,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UserError(f"--seeds is {args.seeds}, but must be >= 1")
     metric = "val_acc"
     if args.source:
-        defaults, best = reproduce.defaults_for(Path(args.source))
+        defaults, best, metric = reproduce.defaults_for(Path(args.source))  # compared by the search's metric
         configs = {"recommended defaults": defaults, "search best": best}
         out_dir = Path(args.source)
-        metric = reproduce.experiment_metric(out_dir)  # the search ranked by it: compare by it
     else:
         configs = {"recommended defaults": TrainConfig()}
         out_dir = Path(args.out) / time.strftime("reproduce-%Y%m%d-%H%M%S")

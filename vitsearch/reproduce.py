@@ -75,16 +75,9 @@ def difference_line(runs: pd.DataFrame, metric: str = "val_acc") -> str:
              "--seeds 3 or more gives one)"))
 
 
-def experiment_metric(exp_dir: Path) -> str:
-    """The metric a search ranked its trials by (space.yaml), which its reproduction compares."""
-    from .config import read_yaml
-    from .space import parse_space
-
-    return parse_space(read_yaml(exp_dir / "space.yaml", "search space"), origin=str(exp_dir / "space.yaml")).metric
-
-
-def defaults_for(exp_dir: Path) -> tuple[TrainConfig, TrainConfig]:
-    """The experiment's recommended-defaults trial config and its best config."""
+def defaults_for(exp_dir: Path) -> tuple[TrainConfig, TrainConfig, str]:
+    """The experiment's recommended-defaults trial config, its best config, and the metric the search ranked
+    its trials by (which the reproduction compares)."""
     from .config import load_config, read_yaml
     from .errors import UserError
     from .space import parse_space
@@ -93,4 +86,4 @@ def defaults_for(exp_dir: Path) -> tuple[TrainConfig, TrainConfig]:
         raise UserError(f"--from {str(exp_dir)!r} is not a finished vitsearch experiment "
                         "(no space.yaml and best_config.yaml in it)")
     space = parse_space(read_yaml(exp_dir / "space.yaml", "search space"), origin=str(exp_dir / "space.yaml"))
-    return space.trial_config(space.defaults_point()), load_config(exp_dir / "best_config.yaml")
+    return space.trial_config(space.defaults_point()), load_config(exp_dir / "best_config.yaml"), space.metric
