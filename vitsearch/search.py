@@ -497,6 +497,7 @@ def _ray_processes_in_their_own_group():
                 _RAY_CORE_PIDS.append(self.pid)
 
     services.ConsolePopen = OwnGroupPopen
+    _RAY_CORE_PIDS.clear()  # a new local instance (a library user's earlier one is shut down)
     try:
         yield
     finally:
