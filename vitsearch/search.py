@@ -433,6 +433,7 @@ def init_ray(address: str | None, verbose: bool, address_checked: bool = False) 
     if not address_checked:
         check_address(address, verbose)
     _no_crash_handler_in_driver()
+    _RAY_CORE_PIDS.clear()  # set again where this process starts a local instance
     try:
         with _stops_wait_for_ray_init():
             if address:
@@ -497,7 +498,6 @@ def _ray_processes_in_their_own_group():
                 _RAY_CORE_PIDS.append(self.pid)
 
     services.ConsolePopen = OwnGroupPopen
-    _RAY_CORE_PIDS.clear()  # a new local instance (a library user's earlier one is shut down)
     try:
         yield
     finally:
