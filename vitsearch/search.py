@@ -23,9 +23,7 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -433,7 +431,6 @@ def init_ray(address: str | None, verbose: bool, address_checked: bool = False) 
     if not address_checked:
         check_address(address, verbose)
     _no_crash_handler_in_driver()
-    _RAY_CORE_PIDS.clear()  # set again where this process starts a local instance
     try:
         with _stops_wait_for_ray_init():
             if address:
@@ -457,9 +454,6 @@ def init_ray(address: str | None, verbose: bool, address_checked: bool = False) 
             raise
         STOP_SIGNALS.append(signal.SIGTERM)
         raise KeyboardInterrupt from None
-
-
-_RAY_CORE_PIDS: list[int] = []  # the local instance's GCS and raylet (children of this process; Linux)
 
 
 @contextlib.contextmanager
@@ -492,10 +486,6 @@ def _ray_processes_in_their_own_group():
 
             kwargs["preexec_fn"] = preexec_fn
             super().__init__(*args, **kwargs)
-            command = args[0] if args else kwargs.get("args", ())
-            if isinstance(command, (list, tuple)) and command and \
-                    os.path.basename(str(command[0])) in ("gcs_server", "raylet"):
-                _RAY_CORE_PIDS.append(self.pid)
 
     services.ConsolePopen = OwnGroupPopen
     try:
@@ -805,57 +795,9 @@ def stop_on_sigterm() -> None:
 def _on_sigterm(signum, frame) -> None:
     STOP_SIGNALS.append(signum)
     if _TUNE_RUNNING and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
-        if _RAY_CORE_PIDS:
-            threading.Thread(target=_exit_if_ray_is_lost, daemon=True, name="vitsearch-ray-lost").start()
         os.kill(os.getpid(), signal.SIGUSR1)
     else:
         raise KeyboardInterrupt
-
-
-_INTERRUPTED: dict[str, Any] = {"epilogue": None, "done": False}
-_INTERRUPTED_LOCK = threading.Lock()
-
-
-def on_interrupt(epilogue: Callable[[], None]) -> None:
-    """What an interrupted search records and prints (the run's time, the resume line): run once, by
-    `interrupted()` after Tune stopped, or by the watchdog below where Ray's own processes died too."""
-    with _INTERRUPTED_LOCK:
-        _INTERRUPTED["epilogue"] = epilogue
-
-
-def interrupted() -> bool:
-    """Run the interrupted search's epilogue, once per process; False where it already ran (or none is set)."""
-    with _INTERRUPTED_LOCK:
-        epilogue = _INTERRUPTED["epilogue"]
-        if _INTERRUPTED["done"] or epilogue is None:
-            return False
-        _INTERRUPTED["done"] = True
-    epilogue()
-    return True
-
-
-def _exit_if_ray_is_lost(poll_s: float = 0.5) -> None:
-    """A SIGTERM to every process of the search's cgroup (systemd's stop, a batch system's time limit) also
-    reaches the local instance's GCS and raylet, which exit; Tune's cleanup then waits 60 s for the GCS and the
-    process ends without its resume line. Once either is gone while Tune still runs, the epilogue runs here and
-    the process exits with the stop's code. Every reported epoch is in epochs.jsonl and the study, and trials
-    resume from their checkpoints, as after `kill -9`."""
-    while _TUNE_RUNNING:
-        if any(_exited(pid) for pid in _RAY_CORE_PIDS):
-            if _TUNE_RUNNING and interrupted():
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(stop_exit_code())
-            return
-        time.sleep(poll_s)
-
-
-def _exited(pid: int) -> bool:
-    """A child that has exited (a zombie until it is reaped) or is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return True
 
 
 def finished_trials(exp_dir: Path) -> dict[str, dict]:

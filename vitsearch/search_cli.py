@@ -451,26 +451,10 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
 
     from .figures import write_html_report
     from .report import TrialOutcome, comparison_line, error_line, summary_table, write_reports
-    from .search import RAY_DIR, ended_trials, finished_trials, on_interrupt, run_search, stop_exit_code, study_storage
-    from .search import interrupted as search_interrupted
+    from .search import RAY_DIR, ended_trials, run_search, stop_exit_code, study_storage
 
     t0 = time.time()
-
-    def interrupted() -> None:  # Ctrl-C or SIGTERM: Tune stopped the trials, or Ray's processes died too
-        ended = ended_trials(results, exp_dir) if results is not None else len(finished_trials(exp_dir))
-        _add_run_time(exp_dir, time.time() - t0)
-        console.print(f"interrupted: {ended} of {space.num_samples} trials finished; nothing is lost. Continue "
-                      f"with: python main.py search --resume {exp_dir}", highlight=False, soft_wrap=True)
-
-    results = None
-    view = LiveView(space, expected_epochs, _slots(space))
-
-    def interrupted_while_tune_runs() -> None:  # the watchdog's: the live table ends first (the cursor back)
-        view.__exit__(None, None, None)
-        interrupted()
-
-    on_interrupt(interrupted_while_tune_runs)
-    with view as live:
+    with LiveView(space, expected_epochs, _slots(space)) as live:
         results = run_search(space, exp_dir, data=data, device=device, address=args.address, storage=storage,
                              verbose=args.verbose, resume=bool(args.resume), live=live, ray_dir=ray_dir,
                              with_defaults=ray_dir == RAY_DIR)
@@ -481,8 +465,9 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         # Ctrl-C (SIGINT): Tune stopped the running trials and saved its state. Every reported epoch is in
         # epochs.jsonl, the study and the trials' checkpoints are kept; the reports wait for the whole search.
         ray.shutdown()
-        on_interrupt(interrupted)  # the live table has ended
-        search_interrupted()
+        _add_run_time(exp_dir, time.time() - t0)
+        console.print(f"interrupted: {ended} of {space.num_samples} trials finished; nothing is lost. Continue "
+                      f"with: python main.py search --resume {exp_dir}", highlight=False, soft_wrap=True)
         return stop_exit_code()
     # Ray is done: stop it (a second or two of waiting on its processes) while the reports are written.
     import threading
