@@ -112,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .config import TrainConfig, absolute_paths, load_config
+    from .config import TrainConfig, absolute_paths, auto_patch_size, load_config
     from .data import load_data
     from .files import check_folder, check_name, write_parquet, write_yaml
-    from .model import auto_patch_size
     from .train import CHECKPOINT_NAME, train
 
+    done = None  # a resumed run's epochs so far
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / CHECKPOINT_NAME).is_file():
@@ -147,9 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                      if cfg.lr_scaling != "none" else f"lr {cfg.lr:.3g} (not scaled by the batch)")
                   + (f", {cfg.distill_mode} distillation (weight {cfg.distill_share:g}) from {cfg.teacher}"
                      if cfg.teacher else ""), highlight=False)
-    rows: list[dict] = []
-    if args.resume and (run_dir / "epochs.parquet").is_file():
-        rows = pd.read_parquet(run_dir / "epochs.parquet").to_dict("records")
+    rows: list[dict] = done.to_dict("records") if done is not None else []
 
     started, first_epoch = time.time(), (rows[-1]["epoch"] if rows else 0) + 1
 

@@ -241,10 +241,14 @@ def folder_image_size(median_side: int, patch_size: int | None) -> int:
     size = min(median_side, NATIVE_SIZE_CAP)
     if patch_size:
         return max(patch_size, size - size % patch_size)
-    for patch in PATCH_CANDIDATES:
-        if size // patch >= MIN_TOKENS_PER_SIDE:
-            return size - size % patch
-    return size
+    patch = _grid_patch(size)
+    return size - size % patch
+
+
+def _grid_patch(size: int) -> int:
+    """The largest of 16, 8, 4, 2, 1 that fits >= 7 times into `size`, dividing it or not (7-14 tokens per side
+    once the size is rounded down to a multiple of it)."""
+    return next((p for p in PATCH_CANDIDATES if size // p >= MIN_TOKENS_PER_SIDE), 1)
 
 
 def _fits_auto_patch(image_size: int) -> bool:
@@ -260,7 +264,7 @@ def _size_rule(c: TrainConfig) -> str:
             and not _fits_auto_patch(c.image_size)):
         return rule
     size, patch = c.image_size, auto_patch_size(c.image_size)
-    fit = next(p for p in PATCH_CANDIDATES if size // p >= MIN_TOKENS_PER_SIDE)  # a grid of 7-14 tokens per side
+    fit = _grid_patch(size)
     return (f"{rule}; with patch_size unset, {patch}-px patches are the largest of 16, 8, 4, 2, 1 that divide it "
             f"into >= 7 tokens per side: {(size // patch) ** 2:,} tokens, more than {MAX_PATCH1_SIZE ** 2:,}; use "
             f"image_size {size - size % fit} or {size - size % fit + fit} ({fit}-px patches), or set patch_size")

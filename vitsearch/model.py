@@ -18,8 +18,6 @@ from torch import nn
 from .config import MODEL_FAMILIES, TrainConfig, auto_patch_size
 from .errors import ConfigError
 
-__all__ = ["auto_patch_size", "build_model"]
-
 
 def architecture(cfg: TrainConfig) -> tuple[str, dict[str, int]]:
     """timm architecture name and width/depth/heads overrides for `cfg`."""
