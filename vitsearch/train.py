@@ -452,12 +452,25 @@ def save_checkpoint(path: Path, run: Trainer, epoch: int, history: list[dict[str
     """Write atomically: a temporary file renamed over the old one, so a crash or a full disk leaves the
     previous one (and the latter is a one-line UserError). `data_shape` is [channels, image size,
     classes] of the data it was trained on (a teacher's input)."""
-    state = {"config": run.cfg.to_dict(), "epoch": epoch, "history": history, "model": run.model.state_dict(),
-             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-             "scaler": run.scaler.state_dict(), "rng": _rng_state(), "data_shape": data_shape}
+    state = {"config": run.cfg.to_dict(), "epoch": epoch, "history": history,
+             "model": _on_cpu(run.model.state_dict()), "optimizer": _on_cpu(run.optimizer.state_dict()),
+             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": _rng_state(),
+             "data_shape": data_shape}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_bytes(buffer.getvalue(), path)
+
+
+def _on_cpu(state: Any) -> Any:
+    """`state` with its tensors in host memory, so that a checkpoint written on a GPU opens with a plain
+    `torch.load` on a machine without one (torch.save would copy them to the host anyway)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {k: _on_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_on_cpu(v) for v in state)
+    return state
 
 
 def load_checkpoint(path: str | Path, cfg: TrainConfig, run: Trainer) -> tuple[int, list[dict[str, Any]]]:
