@@ -55,7 +55,7 @@ def test_accumulation_matches_one_big_batch(tmp_path, precision):
         assert moved.abs().max() > 1e-3, key  # every tensor was updated...
         # ...the same way, up to rounding (fp32: <= 1.3e-4 of the update's norm on a CPU). AdamW's first steps
         # (~lr x the gradient's sign) turn rounding into whole steps where a gradient is near 0: one element
-        # of a GPU's fp32 run (its convolutions in TF32) by 1.4 % of the largest step; in bf16 by up to 29 %
+        # of a GPU's fp32 run (cuDNN may convolve in TF32) by 1.4 % of the largest step; in bf16 by up to 29 %
         # of a tensor's update on a CPU, so bf16 is held to the same loss and gradient norms above.
         if precision == "fp32":
             assert (states[0][key] - states[1][key]).norm() <= 0.01 * moved.norm(), key
