@@ -583,6 +583,7 @@ def test_architecture_knobs_can_be_searched_and_reproduced_by_the_searchs_metric
     (tmp_path / "arch.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     proc = search("--space", str(tmp_path / "arch.yaml"), "--out", str(tmp_path), "--name", "arch")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "<NA>" not in proc.stdout  # the summary shows the defaults' unset depth as "-", as other unset values
     exp = tmp_path / "arch"
     trials = pd.read_parquet(exp / "trials.parquet")
     assert list(trials["status"]) == ["completed"] * 3

@@ -226,6 +226,8 @@ def comparison_line(trials: pd.DataFrame, space: SearchSpace) -> str:
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or value is pd.NA:  # an unset default (`patch_size` None) in an integer column
+        return "-"
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.{digits}g}"
     return str(value)
