@@ -125,6 +125,12 @@ GENERATED = {
                      "invalid device 'tpu'"),
     "a search --name that leaves --out": (lambda t: ["search", "--space", "quickstart", "--name", "../x"],
                                           "--name '../x' must be a folder name inside --out"),
+    "--data with --extend": (lambda t: ["search", "--extend", str(t), "--trials", "2", "--data", "fashion_mnist"],
+                             "--data goes with --space (a new search); --extend continues on the experiment's"),
+    "--name with --resume": (lambda t: ["search", "--resume", str(t), "--name", "again"],
+                             "--name goes with --space (a new search); --resume continues in EXPERIMENT_DIR"),
+    "a train --resume with --name": (lambda t: ["train", "--resume", str(_truncated_checkpoint(t)), "--name", "x"],
+                                     "--name goes with a new run; --resume continues in RUN_DIR"),
     "a train --name with a slash": (lambda t: ["train", "--set", "model=vit_micro", "--name", "a/b"],
                                     "--name 'a/b' must be a folder name inside --out"),
 }

@@ -119,6 +119,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     done = None  # a resumed run's epochs so far
     if args.resume:
+        if args.name:
+            raise UserError("--name goes with a new run; --resume continues in RUN_DIR")
         run_dir = Path(args.resume)
         if not (run_dir / CHECKPOINT_NAME).is_file():
             raise UserError(f"--resume {args.resume!r} is not a train run folder (no {CHECKPOINT_NAME} in it)")

@@ -170,6 +170,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     if len(chosen) != 1:
         raise UserError("give exactly one of --space NAME (a new search), --resume EXPERIMENT_DIR or "
                         "--extend EXPERIMENT_DIR")
+    continued = "--resume" if args.resume else "--extend" if args.extend else None
+    if continued and args.data:  # it was ignored: the trials went on with the experiment's data
+        raise UserError(f"--data goes with --space (a new search); {continued} continues on the experiment's "
+                        "own data (its space.yaml)")
+    if continued and args.name:
+        raise UserError(f"--name goes with --space (a new search); {continued} continues in EXPERIMENT_DIR")
     if args.storage and "://" not in args.storage:  # a local folder: Ray Tune takes only absolute paths
         import os
 
