@@ -31,6 +31,7 @@ FILE_CASES = {
     "space_three_bounds.yaml": "must be [low, high]",
     "space_not_a_config_key.yaml": "search.learning_rate is not a TrainConfig key",
     "space_no_resources.yaml": "a trial needs cpu > 0 or gpu > 0",
+    "space_batch_larger_than_the_data.yaml": "fixed.batch_size is 128, more than the 100 training images of 'digits'",
     "config_yaml_syntax.yaml": "is not valid YAML at line",
     "config_wrong_type.yaml": "invalid value for 'batch_size': '64 images' (must be an int)",
     "config_unknown_key.yaml": "unknown config key 'learning_rate'; valid keys",

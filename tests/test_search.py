@@ -540,6 +540,8 @@ def test_a_config_the_data_cannot_take_fails_once_and_says_why(tmp_path):
     exp = tmp_path / "small"
     trials = pd.read_parquet(exp / "trials.parquet")
     reason = "invalid value for 'batch_size': 512 (must be <= the 300 training images of 'digits')"
+    assert ("the recommended defaults' batch_size 512 is more than the 300 training images of 'digits': that "
+            "trial will fail") in " ".join(proc.stdout.split())  # said in the plan, before the trials
     defaults = trials[trials["is_defaults"]].iloc[0]
     assert (defaults["status"], defaults["reason"], defaults["epochs_run"]) == ("failed", reason, 0)
     assert list(trials.loc[~trials["is_defaults"], "status"]) == ["completed", "completed"]
@@ -560,6 +562,8 @@ def test_a_search_whose_every_trial_fails_still_writes_its_reports(tmp_path):
     (tmp_path / "none.yaml").write_text(yaml.safe_dump(space))
     proc = search("--space", str(tmp_path / "none.yaml"), "--out", str(tmp_path), "--name", "none")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert ("batch_size is TrainConfig's 512 in every trial (the space neither fixes nor searches it), more than "
+            "the 300 training images of 'digits': every trial will fail") in " ".join(proc.stdout.split())
     exp = tmp_path / "none"
     assert list(pd.read_parquet(exp / "trials.parquet")["status"]) == ["failed", "failed"]
     assert not (exp / "best_config.yaml").exists()
@@ -603,6 +607,22 @@ def test_architecture_knobs_can_be_searched_and_reproduced_by_the_searchs_metric
     assert (f"search best - recommended defaults in final val_loss (lower is better): "
             f"{loss['search best'] - loss['recommended defaults']:+.4f}") in out
     assert "mean final val_loss" in (exp / "report.html").read_text()
+
+
+def test_batch_sizes_larger_than_the_data_are_not_sampled(tmp_path):
+    """A space's batch sizes that the data cannot fill (vit_tiny's 512 and 1024 on a folder of a few hundred
+    images) are left out of the study, with a line in the plan; each such trial used to fail at once."""
+    space = {**TINY, "num_samples": 3, "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
+             "search": {"lr": {"loguniform": [1e-3, 3e-3]}, "batch_size": {"choice": [16, 32, 1000]}}}
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(space))
+    proc = search("--space", str(tmp_path / "big.yaml"), "--out", str(tmp_path), "--name", "big")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert ("batch_size 1000 left out of the search: more than the 600 training images of 'digits'\n"
+            in proc.stdout), proc.stdout[:1500]
+    trials = pd.read_parquet(tmp_path / "big" / "trials.parquet")
+    assert list(trials["status"]) == ["completed"] * 3 and set(trials["batch_size"][1:]) <= {16, 32}
+    study = optuna.load_study(study_name="big", storage=f"sqlite:///{tmp_path / 'big' / 'study.db'}")
+    assert all(t.distributions["batch_size"].choices == (16, 32) for t in study.trials[1:])
 
 
 def test_the_plan_probes_the_largest_and_the_smallest_batch(tiny_search):

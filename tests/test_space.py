@@ -1,6 +1,7 @@
 """Search-space files: strict loading, one-line errors naming key, value and rule."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,36 @@ def test_good_space_and_defaults_point():
     space = parse_space(GOOD)
     assert space.defaults_point() == {"lr": 1e-3, "batch_size": 512}  # 512 lies outside: still the first trial
     assert space.trial_config({"lr": 3e-4, "batch_size": 32}).epochs == 4
+
+
+@pytest.mark.parametrize("changes, kept, note", [
+    ({}, {"choice": [32, 64]}, "the recommended defaults' batch_size 512 is more than the 300 training images of "
+                               "'digits': that trial will fail"),
+    ({"search__batch_size": {"choice": [32, 64]}, "fixed__data_subset": 600}, {"choice": [32, 64]}, None),
+    ({"search__batch_size": {"choice": [32, 128, 512, 1024]}}, {"choice": [32, 128]},
+     "batch_size 512, 1024 left out of the search: more than the 300 training images of 'digits' (the "
+     "recommended defaults' batch 512 too: that trial will fail)"),
+    ({"search__batch_size": {"int-log": [16, 4096]}}, {"int-log": [16, 300]}, "batch_size 301-4096 left out"),
+])
+def test_batch_sizes_larger_than_the_data_are_left_out_of_the_search(changes, kept, note):
+    space = parse_space(variant(**changes))
+    fitted, said = space.fit_to_data(space.fixed.get("data_subset", 300), "digits")
+    (kind, values), = kept.items()
+    dist = fitted.search["batch_size"]
+    assert dist.kind == kind and (list(dist.choices) if kind == "choice" else [dist.low, dist.high]) == values
+    assert said == note if note is None else note in said
+    assert fitted.search["lr"] == space.search["lr"] and fitted.source == space.source
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"search__batch_size": {"choice": [512, 1024]}},
+     "search.batch_size: every choice of [512, 1024] is more than the 300 training images of 'digits'"),
+    ({"search__batch_size": {"int": [400, 800]}}, "search.batch_size: its low 400 is more than the 300"),
+    ({"search__batch_size": ..., "fixed__batch_size": 301}, "fixed.batch_size is 301, more than the 300"),
+])
+def test_a_batch_size_the_data_cannot_fill_is_a_space_error(changes, message):
+    with pytest.raises(SpaceError, match=re.escape(message)):
+        parse_space(variant(**changes)).fit_to_data(300, "digits")
 
 
 def test_shipped_spaces_load_by_name():

@@ -236,6 +236,8 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
     if args.space:
         check_folder(args.out, "--out")
     data = load_data(space.trial_config({}))  # once per search; every trial shares it through Ray's object store
+    # batch sizes larger than the data are not sampled
+    space, left_out = space.fit_to_data(len(data.train_y), data.name, args.space or str(exp_dir / SPACE_FILE))
     check_address(args.address, args.verbose)  # a cluster that does not answer: one line, before the probe starts
     # On a CPU the throughput probe runs while Ray starts (mostly waiting on processes); on a GPU after
     # the packing probe, which needs Ray and the whole GPU.
@@ -246,7 +248,7 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
         init_ray(args.address, args.verbose, address_checked=True)  # before anything is written
         space, packing = _packing(space, data, device, run.get("packing"))
         expected_epochs = _print_plan(space, data, device,
-                                      early.result() if early else _Probe(space, data, device).result())
+                                      early.result() if early else _Probe(space, data, device).result(), left_out)
     except BaseException:  # Ray cannot start, or Ctrl-C or SIGTERM before the plan
         if early is not None:
             early.cancel()
@@ -408,7 +410,7 @@ def _packing(space, data, device: str, earlier: dict | None):
     return replace(space, gpu=1.0 / earlier["trials_per_gpu"]), earlier
 
 
-def _print_plan(space, data, device: str, probes: list[tuple[int, float]]) -> float:
+def _print_plan(space, data, device: str, probes: list[tuple[int, float]], note: str | None = None) -> float:
     """The plan and an honest cost estimate from `probes`, (batch size, images/s) of the probed configs:
     an image costs the mean of their times per image. Returns the trial-epochs expected."""
     from .search import expected_trial_epochs
@@ -417,6 +419,8 @@ def _print_plan(space, data, device: str, probes: list[tuple[int, float]]) -> fl
                   f"ASHA grace {space.grace_period} / factor {space.reduction_factor}, metric {space.metric} "
                   f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val",
                   highlight=False, soft_wrap=True)
+    if note:
+        console.print(note, highlight=False, soft_wrap=True)
     slots = _slots(space)
     epochs, epoch_times = expected_trial_epochs(space, slots)
     ips = len(probes) / sum(1.0 / rate for _, rate in probes)

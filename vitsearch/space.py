@@ -33,7 +33,7 @@ trial, but a user attribute `outside_space.<key>`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,37 @@ class SearchSpace:
 
     def trial_config(self, sampled: dict[str, Any]) -> TrainConfig:
         return TrainConfig.from_dict({**self.base_config(), **sampled})
+
+    def fit_to_data(self, train_images: int, data_name: str, origin: str = "space") -> tuple[SearchSpace, str | None]:
+        """The space without the batch sizes that `data` cannot fill (a batch is at most its training
+        images), and a line saying what was left out; a fixed or searched batch size that leaves
+        nothing is a SpaceError. A trial with a larger batch would fail at once, wasting its sample."""
+        n, where = train_images, f"the {train_images} training images of {data_name!r}"
+        if self.fixed.get("batch_size", 0) > n:
+            raise SpaceError(f"{origin}: fixed.batch_size is {self.fixed['batch_size']}, more than {where}")
+        dist, default = self.search.get("batch_size"), TrainConfig().batch_size
+        if dist is None:  # every trial trains at the fixed batch or TrainConfig's
+            return self, (None if "batch_size" in self.fixed or default <= n else
+                          f"batch_size is TrainConfig's {default} in every trial (the space neither fixes nor "
+                          f"searches it), more than {where}: every trial will fail")
+        if dist.kind == "choice":
+            kept = tuple(c for c in dist.choices if c <= n)
+            if not kept:
+                raise SpaceError(f"{origin}: search.batch_size: every choice of {list(dist.choices)} is more "
+                                 f"than {where}")
+            left_out = [c for c in dist.choices if c > n]
+            fitted = replace(dist, choices=kept)
+        else:
+            if dist.low > n:
+                raise SpaceError(f"{origin}: search.batch_size: its low {dist.low} is more than {where}")
+            left_out = [f"{n + 1}-{dist.high}"] if dist.high > n else []
+            fitted = replace(dist, high=min(dist.high, n))
+        if not left_out:
+            return self, (f"the recommended defaults' batch_size {default} is more than {where}: that trial will "
+                          "fail" if default > n else None)
+        note = (f"batch_size {', '.join(map(str, left_out))} left out of the search: more than {where}"
+                + (f" (the recommended defaults' batch {default} too: that trial will fail)" if default > n else ""))
+        return replace(self, search={**self.search, "batch_size": fitted}), note
 
     def with_data(self, data: str) -> SearchSpace:
         """The same space on another dataset spec (the CLI's --data)."""
