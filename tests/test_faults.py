@@ -282,3 +282,39 @@ def test_a_trial_that_dies_before_its_first_report_is_recorded_as_failed(tmp_pat
     reason = " ".join(row["reason"].split())
     line = [x for x in out.splitlines() if x.startswith(f"trial {row['trial_id']} ")]
     assert f"trial {row['trial_id']} failed at epoch 0: {reason}; " in " ".join(out.split()), line
+
+
+CLAIMED_MEANWHILE = """
+import sys
+from pathlib import Path
+
+from vitsearch import search_cli
+from vitsearch.cli import run
+
+exp, real = Path(sys.argv[1]), search_cli._print_plan
+
+def plan_while_another_search_claims(*args, **kwargs):  # it passed the "already exists" check before this one
+    exp.mkdir(parents=True, exist_ok=True)
+    (exp / "space.yaml").write_text("# the other search's space")
+    return real(*args, **kwargs)
+
+search_cli._print_plan = plan_while_another_search_claims
+sys.argv = [sys.argv[0], *sys.argv[2:]]
+run()
+"""
+
+
+def test_two_searches_started_with_one_name_do_not_share_the_folder(tmp_path):
+    """Two searches started together with the same --name both found the folder empty; the second then
+    failed with a traceback from Optuna's storage (an IntegrityError), after replacing the first one's
+    space.yaml. The first to write its space.yaml owns the folder; the other stops in one line, exit 2."""
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(SLOW))
+    exp = tmp_path / "exp"
+    proc = subprocess.run([sys.executable, "-c", CLAIMED_MEANWHILE, str(exp), "search", "--space",
+                           str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--name", "exp"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.stderr.strip() == (f"error: experiment folder {str(exp)!r} was taken by another search started "
+                                   "meanwhile; pick another --name (nothing of either search was changed)")
+    assert sorted(p.name for p in exp.iterdir()) == ["space.yaml"]
+    assert (exp / "space.yaml").read_text() == "# the other search's space"

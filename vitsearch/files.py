@@ -32,12 +32,21 @@ def check_name(name: str | None) -> None:
         raise UserError(f"--name {name!r} must be a folder name inside --out (no '/', not '.' or '..')")
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write, exclusive: bool = False) -> None:
+    """`exclusive`: only if `path` does not exist yet (a hard link fails where a rename would replace), else
+    FileExistsError: of two processes that claim the same file, one wins."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
+    except FileExistsError:
+        tmp.unlink(missing_ok=True)
+        raise
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {str(path)!r}: {exc.strerror or exc}; earlier files are kept") from None
@@ -48,9 +57,9 @@ def write_parquet(df, path: str | Path) -> None:
     _atomic(Path(path), lambda tmp: df.to_parquet(tmp, index=False, engine="pyarrow"))
 
 
-def write_yaml(data: Any, path: str | Path, header: str = "") -> None:
+def write_yaml(data: Any, path: str | Path, header: str = "", exclusive: bool = False) -> None:
     text = header + yaml.safe_dump(data, sort_keys=False)
-    _atomic(Path(path), lambda tmp: tmp.write_text(text))
+    _atomic(Path(path), lambda tmp: tmp.write_text(text), exclusive)
 
 
 def write_bytes(data: bytes, path: str | Path) -> None:

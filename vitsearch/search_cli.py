@@ -218,12 +218,13 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise  # after the search (the reports): the experiment is kept as it is
         # Ctrl-C or SIGTERM before Ray Tune started: nothing was trained, and the experiment folder (the
         # space and the empty study) would be one that --resume cannot continue.
-        if args.space:
+        removed = args.space and getattr(args, "claimed", False)  # not a folder that another search claimed
+        if removed:
             shutil.rmtree(exp_dir, ignore_errors=True)
         elif run_before is not None:
             write_bytes(run_before, exp_dir / RUN_FILE)
         console.print("interrupted before any trial started: nothing was trained" +
-                      (f"; {exp_dir} was removed" if args.space else ""), highlight=False, soft_wrap=True)
+                      (f"; {exp_dir} was removed" if removed else ""), highlight=False, soft_wrap=True)
         return stop_exit_code()
 
 
@@ -255,7 +256,12 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
         raise
     if not args.resume:
         if not args.extend:
-            write_yaml(space.source, exp_dir / SPACE_FILE)
+            try:  # the folder's claim: a search started meanwhile with the same --name wrote its space.yaml
+                write_yaml(space.source, exp_dir / SPACE_FILE, exclusive=True)
+                args.claimed = True  # from here a stop before the first trial removes the folder
+            except FileExistsError:
+                raise UserError(f"experiment folder {str(exp_dir)!r} was taken by another search started "
+                                "meanwhile; pick another --name (nothing of either search was changed)") from None
         extensions = run.get("extensions", 0) + (1 if args.extend else 0)
         extension = {"extension_trials": space.num_samples} if args.extend else {}
         write_bytes(json.dumps({**run, "device": device, "storage": storage, "ray_dir": ray_dir,
