@@ -286,20 +286,20 @@ def test_a_trial_that_dies_before_its_first_report_is_recorded_as_failed(tmp_pat
 
 CLAIMED_MEANWHILE = """
 import sys
-from pathlib import Path
 
-from vitsearch import search_cli
+from vitsearch import files
 from vitsearch.cli import run
 
-exp, real = Path(sys.argv[1]), search_cli._print_plan
+real = files.write_yaml
 
-def plan_while_another_search_claims(*args, **kwargs):  # it passed the "already exists" check before this one
-    exp.mkdir(parents=True, exist_ok=True)
-    (exp / "space.yaml").write_text("# the other search's space")
-    return real(*args, **kwargs)
+def claimed_meanwhile(data, path, *args, exclusive=False, **kwargs):
+    if exclusive and not getattr(claimed_meanwhile, "done", False):  # the other search passed its check too
+        claimed_meanwhile.done = True
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# the other search's space")
+    return real(data, path, *args, exclusive=exclusive, **kwargs)
 
-search_cli._print_plan = plan_while_another_search_claims
-sys.argv = [sys.argv[0], *sys.argv[2:]]
+files.write_yaml = claimed_meanwhile
 run()
 """
 
@@ -307,14 +307,43 @@ run()
 def test_two_searches_started_with_one_name_do_not_share_the_folder(tmp_path):
     """Two searches started together with the same --name both found the folder empty; the second then
     failed with a traceback from Optuna's storage (an IntegrityError), after replacing the first one's
-    space.yaml. The first to write its space.yaml owns the folder; the other stops in one line, exit 2."""
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(SLOW))
+    space.yaml. The first to write its space.yaml owns the folder; the other stops in one line, exit 2.
+    Without --name (the default name has the time to the second, as in a script's loop of searches) the
+    other one goes on in <name>-2."""
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**SLOW, "num_samples": 1}))
     exp = tmp_path / "exp"
-    proc = subprocess.run([sys.executable, "-c", CLAIMED_MEANWHILE, str(exp), "search", "--space",
-                           str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--name", "exp"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    command = [sys.executable, "-c", CLAIMED_MEANWHILE, "search", "--space", str(tmp_path / "s.yaml"), "--out"]
+    proc = subprocess.run([*command, str(tmp_path), "--name", "exp"], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
     assert proc.returncode == 2, (proc.stdout + proc.stderr)[-3000:]
     assert proc.stderr.strip() == (f"error: experiment folder {str(exp)!r} was taken by another search started "
                                    "meanwhile; pick another --name (nothing of either search was changed)")
     assert sorted(p.name for p in exp.iterdir()) == ["space.yaml"]
     assert (exp / "space.yaml").read_text() == "# the other search's space"
+
+    out = tmp_path / "unnamed"
+    proc = subprocess.run([*command, str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    first, second = sorted(out.iterdir(), key=lambda p: len(p.name))
+    assert second.name == first.name + "-2" and (first / "space.yaml").read_text() == "# the other search's space"
+    assert (second / "trials.parquet").is_file() and str(second) in " ".join(proc.stdout.split())
+
+
+def test_two_train_runs_started_together_do_not_share_the_folder(tmp_path):
+    """`train` without --name names its folder by the time to the second: two runs launched together
+    (`for lr in ...; do python main.py train --set lr=$lr & done`) wrote checkpoints and epochs into one
+    folder. Each run now claims its folder (config.yaml, an exclusive create) before it trains."""
+    command = [sys.executable, "-c", CLAIMED_MEANWHILE, "train", "--set", "model=vit_micro", "--set", "image_size=16",
+               "--set", "patch_size=4", "--set", "epochs=1", "--set", "data_subset=128", "--set", "batch_size=32"]
+    proc = subprocess.run([*command, "--out", str(tmp_path), "--name", "run"], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.stderr.strip() == (f"error: run folder {str(tmp_path / 'run')!r} was taken by another run started "
+                                   "meanwhile; pick another --name")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml"]
+    out = tmp_path / "unnamed"
+    proc = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    first, second = sorted(out.iterdir(), key=lambda p: len(p.name))
+    assert second.name == first.name + "-2" and (first / "config.yaml").read_text() == "# the other search's space"
+    assert {"config.yaml", "epochs.parquet", "checkpoint.pt"} <= {p.name for p in second.iterdir()}

@@ -114,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .config import TrainConfig, absolute_paths, auto_patch_size, load_config
     from .data import load_data
-    from .files import check_folder, check_name, write_parquet, write_yaml
+    from .files import check_folder, check_name, free_folder, write_parquet, write_yaml
     from .train import CHECKPOINT_NAME, train
 
     done = None  # a resumed run's epochs so far
@@ -136,11 +136,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = TrainConfig.from_dict(absolute_paths(load_config(args.config, args.set).to_dict(), os.getcwd()))
         check_name(args.name)
-        run_dir = Path(args.out) / (args.name or time.strftime("train-%Y%m%d-%H%M%S"))
+        base = Path(args.out) / (args.name or time.strftime("train-%Y%m%d-%H%M%S"))
+        run_dir = base if args.name else free_folder(base)  # runs launched in the same second: -2, -3, ...
         if run_dir.exists() and any(run_dir.iterdir()):
             raise UserError(f"run folder {str(run_dir)!r} already exists; pick another --name or use --resume")
         check_folder(args.out, "--out")
     data = load_data(cfg)
+    made: list[Path] | None = None  # a new run's folder, claimed before it trains, and the folders it made
+    while not args.resume:  # another run started meanwhile may have written its config.yaml
+        made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+        try:
+            write_yaml(cfg.to_dict(), run_dir / "config.yaml", exclusive=True)
+            break
+        except FileExistsError:
+            if args.name:
+                raise UserError(f"run folder {str(run_dir)!r} was taken by another run started meanwhile; pick "
+                                "another --name") from None
+            run_dir = free_folder(base)
     console.print(f"[bold]train[/] {cfg.model} on {data.name}: {len(data.train_y)} train / {len(data.val_y)} val "
                   f"images, {data.image_size}px x{data.channels}, {data.num_classes} classes, "
                   + (f"patch {cfg.patch_size or auto_patch_size(data.image_size)}, " if cfg.is_vit else "")
@@ -154,8 +166,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     started, first_epoch = time.time(), (rows[-1]["epoch"] if rows else 0) + 1
 
     def report(metrics: dict) -> None:
-        if not rows:  # written with the first epoch's results, so a run that fails to start leaves nothing
-            write_yaml(cfg.to_dict(), run_dir / "config.yaml")
         rows.append(metrics)
         write_parquet(pd.DataFrame(rows), run_dir / "epochs.parquet")
         # the time left at this run's mean time per epoch so far (model build and first-epoch warm-up included)
@@ -169,7 +179,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train(cfg, report, data=data, device=args.device, checkpoint_dir=run_dir,
                        resume_from=run_dir if args.resume else None)
-    except NonFiniteLossError as exc:
+    except BaseException as exc:
+        if made is not None and not rows:  # a new run stopped before its first epoch: it leaves nothing
+            for name in ("config.yaml", CHECKPOINT_NAME):
+                (run_dir / name).unlink(missing_ok=True)
+            for folder in made:  # only folders this run made, and only while empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        if not isinstance(exc, NonFiniteLossError):
+            raise
         err_console.print(f"[red]diverged:[/] {escape(str(exc))}; metrics of earlier epochs are in "
                           f"{escape(str(run_dir))}/epochs.parquet",
                           highlight=False)

@@ -32,6 +32,16 @@ def check_name(name: str | None) -> None:
         raise UserError(f"--name {name!r} must be a folder name inside --out (no '/', not '.' or '..')")
 
 
+def free_folder(base: Path) -> Path:
+    """`base`, or the first of `base`-2, -3, ... that does not exist or is empty: a default run or
+    experiment name holds the time to the second, which runs launched together (a script's loop) share."""
+    for k in range(1, 10_000):
+        path = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+            return path
+    raise UserError(f"no free folder name next to {str(base)!r}; give --name")
+
+
 def _atomic(path: Path, write, exclusive: bool = False) -> None:
     """`exclusive`: only if `path` does not exist yet (a hard link fails where a rename would replace), else
     FileExistsError: of two processes that claim the same file, one wins."""

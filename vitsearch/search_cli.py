@@ -163,7 +163,7 @@ def _error_line(trial) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     import shutil
 
-    from .files import check_name, write_bytes
+    from .files import check_name, free_folder, write_bytes
     from .search import RAY_DIR, RUN_FILE
 
     chosen = [flag for flag in ("space", "resume", "extend") if getattr(args, flag)]
@@ -202,9 +202,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         space = load_space_arg(args.space, args.data)
         check_name(args.name)
-        exp_dir = Path(args.out) / (args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if exp_dir.exists() and any(exp_dir.iterdir()):
-            raise UserError(f"experiment folder {str(exp_dir)!r} already exists; use --resume or another --name")
+        if args.name:
+            exp_dir = Path(args.out) / args.name
+            if exp_dir.exists() and any(exp_dir.iterdir()):
+                raise UserError(f"experiment folder {str(exp_dir)!r} already exists; use --resume or another --name")
+        else:  # searches launched in the same second (a script's loop) get -2, -3, ...
+            args.default_dir = Path(args.out) / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            exp_dir = free_folder(args.default_dir)
         device, storage, ray_dir, run = args.device, args.storage, RAY_DIR, {}
 
     from .search import SEARCH_STARTED, stop_exit_code, stop_on_sigterm
@@ -218,19 +222,19 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise  # after the search (the reports): the experiment is kept as it is
         # Ctrl-C or SIGTERM before Ray Tune started: nothing was trained, and the experiment folder (the
         # space and the empty study) would be one that --resume cannot continue.
-        removed = args.space and getattr(args, "claimed", False)  # not a folder that another search claimed
+        removed = getattr(args, "claimed", None) if args.space else None  # never a folder another search claimed
         if removed:
-            shutil.rmtree(exp_dir, ignore_errors=True)
+            shutil.rmtree(removed, ignore_errors=True)
         elif run_before is not None:
             write_bytes(run_before, exp_dir / RUN_FILE)
         console.print("interrupted before any trial started: nothing was trained" +
-                      (f"; {exp_dir} was removed" if removed else ""), highlight=False, soft_wrap=True)
+                      (f"; {removed} was removed" if removed else ""), highlight=False, soft_wrap=True)
         return stop_exit_code()
 
 
 def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, run: dict, args) -> int:
     from .data import load_data
-    from .files import check_folder, write_bytes, write_yaml
+    from .files import check_folder, free_folder, write_bytes, write_yaml
     from .search import RUN_FILE, SPACE_FILE, check_address, check_storage, init_ray
 
     check_storage(storage)  # before anything is loaded, started or written
@@ -256,12 +260,17 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
         raise
     if not args.resume:
         if not args.extend:
-            try:  # the folder's claim: a search started meanwhile with the same --name wrote its space.yaml
-                write_yaml(space.source, exp_dir / SPACE_FILE, exclusive=True)
-                args.claimed = True  # from here a stop before the first trial removes the folder
-            except FileExistsError:
-                raise UserError(f"experiment folder {str(exp_dir)!r} was taken by another search started "
-                                "meanwhile; pick another --name (nothing of either search was changed)") from None
+            while True:  # the folder's claim: another search started meanwhile may have written its space.yaml
+                try:
+                    write_yaml(space.source, exp_dir / SPACE_FILE, exclusive=True)
+                    args.claimed = exp_dir  # from here a stop before the first trial removes the folder
+                    break
+                except FileExistsError:
+                    if args.name:
+                        raise UserError(f"experiment folder {str(exp_dir)!r} was taken by another search started "
+                                        "meanwhile; pick another --name (nothing of either search was changed)"
+                                        ) from None
+                    exp_dir = free_folder(args.default_dir)
         extensions = run.get("extensions", 0) + (1 if args.extend else 0)
         extension = {"extension_trials": space.num_samples} if args.extend else {}
         write_bytes(json.dumps({**run, "device": device, "storage": storage, "ray_dir": ray_dir,
