@@ -113,3 +113,29 @@ def test_loader_processes_started_by_spawn_or_forkserver_do_not_run_the_command_
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("final val_acc") == 1, proc.stdout
+
+
+def test_reproduce_checks_out_before_training_and_never_overwrites_another(tmp_path, monkeypatch, capsys):
+    """`reproduce` writes only after every run (hours with the defaults' 100 epochs): an --out it cannot
+    write is one line before any training (it failed after all of it), and two runs started in the same
+    second each keep their reproduce.parquet (the second replaced the first's). The training itself is
+    replaced here by canned rows: what is tested is where they go."""
+    from vitsearch import cli, reproduce
+
+    trained = []
+
+    def canned(configs, seeds, *args, **kwargs):
+        trained.append(seeds)
+        return pd.DataFrame([{"config": "recommended defaults", "seed": s, "final_val_acc": 0.5 + s / 10,
+                              "final_val_loss": 1.0, "final_train_loss": 1.0, "epochs": 100, "wall_s": 1.0}
+                             for s in range(seeds)])
+
+    monkeypatch.setattr(reproduce, "run", canned)
+    assert cli.main(["reproduce", "--seeds", "1", "--out", "/proc/x/y"]) == 2
+    assert "--out '/proc/x/y': cannot make a folder in '/proc'" in capsys.readouterr().err and not trained
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt, *a: "reproduce-20261127-090000")
+    for seeds in (1, 2):
+        assert cli.main(["reproduce", "--seeds", str(seeds), "--out", str(tmp_path)]) == 0
+    first, second = tmp_path / "reproduce-20261127-090000", tmp_path / "reproduce-20261127-090000-2"
+    assert [len(pd.read_parquet(f / "reproduce.parquet")) for f in (first, second)] == [1, 2]
+    assert f"wrote {second}/reproduce.parquet" in " ".join(capsys.readouterr().out.split())

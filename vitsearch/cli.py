@@ -217,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from . import reproduce
     from .config import TrainConfig
-    from .files import write_parquet
+    from .files import check_folder, free_folder, write_parquet
 
     if args.seeds < 1:
         raise UserError(f"--seeds is {args.seeds}, but must be >= 1")
@@ -226,9 +226,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         defaults, best, metric = reproduce.defaults_for(Path(args.source))  # compared by the search's metric
         configs = {"recommended defaults": defaults, "search best": best}
         out_dir = Path(args.source)
+        check_folder(out_dir, "--from")  # written only after every run: a folder it cannot write fails now
     else:
         configs = {"recommended defaults": TrainConfig()}
-        out_dir = Path(args.out) / time.strftime("reproduce-%Y%m%d-%H%M%S")
+        stamp = time.strftime("reproduce-%Y%m%d-%H%M%S")
+        out_dir = Path(args.out) / stamp
+        check_folder(args.out, "--out")
     if args.data:
         from .config import absolute_paths
 
@@ -249,7 +252,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     runs = reproduce.run(configs, args.seeds, args.device, progress=lambda row: console.print(
         f"{row['config']:>20}  seed {row['seed']}  final {metric} {row[f'final_{metric}']:.4f}  "
         f"({row['epochs']} epochs, {row['wall_s']:.0f} s)", highlight=False), on_epoch=on_epoch)
-    write_parquet(runs, out_dir / "reproduce.parquet")
+    while True:
+        try:  # without --from: a folder of its own, also where another reproduce started in the same second
+            write_parquet(runs, out_dir / "reproduce.parquet", exclusive=not args.source)
+            break
+        except FileExistsError:
+            out_dir = free_folder(Path(args.out) / stamp)
     table = Table(title=f"final {metric} over {args.seeds} seed(s), full budget")
     for col in ("config", "mean", "std", "seeds"):
         table.add_column(col, justify="right")

@@ -62,9 +62,9 @@ def _atomic(path: Path, write, exclusive: bool = False) -> None:
         raise UserError(f"cannot write {str(path)!r}: {exc.strerror or exc}; earlier files are kept") from None
 
 
-def write_parquet(df, path: str | Path) -> None:
+def write_parquet(df, path: str | Path, exclusive: bool = False) -> None:
     """Write a pandas DataFrame as Parquet (pyarrow), atomically."""
-    _atomic(Path(path), lambda tmp: df.to_parquet(tmp, index=False, engine="pyarrow"))
+    _atomic(Path(path), lambda tmp: df.to_parquet(tmp, index=False, engine="pyarrow"), exclusive)
 
 
 def write_yaml(data: Any, path: str | Path, header: str = "", exclusive: bool = False) -> None:
