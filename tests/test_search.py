@@ -271,6 +271,13 @@ def test_resume_after_a_killed_search_loses_and_reruns_nothing(tmp_path):
                             stderr=subprocess.DEVNULL, start_new_session=True)
     log = exp / "epochs.jsonl"
     deadline = time.time() + 300
+    while not log.is_file() and time.time() < deadline:
+        time.sleep(0.1)
+    # while it runs, a --resume of it (a second search in its folder: both used to run, and both wrote reports)
+    busy = search("--resume", str(exp))
+    assert busy.returncode == 2 and busy.stderr.strip() == (
+        f"error: experiment {str(exp)!r} is in use by a search that is still running (pid {proc.pid}); wait for it "
+        "to end, or stop it, then --resume"), busy.stdout[-2000:] + busy.stderr[-2000:]
     while time.time() < deadline:  # kill once two trials have finished and another is half-way
         rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
         latest = {}

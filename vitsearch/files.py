@@ -42,6 +42,29 @@ def free_folder(base: Path) -> Path:
     raise UserError(f"no free folder name next to {str(base)!r}; give --name")
 
 
+_HELD: list[int] = []  # lock files held until the process ends
+
+
+def lock_experiment(exp_dir: Path) -> None:
+    """Hold an exclusive lock on `exp_dir`/.lock until this process ends (the OS drops it then, after
+    `kill -9` too): a second search in the same experiment (a --resume while it still runs) is refused."""
+    try:
+        import fcntl
+    except ImportError:  # not on Windows
+        return
+    fd = os.open(exp_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UserError(f"experiment {str(exp_dir)!r} is in use by a search that is still running (pid {pid}); "
+                        "wait for it to end, or stop it, then --resume") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD.append(fd)
+
+
 def _atomic(path: Path, write, exclusive: bool = False) -> None:
     """`exclusive`: only if `path` does not exist yet (a hard link fails where a rename would replace), else
     FileExistsError: of two processes that claim the same file, one wins."""

@@ -163,7 +163,7 @@ def _error_line(trial) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     import shutil
 
-    from .files import check_name, free_folder, write_bytes
+    from .files import check_name, free_folder, lock_experiment, write_bytes
     from .search import RAY_DIR, RUN_FILE
 
     chosen = [flag for flag in ("space", "resume", "extend") if getattr(args, flag)]
@@ -213,6 +213,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from .search import SEARCH_STARTED, stop_exit_code, stop_on_sigterm
 
+    if not args.space:  # a new search locks its folder once it has claimed it
+        lock_experiment(exp_dir)
     stop_on_sigterm()  # from here `kill PID` stops the search as Ctrl-C does
     run_before = (exp_dir / RUN_FILE).read_bytes() if args.extend else None
     try:
@@ -234,7 +236,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, run: dict, args) -> int:
     from .data import load_data
-    from .files import check_folder, free_folder, write_bytes, write_yaml
+    from .files import check_folder, free_folder, lock_experiment, write_bytes, write_yaml
     from .search import RUN_FILE, SPACE_FILE, check_address, check_storage, init_ray
 
     check_storage(storage)  # before anything is loaded, started or written
@@ -264,6 +266,7 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
                 try:
                     write_yaml(space.source, exp_dir / SPACE_FILE, exclusive=True)
                     args.claimed = exp_dir  # from here a stop before the first trial removes the folder
+                    lock_experiment(exp_dir)
                     break
                 except FileExistsError:
                     if args.name:
