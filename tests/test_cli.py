@@ -139,3 +139,24 @@ def test_reproduce_checks_out_before_training_and_never_overwrites_another(tmp_p
     first, second = tmp_path / "reproduce-20261127-090000", tmp_path / "reproduce-20261127-090000-2"
     assert [len(pd.read_parquet(f / "reproduce.parquet")) for f in (first, second)] == [1, 2]
     assert f"wrote {second}/reproduce.parquet" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("hard_links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_an_exclusive_write_claims_a_file_once(tmp_path, monkeypatch, hard_links):
+    """How a run or search claims its folder (its config.yaml or space.yaml), also on a filesystem without
+    hard links (some network and FUSE mounts refuse os.link): the first writer wins, the second gets
+    FileExistsError and the first one's content stays; no temporary file is left."""
+    import os
+
+    from vitsearch.files import write_yaml
+
+    if not hard_links:
+        def no_link(*args):
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    write_yaml({"who": "first"}, tmp_path / "claim.yaml", exclusive=True)
+    with pytest.raises(FileExistsError):
+        write_yaml({"who": "second"}, tmp_path / "claim.yaml", exclusive=True)
+    assert yaml.safe_load((tmp_path / "claim.yaml").read_text()) == {"who": "first"}
+    assert [p.name for p in tmp_path.iterdir()] == ["claim.yaml"]

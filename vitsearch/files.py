@@ -52,7 +52,10 @@ def lock_experiment(exp_dir: Path) -> None:
         import fcntl
     except ImportError:  # not on Windows
         return
-    fd = os.open(exp_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(exp_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a folder it cannot write: the search's own first write says so in one line
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -60,6 +63,9 @@ def lock_experiment(exp_dir: Path) -> None:
         os.close(fd)
         raise UserError(f"experiment {str(exp_dir)!r} is in use by a search that is still running (pid {pid}); "
                         "wait for it to end, or stop it, then --resume") from None
+    except OSError:  # a filesystem without locks (some network mounts): the search goes on unlocked
+        os.close(fd)
+        return
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     _HELD.append(fd)
@@ -73,8 +79,14 @@ def _atomic(path: Path, write, exclusive: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         if exclusive:
-            os.link(tmp, path)
-            tmp.unlink()
+            try:
+                os.link(tmp, path)
+                tmp.unlink()
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links: claim the name by an exclusive create
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                os.replace(tmp, path)
         else:
             os.replace(tmp, path)
     except FileExistsError:
