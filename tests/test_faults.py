@@ -293,10 +293,10 @@ from vitsearch.cli import run
 real = files.write_yaml
 
 def claimed_meanwhile(data, path, *args, exclusive=False, **kwargs):
-    if exclusive and not getattr(claimed_meanwhile, "done", False):  # the other search passed its check too
+    if exclusive and not getattr(claimed_meanwhile, "done", False):  # the other run passed its check too
         claimed_meanwhile.done = True
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# the other search's space")
+        path.write_text("# written by the other run")
     return real(data, path, *args, exclusive=exclusive, **kwargs)
 
 files.write_yaml = claimed_meanwhile
@@ -319,13 +319,13 @@ def test_two_searches_started_with_one_name_do_not_share_the_folder(tmp_path):
     assert proc.stderr.strip() == (f"error: experiment folder {str(exp)!r} was taken by another search started "
                                    "meanwhile; pick another --name (nothing of either search was changed)")
     assert sorted(p.name for p in exp.iterdir()) == ["space.yaml"]
-    assert (exp / "space.yaml").read_text() == "# the other search's space"
+    assert (exp / "space.yaml").read_text() == "# written by the other run"
 
     out = tmp_path / "unnamed"
     proc = subprocess.run([*command, str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     first, second = sorted(out.iterdir(), key=lambda p: len(p.name))
-    assert second.name == first.name + "-2" and (first / "space.yaml").read_text() == "# the other search's space"
+    assert second.name == first.name + "-2" and (first / "space.yaml").read_text() == "# written by the other run"
     assert (second / "trials.parquet").is_file() and str(second) in " ".join(proc.stdout.split())
 
 
@@ -345,5 +345,5 @@ def test_two_train_runs_started_together_do_not_share_the_folder(tmp_path):
     proc = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     first, second = sorted(out.iterdir(), key=lambda p: len(p.name))
-    assert second.name == first.name + "-2" and (first / "config.yaml").read_text() == "# the other search's space"
+    assert second.name == first.name + "-2" and (first / "config.yaml").read_text() == "# written by the other run"
     assert {"config.yaml", "epochs.parquet", "checkpoint.pt"} <= {p.name for p in second.iterdir()}
