@@ -114,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .config import TrainConfig, absolute_paths, auto_patch_size, load_config
     from .data import load_data
-    from .files import check_folder, check_name, free_folder, write_parquet, write_yaml
+    from .files import check_folder, check_name, claim_folder, free_folder, write_parquet, write_yaml
     from .train import CHECKPOINT_NAME, train
 
     done = None  # a resumed run's epochs so far
@@ -143,16 +143,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_folder(args.out, "--out")
     data = load_data(cfg)
     made: list[Path] | None = None  # a new run's folder, claimed before it trains, and the folders it made
-    while not args.resume:  # another run started meanwhile may have written its config.yaml
-        made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
-        try:
-            write_yaml(cfg.to_dict(), run_dir / "config.yaml", exclusive=True)
-            break
-        except FileExistsError:
-            if args.name:
-                raise UserError(f"run folder {str(run_dir)!r} was taken by another run started meanwhile; pick "
-                                "another --name") from None
-            run_dir = free_folder(base)
+
+    def claim(folder: Path) -> None:  # another run started meanwhile may have written its config.yaml
+        nonlocal made
+        made = [p for p in (folder, *folder.parents) if not p.exists()]
+        write_yaml(cfg.to_dict(), folder / "config.yaml", exclusive=True)
+
+    if not args.resume:
+        run_dir = claim_folder(run_dir, None if args.name else base, claim,
+                               f"run folder {str(run_dir)!r} was taken by another run started meanwhile; pick "
+                               "another --name")
     console.print(f"[bold]train[/] {cfg.model} on {data.name}: {len(data.train_y)} train / {len(data.val_y)} val "
                   f"images, {data.image_size}px x{data.channels}, {data.num_classes} classes, "
                   + (f"patch {cfg.patch_size or auto_patch_size(data.image_size)}, " if cfg.is_vit else "")
@@ -217,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from . import reproduce
     from .config import TrainConfig
-    from .files import check_folder, free_folder, write_parquet
+    from .files import check_folder, claim_folder, write_parquet
 
     if args.seeds < 1:
         raise UserError(f"--seeds is {args.seeds}, but must be >= 1")
@@ -229,8 +229,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         check_folder(out_dir, "--from")  # written only after every run: a folder it cannot write fails now
     else:
         configs = {"recommended defaults": TrainConfig()}
-        stamp = time.strftime("reproduce-%Y%m%d-%H%M%S")
-        out_dir = Path(args.out) / stamp
+        out_dir = Path(args.out) / time.strftime("reproduce-%Y%m%d-%H%M%S")
         check_folder(args.out, "--out")
     if args.data:
         from .config import absolute_paths
@@ -252,12 +251,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     runs = reproduce.run(configs, args.seeds, args.device, progress=lambda row: console.print(
         f"{row['config']:>20}  seed {row['seed']}  final {metric} {row[f'final_{metric}']:.4f}  "
         f"({row['epochs']} epochs, {row['wall_s']:.0f} s)", highlight=False), on_epoch=on_epoch)
-    while True:
-        try:  # without --from: a folder of its own, also where another reproduce started in the same second
-            write_parquet(runs, out_dir / "reproduce.parquet", exclusive=not args.source)
-            break
-        except FileExistsError:
-            out_dir = free_folder(Path(args.out) / stamp)
+    if args.source:
+        write_parquet(runs, out_dir / "reproduce.parquet")
+    else:  # a folder of its own, also where another reproduce started in the same second
+        out_dir = claim_folder(out_dir, out_dir, lambda folder: write_parquet(runs, folder / "reproduce.parquet",
+                                                                              exclusive=True), "")
     table = Table(title=f"final {metric} over {args.seeds} seed(s), full budget")
     for col in ("config", "mean", "std", "seeds"):
         table.add_column(col, justify="right")

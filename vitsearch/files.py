@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,20 @@ def free_folder(base: Path) -> Path:
         if not path.exists() or (path.is_dir() and not any(path.iterdir())):
             return path
     raise UserError(f"no free folder name next to {str(base)!r}; give --name")
+
+
+def claim_folder(folder: Path, base: Path | None, write: Callable[[Path], None], taken: str) -> Path:
+    """A new run's or search's folder, claimed by `write(folder)`, which writes its first file exclusively:
+    of processes started together, the first wins. Where another took it meanwhile: with `base` (a default
+    name) the first free one of `base`, `base`-2, ...; without (a name the user gave), UserError `taken`."""
+    while True:
+        try:
+            write(folder)
+            return folder
+        except FileExistsError:
+            if base is None:
+                raise UserError(taken) from None
+            folder = free_folder(base)
 
 
 _HELD: list[int] = []  # lock files held until the process ends

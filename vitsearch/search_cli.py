@@ -236,7 +236,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, run: dict, args) -> int:
     from .data import load_data
-    from .files import check_folder, free_folder, lock_experiment, write_bytes, write_yaml
+    from .files import check_folder, claim_folder, lock_experiment, write_bytes, write_yaml
     from .search import RUN_FILE, SPACE_FILE, check_address, check_storage, init_ray
 
     check_storage(storage)  # before anything is loaded, started or written
@@ -262,18 +262,13 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
         raise
     if not args.resume:
         if not args.extend:
-            while True:  # the folder's claim: another search started meanwhile may have written its space.yaml
-                try:
-                    write_yaml(space.source, exp_dir / SPACE_FILE, exclusive=True)
-                    args.claimed = exp_dir  # from here a stop before the first trial removes the folder
-                    lock_experiment(exp_dir)
-                    break
-                except FileExistsError:
-                    if args.name:
-                        raise UserError(f"experiment folder {str(exp_dir)!r} was taken by another search started "
-                                        "meanwhile; pick another --name (nothing of either search was changed)"
-                                        ) from None
-                    exp_dir = free_folder(args.default_dir)
+            # another search started meanwhile may have written its space.yaml
+            exp_dir = claim_folder(exp_dir, None if args.name else args.default_dir,
+                                   lambda folder: write_yaml(space.source, folder / SPACE_FILE, exclusive=True),
+                                   f"experiment folder {str(exp_dir)!r} was taken by another search started "
+                                   "meanwhile; pick another --name (nothing of either search was changed)")
+            args.claimed = exp_dir  # from here a stop before the first trial removes the folder
+            lock_experiment(exp_dir)
         extensions = run.get("extensions", 0) + (1 if args.extend else 0)
         extension = {"extension_trials": space.num_samples} if args.extend else {}
         write_bytes(json.dumps({**run, "device": device, "storage": storage, "ray_dir": ray_dir,
