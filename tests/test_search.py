@@ -747,3 +747,52 @@ def test_trial_actors_start_on_the_workers_ray_prestarted(tmp_path, pl_disable_f
         assert set(found["trials"]) <= set(found["prestarted"]), found
     else:
         assert not set(found["trials"]) & set(found["prestarted"]), found
+
+
+def test_a_restored_searcher_proposes_new_configs_after_the_ones_it_reissues(tmp_path):
+    """After a killed driver, Tune restores a searcher snapshot that can predate the last trials it
+    proposed; those are re-issued as they were, and the next proposals must be new configs (the
+    snapshot's sampler used to draw the re-issued trials' configs again: one config trained twice)."""
+    from vitsearch.search import CHECKPOINT_OF, _searcher_class
+
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+             "batch_size": optuna.distributions.CategoricalDistribution([32, 64, 128])}
+
+    def searcher():
+        return _searcher_class()(space=space, metric="val_acc", mode="max", seed=0, startup_trials=10,
+                                 study_name="s", storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}"),
+                                 max_epochs=4, worst=0.0, defaults=None, defaults_inside=set())
+
+    first = searcher()
+    proposed = [first.suggest(f"a{i}") for i in range(2)]
+    first.save(str(tmp_path / "snapshot.pkl"))  # Tune's experiment snapshot
+    lost = [first.suggest(f"a{i}") for i in range(2, 4)]  # created after it; then the driver is killed
+    restored = searcher()
+    restored.restore(str(tmp_path / "snapshot.pkl"))
+    reissued = [restored.suggest(f"b{i}") for i in range(2)]
+    assert [{k: v for k, v in p.items() if k != CHECKPOINT_OF} for p in reissued] == lost
+    assert [p[CHECKPOINT_OF] for p in reissued] == ["a2", "a3"]
+    new = [restored.suggest(f"b{i}") for i in range(2, 5)]
+    configs = [tuple(sorted(p.items())) for p in proposed + lost + new]
+    assert len(set(configs)) == len(configs), new
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert len(study.trials) == 7
+
+
+def test_a_trial_restarted_from_a_checkpoint_keeps_only_its_last_attempts_epochs(tmp_path):
+    """Trial a ran epochs 1-6, lost those past its epoch-2 checkpoint, and stopped at epoch 3 after the
+    restart: its history is epochs 1-3 of the attempt that went on. Trial old, lost with a killed driver
+    after epoch 4, was continued by b from its epoch-2 checkpoint."""
+    from vitsearch.report import read_epoch_log
+
+    def row(trial, epoch, acc):
+        return {"trial_id": trial, "epoch": epoch, "train_loss": 1.0, "val_loss": 1.0, "val_acc": acc, "lr": 1e-3,
+                "grad_norm": 1.0, "grad_norm_max": 1.0, "images_per_s": 100.0, "epoch_time_s": 1.0,
+                "micro_batch_size": 32, "time_total_s": float(epoch), "node_id": "n"}
+
+    lines = [row("a", e, 0.1 * e) for e in range(1, 7)] + [row("old", e, 0.3) for e in range(1, 5)]
+    lines += [row("a", 3, 0.05), row("b", 3, 0.4), row("b", 4, 0.5)]
+    (tmp_path / "epochs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"trial_id": "b", "ep')
+    epochs = read_epoch_log(tmp_path / "epochs.jsonl", aliases={"old": "b"})
+    assert list(zip(epochs["trial_id"], epochs["epoch"], epochs["val_acc"].round(2))) == [
+        ("a", 1, 0.1), ("a", 2, 0.2), ("a", 3, 0.05), ("b", 1, 0.3), ("b", 2, 0.3), ("b", 3, 0.4), ("b", 4, 0.5)]

@@ -49,8 +49,11 @@ CHECKPOINT_OF = "_checkpoint_of"  # config key of a trial re-issued after a kill
 
 
 def read_epoch_log(path: Path, aliases: dict[str, str] | None = None) -> pd.DataFrame:
-    """Every recorded epoch; a resumed trial's re-run epochs replace the earlier rows; torn lines skipped.
-    `aliases` maps the id of a trial lost with a killed driver to the trial that continued it."""
+    """Every recorded epoch of each trial's last attempt; torn lines skipped. A trial restarted from a
+    checkpoint (retry, lost node, resumed search) reports again from the epoch after it: its rows from
+    that epoch on replace the earlier ones, and the epochs its lost attempt ran past the checkpoint are
+    dropped (they were never part of the run that went on). `aliases` maps the id of a trial lost with a
+    killed driver to the trial that continued it."""
     aliases = aliases or {}
     rows = []
     if path.is_file():
@@ -60,10 +63,15 @@ def read_epoch_log(path: Path, aliases: dict[str, str] | None = None) -> pd.Data
             except json.JSONDecodeError:
                 continue  # the last line of a killed driver's log
     rows = [r for r in rows if not r.get("diverged") and not r.get("failed") and "epoch" in r and r["epoch"] > 0]
-    for r in rows:
+    attempts: dict[str, list[dict]] = {}
+    for r in rows:  # in the order reported
         r["trial_id"] = aliases.get(r["trial_id"], r["trial_id"])
-    df = pd.DataFrame(rows, columns=list(EPOCH_COLUMNS))
-    df = df.drop_duplicates(["trial_id", "epoch"], keep="last").sort_values(["trial_id", "epoch"])
+        kept = attempts.setdefault(r["trial_id"], [])
+        while kept and kept[-1]["epoch"] >= r["epoch"]:
+            kept.pop()
+        kept.append(r)
+    df = pd.DataFrame([r for kept in attempts.values() for r in kept], columns=list(EPOCH_COLUMNS))
+    df = df.sort_values(["trial_id", "epoch"])
     return df.astype(EPOCH_COLUMNS).reset_index(drop=True)
 
 

@@ -168,14 +168,37 @@ def _searcher_class():
         """OptunaSearch that tells PRUNED for trials ASHA stopped before `max_epochs`."""
 
         def __init__(self, *args, max_epochs: int, worst: float, defaults: dict[str, Any],
-                     defaults_inside: set[str], **kwargs):
+                     defaults_inside: set[str], seed: int, startup_trials: int, **kwargs):
             self.max_epochs, self.worst, self.defaults = max_epochs, worst, defaults
             self.defaults_inside = defaults_inside
             self._last: dict[str, dict] = {}
             self._reported: dict[str, set[int]] = {}
-            super().__init__(*args, **kwargs)
+            self._sampler_settings = (seed, startup_trials)
+            super().__init__(*args, sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials),
+                             **kwargs)
             # trials of earlier runs on this study (an extended search) are never re-issued as orphans
             self._first_number = len(self._ot_study.get_trials(deepcopy=False))
+            if self._first_number:
+                self._reseed()
+
+        def restore(self, checkpoint_path: str) -> None:
+            super().restore(checkpoint_path)
+            self._reseed()
+
+        def _reseed(self) -> None:
+            """A sampler for a study that already holds trials: seeded from the space's seed and their
+            number. A resumed search's searcher is a snapshot that can predate the last trials it proposed,
+            and its sampler would draw what it drew for them again: after a killed driver, the first new
+            trials had the configs of the ones re-issued as orphans (the same config trained twice). An
+            extension's sampler likewise replayed the first run's random start-up draws."""
+            import numpy as np
+
+            if getattr(self, "_sampler_settings", None) is None:  # a snapshot from an older version
+                return
+            seed, startup = self._sampler_settings
+            number = len(self._ot_study.get_trials(deepcopy=False))
+            drawn = int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+            self._sampler = self._ot_study.sampler = optuna.samplers.TPESampler(seed=drawn, n_startup_trials=startup)
 
         def suggest(self, trial_id: str):
             orphan = self._next_orphan()
@@ -702,7 +725,7 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
         defaults = space.defaults_point() if with_defaults else None
         searcher = _searcher_class()(
             space={k: d.to_optuna() for k, d in space.search.items()}, metric=space.metric, mode=space.mode,
-            sampler=optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=startup_trials(space.num_samples)),
+            seed=space.seed, startup_trials=startup_trials(space.num_samples),
             study_name=exp_dir.name, storage=optuna.storages.RDBStorage(study_storage(exp_dir)),
             max_epochs=space.max_epochs, worst=space.worst, defaults=defaults,
             defaults_inside={k for k, v in (defaults or {}).items() if space.search[k].contains(v)})
