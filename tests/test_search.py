@@ -466,6 +466,11 @@ def test_reproduce_compares_best_and_defaults_over_seeds(tiny_search, tmp_path):
     defaults = runs[runs["config"] == "recommended defaults"]["final_val_acc"]
     assert f"search best - recommended defaults: {best.mean() - defaults.mean():+.4f}" in proc.stdout
     assert "Reproduced over seeds" in (copy / "report.html").read_text()
+    # Before training it says what it trains (the defaults alone train 100 epochs: minutes without a line)
+    assert proc.stdout.startswith("reproduce recommended defaults (vit_micro, 4 epochs, batch 512) and search best "
+                                  "(vit_micro, 4 epochs, batch "), proc.stdout[:500]
+    assert ", 3 seed(s) each, one run at a time, on digits: 600 train / 359 val images; 24 epochs in all" \
+        in proc.stdout.split("\n")[0]
     # Before the first run ends it says how long all of them take (here a few seconds: once, at the first epoch).
     first_run = proc.stdout.split("final val_acc")[0]
     assert re.search(r"recommended defaults\s+seed 0\s+epoch 1/4\s+val_acc [.\d]+\s+~\d+ s left in all", first_run)

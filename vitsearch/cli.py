@@ -236,10 +236,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
         data = absolute_paths({"data": args.data}, os.getcwd())["data"]
         configs = {name: cfg.replace(data=data) for name, cfg in configs.items()}
-    for cfg in configs.values():
-        from .data import load_data
+    from .data import load_data
 
-        load_data(cfg)  # a missing dataset fails here, before any training
+    data = [load_data(cfg) for cfg in configs.values()][0]  # a missing dataset fails here, before any training
+    total = sum(cfg.epochs for cfg in configs.values()) * args.seeds
+    console.print("[bold]reproduce[/] " + " and ".join(
+        f"{name} ({cfg.model}, {cfg.epochs} epochs, batch {cfg.batch_size})" for name, cfg in configs.items())
+        + f", {args.seeds} seed(s) each, one run at a time, on {data.name}: {len(data.train_y)} train / "
+        f"{len(data.val_y)} val images; {total} epochs in all, the time left shown after the first",
+        highlight=False, soft_wrap=True)
     shown = [0.0]
 
     def on_epoch(name: str, seed: int, metrics: dict, epochs: int, left: float) -> None:
