@@ -95,6 +95,12 @@ def _file(path: Path) -> Path:
 TRUNCATED_PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def _empty_class(tmp: Path) -> Path:
+    root = _image_folder(tmp / "img", (".hidden", b""))  # skipped, as hidden files are
+    (root / "c").mkdir()
+    return root
+
+
 def _folder_with(tmp: Path, name: str, content: bytes) -> list[str]:
     return ["train", "--set", f"data=imagefolder:{_image_folder(tmp / 'img', (name, content))}"]
 
@@ -103,6 +109,9 @@ GENERATED = {
     "truncated png": (lambda t: _folder_with(t, "x.png", TRUNCATED_PNG), "cannot read image"),
     "non-image file": (lambda t: _folder_with(t, "notes.txt", b"hi"), "is not an image"),
     "jpeg of zeros": (lambda t: _folder_with(t, "z.jpg", bytes(64)), "cannot read image"),
+    "an empty class folder": (lambda t: ["search", "--space", "quickstart", "--data",  # it was an 11th class
+                                         f"imagefolder:{_empty_class(t)}"],
+                              "/img/c' holds no images (1 of 3 class folders are empty); remove it or add its images"),
     "truncated checkpoint": (lambda t: ["train", "--resume", str(_truncated_checkpoint(t))], "cannot be read ("),
     "resume a folder that is no experiment": (lambda t: ["search", "--resume", str(t)],
                                               "is not a vitsearch experiment"),

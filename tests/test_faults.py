@@ -347,3 +347,36 @@ def test_two_train_runs_started_together_do_not_share_the_folder(tmp_path):
     first, second = sorted(out.iterdir(), key=lambda p: len(p.name))
     assert second.name == first.name + "-2" and (first / "config.yaml").read_text() == "# written by the other run"
     assert {"config.yaml", "epochs.parquet", "checkpoint.pt"} <= {p.name for p in second.iterdir()}
+
+
+def test_sigterm_stops_a_train_run_as_ctrl_c_does(tmp_path):
+    """`kill PID` (`timeout`, a batch system's time limit) used to kill `train` on the spot: before its
+    first epoch it left a run folder holding only config.yaml, after it no word of how to resume. Now
+    SIGTERM stops it as Ctrl-C does: exit code 143, before the first epoch nothing left, after it the
+    resume command, which then finishes the run."""
+    train = ["train", "--set", "model=vit_micro", "--set", "image_size=16", "--set", "patch_size=4", "--set",
+             "data_subset=256", "--set", "batch_size=32"]
+    proc = subprocess.run([sys.executable, "-c", "import vitsearch.train\n" + SIGNAL_AT, "vitsearch.train.train",
+                           "SIGTERM", "now", *train,
+                           "--out", str(tmp_path / "early")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 143 and proc.stderr.strip() == "interrupted", (proc.stdout + proc.stderr)[-3000:]
+    assert not (tmp_path / "early").exists()
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *train, "--set", "epochs=60", "--out",
+                             str(tmp_path), "--name", "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "epochs.parquet").is_file() and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-2000:] + err[-2000:]
+    done = len(pd.read_parquet(run / "epochs.parquet"))
+    assert 1 <= done < 60
+    assert err.strip().startswith("interrupted after epoch ") and err.strip().endswith(
+        f" of 60; continue with: main.py train --resume {run}"), err[-2000:]
+    resumed = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", "--resume", str(run)],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert pd.read_parquet(run / "epochs.parquet")["epoch"].tolist() == list(range(1, 61))

@@ -73,6 +73,11 @@ def _prog() -> str:
 
 def run() -> None:
     """`python main.py ...` and the installed `vitsearch ...`: `main`, then a quick exit."""
+    from .search import stop_on_sigterm
+
+    # `kill PID` (a batch system's time limit, `timeout`) stops every command as Ctrl-C does: a train run
+    # before its first epoch leaves nothing, after it says how to resume. A search puts it back after Ray starts.
+    stop_on_sigterm()
     code = main()
     ray = sys.modules.get("ray")
     if ray is not None and getattr(ray, "is_initialized", bool)():  # (a stop while Ray was imported: not yet)
@@ -105,8 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        search = sys.modules.get("vitsearch.search")  # a search stops on SIGTERM as on Ctrl-C
-        return search.stop_exit_code() if search else 130
+        return _stop_code()
+
+
+def _stop_code() -> int:
+    """130 after Ctrl-C, 143 after SIGTERM (every command stops on it as on Ctrl-C)."""
+    search = sys.modules.get("vitsearch.search")
+    return search.stop_exit_code() if search else 130
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -188,6 +198,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                     folder.rmdir()
                 except OSError:
                     break
+        if isinstance(exc, KeyboardInterrupt) and rows:  # each epoch's checkpoint is written before its row
+            err_console.print(f"interrupted after epoch {rows[-1]['epoch']} of {cfg.epochs}; continue with: "
+                              f"{_prog()} train --resume {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+            return _stop_code()
         if not isinstance(exc, NonFiniteLossError):
             raise
         err_console.print(f"[red]diverged:[/] {escape(str(exc))}; metrics of earlier epochs are in "

@@ -251,6 +251,10 @@ def _image_folder(root: Path, image_size: int | None, loader: str = "memory", pa
     if len(classes) < 2 or not files:
         raise DataError(f"image folder {str(root)!r} needs >= 2 class sub-folders holding images; "
                         f"found {len(classes)} class folder(s) and {len(files)} file(s)")
+    empty = [c for i, c in enumerate(classes) if not any(label == i for _, label in files)]
+    if empty and files:  # a class no image can teach (torchvision's ImageFolder refuses it too)
+        raise DataError(f"class folder {str(root / empty[0])!r} holds no images ({len(empty)} of {len(classes)} class "
+                        "folders are empty); remove it or add its images")
     for path, _ in files:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise DataError(f"{str(path)!r} is not an image (suffix {path.suffix!r}); image folders may "
