@@ -375,7 +375,7 @@ def test_sigterm_stops_a_train_run_as_ctrl_c_does(tmp_path):
     done = len(pd.read_parquet(run / "epochs.parquet"))
     assert 1 <= done < 60
     assert err.strip().startswith("interrupted after epoch ") and err.strip().endswith(
-        f" of 60; continue with: main.py train --resume {run}"), err[-2000:]
+        f" of 60; continue with: python main.py train --resume {run}"), err[-2000:]
     resumed = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", "--resume", str(run)],
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]

@@ -71,6 +71,12 @@ def _prog() -> str:
     return {"vitsearch": "vitsearch", "__main__.py": "python -m vitsearch"}.get(name, "main.py")
 
 
+def command() -> str:
+    """The command a printed hint gives to run again: `python main.py`, `vitsearch` or `python -m vitsearch`."""
+    prog = _prog()
+    return f"python {prog}" if prog == "main.py" else prog
+
+
 def run() -> None:
     """`python main.py ...` and the installed `vitsearch ...`: `main`, then a quick exit."""
     from .search import stop_on_sigterm
@@ -200,7 +206,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     break
         if isinstance(exc, KeyboardInterrupt) and rows:  # each epoch's checkpoint is written before its row
             err_console.print(f"interrupted after epoch {rows[-1]['epoch']} of {cfg.epochs}; continue with: "
-                              f"{_prog()} train --resume {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+                              f"{command()} train --resume {escape(str(run_dir))}", highlight=False, soft_wrap=True)
             return _stop_code()
         if not isinstance(exc, NonFiniteLossError):
             raise

@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .cli import console, duration
+from .cli import command, console, duration
 from .errors import UserError
 
 SECOND_PROBE_WITHIN_S = 5.0  # the smallest batch is probed too when the largest's probe took less
@@ -490,7 +490,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         ray.shutdown()
         _add_run_time(exp_dir, time.time() - t0)
         console.print(f"interrupted: {ended} of {space.num_samples} trials finished; nothing is lost. Continue "
-                      f"with: python main.py search --resume {exp_dir}", highlight=False, soft_wrap=True)
+                      f"with: {command()} search --resume {exp_dir}", highlight=False, soft_wrap=True)
         return stop_exit_code()
     # Ray is done: stop it (a second or two of waiting on its processes) while the reports are written.
     import threading
@@ -526,7 +526,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C during the reports: every trial is done and recorded
         if parquet_written:
             console.print(f"interrupted while drawing the reports; the Parquet files are written, and "
-                          f"`python main.py report {exp_dir}` draws the rest", highlight=False, soft_wrap=True)
+                          f"`{command()} report {exp_dir}` draws the rest", highlight=False, soft_wrap=True)
         raise
     finally:
         stopping.join()  # Ray is down before the process exits, however it exits
@@ -565,5 +565,5 @@ def _show_finished(space, exp_dir: Path, run: dict) -> int:
     console.print(comparison_line(trials, space), highlight=False)
     console.print(f"the search has finished: nothing to resume. {len(trials)} trials, {len(epochs)} trial-epochs "
                   f"in {run.get('wall_s', 0):.0f} s; its reports are in {exp_dir} (add trials with "
-                  f"`python main.py search --extend {exp_dir} --trials N`)", highlight=False, soft_wrap=True)
+                  f"`{command()} search --extend {exp_dir} --trials N`)", highlight=False, soft_wrap=True)
     return 0
