@@ -110,3 +110,32 @@ def test_a_port_where_no_ray_cluster_answers_is_one_line(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"cannot join --address '{address}': something answers there, but no Ray cluster did" in proc.stderr
     assert not (tmp_path / "exp").exists()
+
+
+def test_trials_that_no_node_can_hold_wait_for_one_with_a_note(cluster, tmp_path):
+    """`resources: {cpu: 2}` on a cluster of 1-CPU nodes: Tune waited without a word. The plan now says
+    that no node has 2 CPUs and the trials wait for one; a node that joins (an autoscaler's) runs them."""
+    import time
+
+    space = {**TINY, "num_samples": 2, "resources": {"cpu": 2, "gpu": 0},
+             "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "search", "--space", str(tmp_path / "s.yaml"),
+                             "--out", str(tmp_path), "--name", "exp", "--address", cluster.address],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "exp" / "run.json").is_file() and time.time() < deadline:  # written after the plan
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(2)
+    assert proc.poll() is None and not (tmp_path / "exp" / "epochs.jsonl").exists()  # waiting
+    node = cluster.add_node(num_cpus=2)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        cluster.remove_node(node)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    assert ("note: resources: cpu 2 per trial, but no node of the cluster has more than 1 CPU: trials wait until "
+            "such a node joins (an autoscaling cluster)") in " ".join(out.split())
+    trials = pd.read_parquet(tmp_path / "exp" / "trials.parquet")
+    assert len(trials) == 2 and (trials["status"] == "completed").all()

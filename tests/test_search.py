@@ -801,3 +801,21 @@ def test_a_trial_restarted_from_a_checkpoint_keeps_only_its_last_attempts_epochs
     epochs = read_epoch_log(tmp_path / "epochs.jsonl", aliases={"old": "b"})
     assert list(zip(epochs["trial_id"], epochs["epoch"], epochs["val_acc"].round(2))) == [
         ("a", 1, 0.1), ("a", 2, 0.2), ("a", 3, 0.05), ("b", 1, 0.3), ("b", 2, 0.3), ("b", 3, 0.4), ("b", 4, 0.5)]
+
+
+@pytest.mark.parametrize("resources, message", [
+    ({"cpu": 64, "gpu": 0}, r"resources: cpu 64 per trial, but this machine's Ray instance has (\d+) CPUs?: no trial "
+                            r"could start; set resources\.cpu to at most \1, or run on a cluster \(--address\) whose "
+                            r"nodes have more"),
+    ({"cpu": 1, "gpu": 8}, r"resources: gpu 8 per trial, but this machine's Ray instance has (no GPU|\d GPUs?): no "
+                           r"trial could start; set resources\.gpu to (0|at most \d), or run on a cluster "
+                           r"\(--address\) whose nodes have more"),
+], ids=["cpu", "gpu"])
+def test_resources_no_trial_can_get_are_one_line_not_a_silent_wait(resources, message, tmp_path):
+    """`gpu: 1` on a machine without a GPU, or more CPUs per trial than it has: Tune waited for ever for
+    such a node, without a word, after the plan."""
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**TINY, "resources": resources}))
+    proc = search("--space", str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--name", "exp")
+    assert proc.returncode == 2 and re.fullmatch("error: " + message, proc.stderr.strip()), \
+        proc.stdout[-2000:] + proc.stderr
+    assert not (tmp_path / "exp").exists()

@@ -517,6 +517,28 @@ def _ray_processes_in_their_own_group():
         services.ConsolePopen = stock
 
 
+def check_resources(space: SearchSpace, address: str | None) -> str | None:
+    """A trial's `resources` fit on some node of the Ray instance or cluster (one node: a trial is one
+    process). Where none can hold one, Tune would wait for such a node without a word: on the local
+    instance that is for ever (`gpu: 1` on a machine without a GPU, `cpu: 4` on 2 cores), an error; on a
+    cluster (`--address`) one may yet join (an autoscaler), a note to print."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for key, name, need in (("CPU", "cpu", space.cpu), ("GPU", "gpu", space.gpu)):
+        most = max((node.get(key, 0.0) for node in nodes), default=0.0)
+        if need > most + 1e-9:
+            has = f"{most:g} {key}{'' if most == 1 else 's'}" if most else f"no {key}"
+            if not address:
+                fix = f"at most {most:g}" if most else "0"
+                raise UserError(f"resources: {name} {need:g} per trial, but this machine's Ray instance has {has}: no "
+                                f"trial could start; set resources.{name} to {fix}, or run on a cluster (--address) "
+                                "whose nodes have more")
+            return (f"note: resources: {name} {need:g} per trial, but no node of the cluster has more than {has}: "
+                    "trials wait until such a node joins (an autoscaling cluster)")
+    return None
+
+
 def check_address(address: str | None, verbose: bool) -> None:
     """--address HOST:PORT names a Ray cluster that answers (in seconds; `ray.init` retries for minutes)."""
     if address and address != "auto":

@@ -237,7 +237,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, run: dict, args) -> int:
     from .data import load_data
     from .files import check_folder, claim_folder, lock_experiment, write_bytes, write_yaml
-    from .search import RUN_FILE, SPACE_FILE, check_address, check_storage, init_ray
+    from .search import RUN_FILE, SPACE_FILE, check_address, check_resources, check_storage, init_ray
 
     check_storage(storage)  # before anything is loaded, started or written
     if args.space:
@@ -253,9 +253,11 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
     preload("ray.tune", "ray.tune.search.optuna")
     try:
         init_ray(args.address, args.verbose, address_checked=True)  # before anything is written
+        waits = check_resources(space, args.address)
         space, packing = _packing(space, data, device, run.get("packing"))
         expected_epochs = _print_plan(space, data, device,
-                                      early.result() if early else _Probe(space, data, device).result(), left_out)
+                                      early.result() if early else _Probe(space, data, device).result(),
+                                      "\n".join(n for n in (left_out, waits) if n) or None)
     except BaseException:  # Ray cannot start, or Ctrl-C or SIGTERM before the plan
         if early is not None:
             early.cancel()
