@@ -160,3 +160,35 @@ def test_an_exclusive_write_claims_a_file_once(tmp_path, monkeypatch, hard_links
         write_yaml({"who": "second"}, tmp_path / "claim.yaml", exclusive=True)
     assert yaml.safe_load((tmp_path / "claim.yaml").read_text()) == {"who": "first"}
     assert [p.name for p in tmp_path.iterdir()] == ["claim.yaml"]
+
+
+def test_resume_on_data_that_changed_since_is_one_line(image_folder, tmp_path):
+    """An image added to the folder since the run's checkpoint: its train/validation split is another, and
+    the resumed run went on with it without a word. The checkpoint holds the split's fingerprint."""
+    import shutil
+
+    from vitsearch.config import TrainConfig
+    from vitsearch.data import load_data
+    from vitsearch.files import write_yaml
+    from vitsearch.train import train
+
+    pics = tmp_path / "pics"
+    shutil.copytree(image_folder, pics)
+    cfg = TrainConfig(model="vit_micro", data=f"imagefolder:{pics}", image_size=16, patch_size=4, batch_size=32,
+                      epochs=3, warmup_epochs=0)
+    run_dir = tmp_path / "r"
+    train(cfg, data=load_data(cfg), checkpoint_dir=run_dir, checkpoint_due=lambda epoch: epoch == 1)  # then lost
+    write_yaml(cfg.to_dict(), run_dir / "config.yaml")
+    first = sorted((pics / "class_0").iterdir())[0]
+    shutil.copy(first, first.with_name("added" + first.suffix))
+    proc = run("train", "--resume", str(run_dir))
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert re.fullmatch(rf"error: checkpoint '{run_dir / 'checkpoint.pt'}' was trained on other data: "
+                        rf"'imagefolder:{pics}' held 108 train / 12 val images, hash [0-9a-f]{{16}} then and holds "
+                        r"109 train / 12 val images, hash [0-9a-f]{16} now \(changed since\), so its train/validation "
+                        r"split would differ; restore the data, or start a new run", proc.stderr.strip()), proc.stderr
+    assert not (run_dir / "epochs.parquet").exists()
+    first.with_name("added" + first.suffix).unlink()
+    proc = run("train", "--resume", str(run_dir))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert pd.read_parquet(run_dir / "epochs.parquet")["epoch"].tolist() == [1, 2, 3]

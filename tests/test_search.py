@@ -335,6 +335,16 @@ def test_relative_paths_are_stored_absolute_so_the_outputs_work_from_any_folder(
                              timeout=300, cwd=ROOT)
     assert trained.returncode == 0, trained.stderr
     assert yaml.safe_load((tmp_path / "runs" / "r" / "config.yaml").read_text())["data"] == expected
+    # An image added since: an extension (or resume) would train on another split; one line, nothing changed
+    shutil.copy(next((tmp_path / "pics" / "class_0").iterdir()), tmp_path / "pics" / "class_0" / "added.png")
+    written = {f.name: f.read_bytes() for f in exp.iterdir() if f.is_file() and f.name != ".lock"}
+    proc = search("--extend", str(exp), "--trials", "1")
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.fullmatch(rf"error: the data of '{exp}' changed since the search started: '{expected}' held 96 train / "
+                        r"24 val images, hash [0-9a-f]{16} then and holds 97 train / 24 val images, hash [0-9a-f]{16} "
+                        r"now, so its trials' train/validation split would differ; restore the data, or start a new "
+                        r"search", proc.stderr.strip()), proc.stderr
+    assert {f.name: f.read_bytes() for f in exp.iterdir() if f.is_file() and f.name != ".lock"} == written
 
 
 def test_batch_sizes_are_drawn_on_a_log_axis():

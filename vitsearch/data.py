@@ -141,6 +141,21 @@ class ImageData:
     def image_size(self) -> int:
         return int(self.train_x.shape[-1])
 
+    def fingerprint(self) -> str:
+        """The split's sizes and a hash of its labels and images in order (a streamed folder's: its file
+        paths): a search or run resumed on data that changed since (images added to a folder, another
+        file) is refused, since its split would differ from the one it trained on."""
+        import hashlib
+
+        digest = hashlib.blake2b(digest_size=8)
+        for images, labels in ((self.train_x, self.train_y), (self.val_x, self.val_y)):
+            digest.update(memoryview(labels.cpu().contiguous().numpy()))
+            if isinstance(images, StreamedImages):
+                digest.update("\n".join(map(str, images.paths)).encode())
+            else:
+                digest.update(memoryview(images.cpu().contiguous().numpy()).cast("B"))
+        return f"{len(self.train_y)} train / {len(self.val_y)} val images, hash {digest.hexdigest()}"
+
 
 def load_data(cfg: TrainConfig) -> ImageData:
     """Load `cfg.data`, resize to `cfg.image_size` if set, subset and split from `cfg.seed`."""

@@ -243,6 +243,11 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
     if args.space:
         check_folder(args.out, "--out")
     data = load_data(space.trial_config({}))  # once per search; every trial shares it through Ray's object store
+    fingerprint = data.fingerprint()
+    if run.get("data", fingerprint) != fingerprint:
+        raise UserError(f"the data of {str(exp_dir)!r} changed since the search started: {data.name!r} held "
+                        f"{run['data']} then and holds {fingerprint} now, so its trials' train/validation split "
+                        "would differ; restore the data, or start a new search")
     # batch sizes larger than the data are not sampled
     space, left_out = space.fit_to_data(len(data.train_y), data.name, args.space or str(exp_dir / SPACE_FILE))
     check_address(args.address, args.verbose)  # a cluster that does not answer: one line, before the probe starts
@@ -274,7 +279,8 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
         extensions = run.get("extensions", 0) + (1 if args.extend else 0)
         extension = {"extension_trials": space.num_samples} if args.extend else {}
         write_bytes(json.dumps({**run, "device": device, "storage": storage, "ray_dir": ray_dir,
-                                "extensions": extensions, "packing": packing, **extension}).encode(),
+                                "extensions": extensions, "packing": packing, "data": run.get("data", fingerprint),
+                                **extension}).encode(),
                     exp_dir / RUN_FILE)
     return _run_and_report(space, exp_dir, data, device, args, storage, ray_dir, expected_epochs)
 

@@ -135,9 +135,10 @@ def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | N
     data_shape = [data.channels, data.image_size, data.num_classes]
 
     history: list[dict[str, Any]] = []
-    start_epoch = 0
+    start_epoch, fingerprint = 0, None
     if resume_from is not None:
-        start_epoch, history = load_checkpoint(resume_from, cfg, run)
+        fingerprint = data.fingerprint()
+        start_epoch, history = load_checkpoint(resume_from, cfg, run, fingerprint)
 
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -153,7 +154,8 @@ def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | N
             metrics.update(monitor.measure(model, normalize(feed.probe_images(monitor.PROBE_IMAGES))))
         history.append(metrics)
         if checkpoint_dir is not None and (checkpoint_due is None or checkpoint_due(epoch)):
-            save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, run, epoch, history, data_shape)
+            fingerprint = fingerprint or data.fingerprint()
+            save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, run, epoch, history, data_shape, fingerprint)
         if report is not None:
             report(dict(metrics))
     best = max(history, key=lambda m: m["val_acc"]) if history else {}
@@ -448,14 +450,15 @@ def _default_micro_batch(model: nn.Module, batch_size: int, data: ImageData, dev
 # --- checkpoints ---------------------------------------------------------------------------------
 
 def save_checkpoint(path: Path, run: Trainer, epoch: int, history: list[dict[str, Any]],
-                    data_shape: list[int]) -> None:
+                    data_shape: list[int], fingerprint: str | None = None) -> None:
     """Write atomically: a temporary file renamed over the old one, so a crash or a full disk leaves the
     previous one (and the latter is a one-line UserError). `data_shape` is [channels, image size,
-    classes] of the data it was trained on (a teacher's input)."""
+    classes] of the data it was trained on (a teacher's input); `fingerprint` its split's
+    (`ImageData.fingerprint`)."""
     state = {"config": run.cfg.to_dict(), "epoch": epoch, "history": history,
              "model": _on_cpu(run.model.state_dict()), "optimizer": _on_cpu(run.optimizer.state_dict()),
              "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": _rng_state(),
-             "data_shape": data_shape}
+             "data_shape": data_shape, **({"data": fingerprint} if fingerprint else {})}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_bytes(buffer.getvalue(), path)
@@ -473,8 +476,10 @@ def _on_cpu(state: Any) -> Any:
     return state
 
 
-def load_checkpoint(path: str | Path, cfg: TrainConfig, run: Trainer) -> tuple[int, list[dict[str, Any]]]:
-    """Restore a run saved by `save_checkpoint`; the config must match. Returns (epoch, history)."""
+def load_checkpoint(path: str | Path, cfg: TrainConfig, run: Trainer,
+                    fingerprint: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """Restore a run saved by `save_checkpoint`; the config must match, and the data's `fingerprint` the
+    one saved (checkpoints older than it have none). Returns (epoch, history)."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -491,6 +496,10 @@ def load_checkpoint(path: str | Path, cfg: TrainConfig, run: Trainer) -> tuple[i
         key = diffs[0]
         raise UserError(f"checkpoint {str(path)!r} was written for a different config: {key!r} is "
                         f"{saved.get(key)!r} there and {getattr(cfg, key)!r} here")
+    if fingerprint and state.get("data") not in (None, fingerprint):
+        raise UserError(f"checkpoint {str(path)!r} was trained on other data: {cfg.data!r} held {state['data']} "
+                        f"then and holds {fingerprint} now (changed since), so its train/validation split would "
+                        "differ; restore the data, or start a new run")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
