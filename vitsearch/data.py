@@ -113,6 +113,9 @@ class _Files(torch.utils.data.Dataset):
         return self.images.read(i)
 
 
+FINGERPRINT_BYTES = 64 << 20  # the most image bytes `ImageData.fingerprint` hashes
+
+
 @dataclass
 class ImageData:
     """A loaded, split dataset: uint8 images (N, C, H, W) and int64 labels. The images of a streamed
@@ -143,18 +146,23 @@ class ImageData:
 
     def fingerprint(self) -> str:
         """The split's sizes and a hash of its labels and images in order (a streamed folder's: its file
-        paths): a search or run resumed on data that changed since (images added to a folder, another
-        file) is refused, since its split would differ from the one it trained on."""
-        import hashlib
+        paths; of large in-memory data every k-th image, <= FINGERPRINT_BYTES in all): a search or run
+        resumed on data that changed since (images added to a folder, another file) is refused, since its
+        split would differ from the one it trained on. Computed once per object (a search's driver hashes
+        the data it shares with the trials)."""
+        if self.__dict__.get("_fingerprint") is None:
+            import hashlib
 
-        digest = hashlib.blake2b(digest_size=8)
-        for images, labels in ((self.train_x, self.train_y), (self.val_x, self.val_y)):
-            digest.update(memoryview(labels.cpu().contiguous().numpy()))
-            if isinstance(images, StreamedImages):
-                digest.update("\n".join(map(str, images.paths)).encode())
-            else:
-                digest.update(memoryview(images.cpu().contiguous().numpy()).cast("B"))
-        return f"{len(self.train_y)} train / {len(self.val_y)} val images, hash {digest.hexdigest()}"
+            digest = hashlib.blake2b(digest_size=8)
+            for images, labels in ((self.train_x, self.train_y), (self.val_x, self.val_y)):
+                digest.update(memoryview(labels.cpu().contiguous().numpy()))
+                if isinstance(images, StreamedImages):
+                    digest.update("\n".join(map(str, images.paths)).encode())
+                elif len(images):
+                    every = -(-images.numel() // FINGERPRINT_BYTES)
+                    digest.update(memoryview(images[::every].cpu().contiguous().numpy()).cast("B"))
+            self._fingerprint = f"{len(self.train_y)} train / {len(self.val_y)} val images, hash {digest.hexdigest()}"
+        return self._fingerprint
 
 
 def load_data(cfg: TrainConfig) -> ImageData:
