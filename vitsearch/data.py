@@ -274,7 +274,8 @@ def _image_folder(root: Path, image_size: int | None, loader: str = "memory", pa
     if len(classes) < 2 or not files:
         raise DataError(f"image folder {str(root)!r} needs >= 2 class sub-folders holding images; "
                         f"found {len(classes)} class folder(s) and {len(files)} file(s)")
-    empty = [c for i, c in enumerate(classes) if not any(label == i for _, label in files)]
+    present = {label for _, label in files}
+    empty = [c for i, c in enumerate(classes) if i not in present]
     if empty and files:  # a class no image can teach (torchvision's ImageFolder refuses it too)
         raise DataError(f"class folder {str(root / empty[0])!r} holds no images ({len(empty)} of {len(classes)} class "
                         "folders are empty); remove it or add its images")
