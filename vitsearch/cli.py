@@ -71,6 +71,11 @@ def _prog() -> str:
     return {"vitsearch": "vitsearch", "__main__.py": "python -m vitsearch"}.get(name, "main.py")
 
 
+def count(n: int, noun: str) -> str:
+    """'1 trial', '16 trials'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def command() -> str:
     """The command a printed hint gives to run again: `python main.py`, `vitsearch` or `python -m vitsearch`."""
     prog = _prog()

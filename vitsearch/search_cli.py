@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .cli import command, console, duration
+from .cli import command, console, count, duration
 from .errors import UserError
 
 SECOND_PROBE_WITHIN_S = 5.0  # the smallest batch is probed too when the largest's probe took less
@@ -436,7 +436,7 @@ def _print_plan(space, data, device: str, probes: list[tuple[int, float]], note:
     an image costs the mean of their times per image. Returns the trial-epochs expected."""
     from .search import expected_trial_epochs
 
-    console.print(f"[bold]search[/] {space.name}: {space.num_samples} trials x <= {space.max_epochs} epochs, "
+    console.print(f"[bold]search[/] {space.name}: {count(space.num_samples, 'trial')} x <= {space.max_epochs} epochs, "
                   f"ASHA grace {space.grace_period} / factor {space.reduction_factor}, metric {space.metric} "
                   f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val",
                   highlight=False, soft_wrap=True)
@@ -526,7 +526,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         console.print(comparison_line(trials, space), highlight=False)
         took = f"{sum(walls):.0f} s" + (f" over {len(walls)} runs (this one: {this_run:.0f} s)" if len(walls) > 1
                                         else "")
-        console.print(f"{len(trials)} trials, {len(epochs)} trial-epochs in {took}; wrote "
+        console.print(f"{count(len(trials), 'trial')}, {count(len(epochs), 'trial-epoch')} in {took}; wrote "
                       f"{exp_dir}/trials.parquet, epochs.parquet, {report_path.name}" +
                       (", best_config.yaml" if (exp_dir / "best_config.yaml").is_file() else "") +
                       f"; Optuna study: {study_storage(exp_dir)} (name {exp_dir.name!r})", highlight=False,
@@ -571,7 +571,8 @@ def _show_finished(space, exp_dir: Path, run: dict) -> int:
         write_html_report(exp_dir)
     console.print(summary_table(trials, space, width=console.width))
     console.print(comparison_line(trials, space), highlight=False)
-    console.print(f"the search has finished: nothing to resume. {len(trials)} trials, {len(epochs)} trial-epochs "
+    console.print(f"the search has finished: nothing to resume. {count(len(trials), 'trial')}, "
+                  f"{count(len(epochs), 'trial-epoch')} "
                   f"in {run.get('wall_s', 0):.0f} s; its reports are in {exp_dir} (add trials with "
                   f"`{command()} search --extend {exp_dir} --trials N`)", highlight=False, soft_wrap=True)
     return 0
