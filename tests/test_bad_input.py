@@ -8,6 +8,8 @@ import pytest
 from vitsearch.cli import main
 
 CORPUS = Path(__file__).parent / "corpus"
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = ROOT / "search_spaces"
 
 # corpus file -> a phrase the one-line message must hold
 FILE_CASES = {
@@ -109,6 +111,13 @@ GENERATED = {
     "truncated png": (lambda t: _folder_with(t, "x.png", TRUNCATED_PNG), "cannot read image"),
     "non-image file": (lambda t: _folder_with(t, "notes.txt", b"hi"), "is not an image"),
     "jpeg of zeros": (lambda t: _folder_with(t, "z.jpg", bytes(64)), "cannot read image"),
+    "a search space given to train --config": (lambda t: ["train", "--config", str(SPACES / "quickstart.yaml")],
+                                               "is a search space (it has fixed, scheduler, search): run it with "
+                                               "`search --space "),
+    "a train config given to search --space": (lambda t: ["search", "--space",
+                                                          str(ROOT / "configs" / "digits_micro.yaml")],
+                                               "unknown key 'model': this is a TrainConfig file (for `train "
+                                               "--config`), not a search space"),
     "an empty class folder": (lambda t: ["search", "--space", "quickstart", "--data",  # it was an 11th class
                                          f"imagefolder:{_empty_class(t)}"],
                               "/img/c' holds no images (1 of 3 class folders are empty); remove it or add its images"),

@@ -198,6 +198,9 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
         fail("must be a mapping with keys " + ", ".join(sorted(TOP_KEYS)))
     for key in raw:
         if key not in TOP_KEYS:
+            if key in TrainConfig.field_names() and not {"search", "fixed"} & set(raw):
+                fail(f"unknown key {key!r}: this is a TrainConfig file (for `train --config`), not a search space, "
+                     "whose TrainConfig values go under fixed: and its searched ones under search:")
             fail(f"unknown key {key!r}; valid keys: {', '.join(sorted(TOP_KEYS))}")
     metric = raw.get("metric", "val_acc")
     if metric not in METRICS:
