@@ -102,6 +102,23 @@ def test_a_full_disk_is_one_line_and_keeps_earlier_files(tmp_path):
             assert (tmp_path / "r" / name).read_bytes() == content
 
 
+def test_a_stop_in_the_middle_of_a_write_leaves_no_temporary_file(tmp_path):
+    """Ctrl-C or SIGTERM (now a KeyboardInterrupt in `train` too) while a file is half-written: the
+    earlier file is kept and the temporary one removed (it was left as .NAME.PID.tmp)."""
+    from vitsearch.files import _atomic
+
+    (tmp_path / "epochs.parquet").write_bytes(b"earlier")
+
+    def stopped(tmp):
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _atomic(tmp_path / "epochs.parquet", stopped)
+    assert [p.name for p in tmp_path.iterdir()] == ["epochs.parquet"]
+    assert (tmp_path / "epochs.parquet").read_bytes() == b"earlier"
+
+
 def test_loader_processes_started_by_spawn_or_forkserver_do_not_run_the_command_again(image_folder, tmp_path):
     """A process started by spawn or forkserver (Python 3.14's default on Linux) imports the main script
     again: main.py runs its command only as the program itself, not in a streaming loader's workers."""

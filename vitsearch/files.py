@@ -110,6 +110,9 @@ def _atomic(path: Path, write, exclusive: bool = False) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {str(path)!r}: {exc.strerror or exc}; earlier files are kept") from None
+    except BaseException:  # Ctrl-C or SIGTERM mid-write: no half-written temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_parquet(df, path: str | Path, exclusive: bool = False) -> None:
