@@ -190,7 +190,8 @@ def _searcher_class():
             number. A resumed search's searcher is a snapshot that can predate the last trials it proposed,
             and its sampler would draw what it drew for them again: after a killed driver, the first new
             trials had the configs of the ones re-issued as orphans (the same config trained twice). An
-            extension's sampler likewise replayed the first run's random start-up draws."""
+            extension's sampler, seeded as the first run, would replay its random start-up draws (while the study
+            holds fewer finished trials than the start-up count)."""
             import numpy as np
 
             if getattr(self, "_sampler_settings", None) is None:  # a snapshot from an older version
