@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stop_code() -> int:
     """130 after Ctrl-C, 143 after SIGTERM (every command stops on it as on Ctrl-C)."""
-    search = sys.modules.get("vitsearch.search")
-    return search.stop_exit_code() if search else 130
+    from .search import stop_exit_code  # imports no Ray
+
+    return stop_exit_code()
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -385,10 +385,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         loaded = read_yaml(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
-        if {"search", "fixed", "scheduler"} & set(loaded or {}):
-            raise ConfigError(f"config file {str(path)!r} is a search space (it has "
-                              f"{', '.join(sorted({'search', 'fixed', 'scheduler'} & set(loaded)))}): run it with "
-                              f"`search --space {path}`; `train --config` takes a YAML of TrainConfig keys")
+        space_keys = sorted({"search", "fixed", "scheduler"} & set(loaded or {}))
+        if space_keys:
+            raise ConfigError(f"config file {str(path)!r} is a search space (it has {', '.join(space_keys)}): run it "
+                              f"with `search --space {path}`; `train --config` takes a YAML of TrainConfig keys")
         values.update(loaded or {})
     for item in overrides or []:
         key, sep, raw = item.partition("=")

@@ -104,14 +104,10 @@ def _atomic(path: Path, write, exclusive: bool = False) -> None:
                 os.replace(tmp, path)
         else:
             os.replace(tmp, path)
-    except FileExistsError:
+    except BaseException as exc:  # also Ctrl-C or SIGTERM mid-write: no half-written temporary file is left
         tmp.unlink(missing_ok=True)
-        raise
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {str(path)!r}: {exc.strerror or exc}; earlier files are kept") from None
-    except BaseException:  # Ctrl-C or SIGTERM mid-write: no half-written temporary file is left behind
-        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, FileExistsError):
+            raise UserError(f"cannot write {str(path)!r}: {exc.strerror or exc}; earlier files are kept") from None
         raise
 
 

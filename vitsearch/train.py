@@ -135,10 +135,9 @@ def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | N
     data_shape = [data.channels, data.image_size, data.num_classes]
 
     history: list[dict[str, Any]] = []
-    start_epoch, fingerprint = 0, None
+    start_epoch = 0
     if resume_from is not None:
-        fingerprint = data.fingerprint()
-        start_epoch, history = load_checkpoint(resume_from, cfg, run, fingerprint)
+        start_epoch, history = load_checkpoint(resume_from, cfg, run, data.fingerprint())
 
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -154,8 +153,8 @@ def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | N
             metrics.update(monitor.measure(model, normalize(feed.probe_images(monitor.PROBE_IMAGES))))
         history.append(metrics)
         if checkpoint_dir is not None and (checkpoint_due is None or checkpoint_due(epoch)):
-            fingerprint = fingerprint or data.fingerprint()
-            save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, run, epoch, history, data_shape, fingerprint)
+            save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, run, epoch, history, data_shape,
+                            data.fingerprint())
         if report is not None:
             report(dict(metrics))
     best = max(history, key=lambda m: m["val_acc"]) if history else {}
