@@ -419,6 +419,43 @@ def test_report_of_a_folder_that_is_no_experiment(tmp_path):
     assert proc.returncode == 2 and "is not a finished vitsearch experiment" in proc.stderr
 
 
+@pytest.mark.parametrize("command", ["report", "reproduce"])
+def test_report_of_a_search_still_running_or_stopped_before_its_reports_says_which(tiny_search, tmp_path, command):
+    """`report` (and `reproduce --from`) on an experiment without its reports said it was no finished
+    experiment: a search that still runs in it is named with its pid, one killed before its reports
+    gets the --resume command."""
+    import shutil
+
+    exp, _ = tiny_search
+    copy = tmp_path / exp.name
+    shutil.copytree(exp, copy, ignore=shutil.ignore_patterns("ray", "checkpoints", "*.parquet", "report.html",
+                                                             "best_config.yaml", ".lock"))
+    args = ["report", str(copy)] if command == "report" else ["reproduce", "--from", str(copy), "--seeds", "1"]
+
+    def run():
+        return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True,
+                              timeout=300)
+
+    proc = run()
+    assert proc.returncode == 2, proc.stderr
+    assert "its search stopped before writing its reports; continue it with: python main.py search --resume " \
+        f"{copy}" in proc.stderr, proc.stderr
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from vitsearch.files import lock_experiment; lock_experiment(Path(sys.argv[1])); "
+                               "print('held', flush=True); time.sleep(120)", str(copy)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 2, proc.stderr
+    assert f"its search is still running (pid {holder.pid})" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not list(copy.glob("*.parquet"))
+    assert not (copy / "report.html").exists()
+
+
 def test_extend_adds_trials_that_learn_from_the_earlier_ones(tiny_search, tmp_path):
     import shutil
 

@@ -33,9 +33,25 @@ STATUS_COLORS = {"completed": "#1b7837", "stopped_early": "#9e9e9e", "diverged":
 def load_experiment(exp_dir: Path) -> tuple[SearchSpace, pd.DataFrame, pd.DataFrame]:
     for name in ("space.yaml", "trials.parquet", "epochs.parquet"):
         if not (exp_dir / name).is_file():
-            raise UserError(f"{str(exp_dir)!r} is not a finished vitsearch experiment (no {name} in it)")
+            raise UserError(unfinished(exp_dir, name))
     space = parse_space(read_yaml(exp_dir / "space.yaml", "search space"), origin=str(exp_dir / "space.yaml"))
     return space, pd.read_parquet(exp_dir / "trials.parquet"), pd.read_parquet(exp_dir / "epochs.parquet")
+
+
+def unfinished(exp_dir: Path, missing: str) -> str:
+    """Why `exp_dir` has no `missing` report file yet: a search still running in it, one stopped before
+    its reports (`kill -9`, a lost machine), or a folder that is no experiment."""
+    from .cli import command
+    from .files import search_running
+
+    if (exp_dir / "space.yaml").is_file() and (exp_dir / "run.json").is_file():
+        pid = search_running(exp_dir)
+        if pid is not None:
+            return (f"{str(exp_dir)!r} has no {missing} yet: its search is still running (pid {pid}) and writes "
+                    "the reports when it ends")
+        return (f"{str(exp_dir)!r} has no {missing}: its search stopped before writing its reports; continue it "
+                f"with: {command()} search --resume {exp_dir}")
+    return f"{str(exp_dir)!r} is not a finished vitsearch experiment (no {missing} in it)"
 
 
 def write_html_report(exp_dir: Path) -> Path:

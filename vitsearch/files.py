@@ -86,6 +86,26 @@ def lock_experiment(exp_dir: Path) -> None:
     _HELD.append(fd)
 
 
+def search_running(exp_dir: Path) -> str | None:
+    """The pid (as text, "?" when unknown) of the search that holds `exp_dir`'s lock, or None when no
+    search holds it (or there is no lock to test)."""
+    try:
+        import fcntl
+
+        fd = os.open(exp_dir / ".lock", os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # free (released when fd closes)
+    except BlockingIOError:
+        return os.read(fd, 32).decode(errors="replace").strip() or "?"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _atomic(path: Path, write, exclusive: bool = False) -> None:
     """`exclusive`: only if `path` does not exist yet (a hard link fails where a rename would replace), else
     FileExistsError: of two processes that claim the same file, one wins."""

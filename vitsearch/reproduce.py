@@ -82,8 +82,12 @@ def defaults_for(exp_dir: Path) -> tuple[TrainConfig, TrainConfig, str]:
     from .errors import UserError
     from .space import parse_space
 
-    if not (exp_dir / "space.yaml").is_file() or not (exp_dir / "best_config.yaml").is_file():
-        raise UserError(f"--from {str(exp_dir)!r} is not a finished vitsearch experiment "
-                        "(no space.yaml and best_config.yaml in it)")
+    if not (exp_dir / "space.yaml").is_file() or not (exp_dir / "trials.parquet").is_file():
+        from .figures import unfinished
+
+        raise UserError(f"--from {unfinished(exp_dir, 'trials.parquet')}")
+    if not (exp_dir / "best_config.yaml").is_file():
+        raise UserError(f"--from {str(exp_dir)!r}: no trial of that search reached the full budget, so it has no "
+                        "best config (best_config.yaml) to reproduce; --extend it with more trials")
     space = parse_space(read_yaml(exp_dir / "space.yaml", "search space"), origin=str(exp_dir / "space.yaml"))
     return space.trial_config(space.defaults_point()), load_config(exp_dir / "best_config.yaml"), space.metric
