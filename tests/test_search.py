@@ -189,8 +189,12 @@ def test_the_summary_table_shows_whole_values_in_an_80_column_terminal(tiny_sear
     from vitsearch.report import summary_table
     from vitsearch.space import parse_space
 
+    from vitsearch.report import comparison_line
+
     trials = pd.read_parquet(tiny_search[0] / "trials.parquet")
     space = parse_space(TINY)
+    trials.loc[trials["is_defaults"], "final_val_acc"] = 0.24  # shown 0.2400 (it was 0.24)
+    assert "val_acc 0.2400" in comparison_line(trials, space)
     for width in (80, 200):
         console = Console(width=width, record=True)
         console.print(summary_table(trials, space, width=console.width))
@@ -201,6 +205,7 @@ def test_the_summary_table_shows_whole_values_in_an_80_column_terminal(tiny_sear
         digits = 3 if width == 80 else 4  # the knobs to 3 significant digits where the columns are narrow
         for _, row in shown.iterrows():
             assert row["status"] in text and f"{row['lr']:.{digits}g}" in text
+            assert f"{row['final_val_acc']:.4f}" in text  # the metric to 4 decimals (0.2400), as progress lines
         assert ("warmup_epochs" in text) == (width == 200)  # two-line headers only where it must
 
 
