@@ -20,13 +20,14 @@ def run(*args, cwd=ROOT):
 
 
 def test_train_writes_epochs_checkpoint_and_config_then_resumes(tmp_path):
-    proc = run("train", *MICRO, "--set", "epochs=2", "--out", str(tmp_path), "--name", "r")
+    proc = run("train", *MICRO, "--set", "epochs=2", "lr=0.002", "--out", str(tmp_path), "--name", "r")  # 2 in one
     assert proc.returncode == 0, proc.stderr
     run_dir = tmp_path / "r"
     epochs = pd.read_parquet(run_dir / "epochs.parquet")
     assert list(epochs["epoch"]) == [1, 2] and {"val_acc", "train_loss", "grad_norm"} <= set(epochs.columns)
     assert (run_dir / "checkpoint.pt").is_file()
-    assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"] == "vit_micro"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"] == "vit_micro" and saved["epochs"] == 2 and saved["lr"] == 0.002
     assert "best val_acc" in proc.stdout
     # Each epoch's line says how long the rest of the run takes, at the run's time per epoch so far.
     out = " ".join(proc.stdout.split())

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train one config with the shared trainer")
     tr.add_argument("--config", help="TrainConfig YAML (for example a search's best_config.yaml)")
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    tr.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="override config keys: --set lr=3e-4 epochs=50 (or --set lr=3e-4 --set epochs=50)")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     tr.add_argument("--out", default="results", help="parent folder of the run folder")
     tr.add_argument("--name", help="run folder name (default: train-<time>)")
