@@ -44,6 +44,13 @@ def test_train_writes_epochs_checkpoint_and_config_then_resumes(tmp_path):
     assert list(pd.read_parquet(run_dir / "epochs.parquet")["epoch"]) == [1, 2]
     assert f"run {run_dir} has finished all 2 epochs: nothing to resume" in " ".join(again.stdout.split())
     assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == mtimes
+    # A longer run is a new run (the cosine schedule spans `epochs`): the refusal says how to start it.
+    longer = run("train", "--resume", str(run_dir), "--set", "epochs=4", "warmup_epochs=1")
+    assert longer.returncode == 2 and longer.stderr.count("\n") == 1, longer.stderr
+    assert f"--resume continues {str(run_dir)!r} with its own config: 'epochs' is 2 there and 4 here; to train it " \
+        f"differently, start a new run: python main.py train --config {run_dir / 'config.yaml'} --set epochs=4 " \
+        "warmup_epochs=1" in longer.stderr, longer.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == mtimes
 
 
 def test_a_warmup_that_fills_the_run_trains_without_timm_noise(tmp_path):

@@ -186,10 +186,8 @@ def test_reports_have_the_documented_schema(tiny_search):
 def test_the_summary_table_shows_whole_values_in_an_80_column_terminal(tiny_search):
     from rich.console import Console
 
-    from vitsearch.report import summary_table
+    from vitsearch.report import comparison_line, summary_table
     from vitsearch.space import parse_space
-
-    from vitsearch.report import comparison_line
 
     trials = pd.read_parquet(tiny_search[0] / "trials.parquet")
     space = parse_space(TINY)

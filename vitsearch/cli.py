@@ -132,6 +132,13 @@ def _stop_code() -> int:
     return stop_exit_code()
 
 
+def _yaml_value(value) -> str:
+    """`value` as `--set` takes it (YAML): 3, 0.0003, null, true, imagefolder:/data."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -148,11 +155,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / CHECKPOINT_NAME).is_file():
             raise UserError(f"--resume {args.resume!r} is not a train run folder (no {CHECKPOINT_NAME} in it)")
         cfg = load_config(args.config or run_dir / "config.yaml", args.set)
+        if args.config or args.set:  # a run goes on only with its own config (its schedule, its checkpoint)
+            own = load_config(run_dir / "config.yaml").to_dict()
+            diffs = [k for k, v in cfg.to_dict().items() if own.get(k) != v]
+            if diffs:
+                changes = " ".join(f"{k}={_yaml_value(getattr(cfg, k))}" for k in diffs)
+                raise UserError(f"--resume continues {str(run_dir)!r} with its own config: {diffs[0]!r} is "
+                                f"{own.get(diffs[0])!r} there and {getattr(cfg, diffs[0])!r} here; to train it "
+                                f"differently, start a new run: {command()} train --config "
+                                f"{run_dir / 'config.yaml'} --set {changes}")
         done = pd.read_parquet(run_dir / "epochs.parquet") if (run_dir / "epochs.parquet").is_file() else None
         if done is not None and len(done) and int(done["epoch"].iloc[-1]) >= cfg.epochs:
             # its checkpoint is written before each epoch's row: the run is complete, and nothing is rewritten
             best = done.loc[done["val_acc"].idxmax()]
-            console.print(f"run {run_dir} has finished all {cfg.epochs} epochs: nothing to resume (final val_acc "
+            every = ("all " if cfg.epochs > 1 else "") + count(cfg.epochs, "epoch")
+            console.print(f"run {run_dir} has finished {every}: nothing to resume (final val_acc "
                           f"{done['val_acc'].iloc[-1]:.4f}, best {best['val_acc']:.4f} at epoch {int(best['epoch'])})",
                           highlight=False, soft_wrap=True)
             return 0
