@@ -96,10 +96,13 @@ def test_sigterm_to_the_whole_process_group_stops_the_search_cleanly(tmp_path):
     assert f"python main.py search --resume {exp}" in out and "Failed to connect to GCS" not in out + err
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), ("closed stdout", 141)],
+                         ids=["ctrl-c", "sigterm", "closed-stdout"])
 def test_ctrl_c_keeps_everything_and_resume_finishes_the_search(tmp_path, sig, code):
     """Ctrl-C, or SIGTERM (`kill`, a batch system's time limit; Ray's driver used to abort with a stack
-    dump), stops the search with every finished trial kept and the resume command printed."""
+    dump), stops the search with every finished trial kept and the resume command printed. So does a
+    closed stdout (`search ... | head`, a `tee` stopped): rich exited with code 1 from inside Tune's
+    callback, and the search died without a word; the rest of its output now goes to stderr."""
     proc, exp = start_search(tmp_path)
     log = exp / "epochs.jsonl"
 
@@ -110,11 +113,18 @@ def test_ctrl_c_keeps_everything_and_resume_finishes_the_search(tmp_path, sig, c
         return any(e == 6 for e in latest.values()) and any(2 <= e < 6 for e in latest.values())
 
     wait_for(one_done_one_halfway, log, proc)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
+    if sig == "closed stdout":  # the reader goes away: the next progress line meets a broken pipe
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.wait(timeout=120)
+        out = ""
+        assert err.startswith("stdout was closed (the program reading it ended): stopping as on Ctrl-C\n"), err
+    else:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, out[-2000:] + err[-2000:]
     assert "Traceback" not in out + err and "SIGTERM received" not in out + err
-    assert f"python main.py search --resume {exp}" in out
+    assert f"python main.py search --resume {exp}" in out + err
     assert not (exp / "trials.parquet").exists()  # the reports wait for the whole search
     before = rows(log)
     done_before = {r["trial_id"] for r in before if r["epoch"] == 6}
@@ -380,3 +390,21 @@ def test_sigterm_stops_a_train_run_as_ctrl_c_does(tmp_path):
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert pd.read_parquet(run / "epochs.parquet")["epoch"].tolist() == list(range(1, 61))
+
+
+def test_a_train_run_whose_stdout_is_closed_stops_as_on_ctrl_c(tmp_path):
+    """`train ... | head`: rich exited with code 1 on the broken pipe, without a word of how to resume."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "train", "--set", "model=vit_micro",
+                             "image_size=16", "patch_size=4", "data_subset=256", "batch_size=32", "epochs=60",
+                             "--out", str(tmp_path), "--name", "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    while not proc.stdout.readline().startswith("epoch "):
+        assert proc.poll() is None, proc.communicate()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert err.startswith("stdout was closed (the program reading it ended): stopping as on Ctrl-C\n"), err
+    done = len(pd.read_parquet(run / "epochs.parquet"))
+    assert 1 <= done < 60 and f"interrupted after epoch {done} of 60; continue with: python main.py train " \
+        f"--resume {run}" in err, err

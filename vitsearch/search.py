@@ -815,13 +815,14 @@ def _actors_on_prestarted_workers():
         _ActorClassCache.get = stock
 
 
-STOP_SIGNALS: list[int] = []  # the signals that stopped this process's search early (SIGTERM)
+STOP_SIGNALS: list[int] = []  # the signals that stopped this process's command early (SIGTERM, SIGPIPE)
 SEARCH_STARTED: list[bool] = []  # [True] once tuner.fit() has been called in this process
 _TUNE_RUNNING: list[bool] = []  # [True] while tuner.fit() runs
 
 
 def stop_exit_code() -> int:
-    """The exit code of a search stopped by a signal: 143 after SIGTERM, 130 after Ctrl-C (SIGINT)."""
+    """The exit code of a command stopped early: 143 after SIGTERM, 141 after its stdout was closed
+    (SIGPIPE), 130 after Ctrl-C (SIGINT)."""
     return 128 + STOP_SIGNALS[0] if STOP_SIGNALS else 130
 
 
@@ -839,11 +840,21 @@ def stop_on_sigterm() -> None:
 
 
 def _on_sigterm(signum, frame) -> None:
+    stop_as_on_ctrl_c(signum)
+
+
+def stop_as_on_ctrl_c(signum: int) -> None:
+    """Stop this command as Ctrl-C does, and exit with 128 + `signum`: while Tune runs the trials, by
+    Tune's own graceful stop (SIGUSR1); before and after, by KeyboardInterrupt in the main thread."""
+    import threading
+
     STOP_SIGNALS.append(signum)
     if _TUNE_RUNNING and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
         os.kill(os.getpid(), signal.SIGUSR1)
-    else:
+    elif threading.current_thread() is threading.main_thread():
         raise KeyboardInterrupt
+    else:
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def finished_trials(exp_dir: Path) -> dict[str, dict]:
