@@ -204,6 +204,9 @@ def test_a_stop_before_the_first_trial_leaves_no_half_made_experiment(tmp_path, 
     assert "interrupted before any trial started: nothing was trained" in proc.stdout, out[-3000:]
     assert "Traceback" not in out and "SIGTERM received" not in out
     assert not exp.exists()
+    # The plan's first line comes once the data is loaded, before Ray starts and the probe ends (ViT-S's
+    # probe on a CPU takes about a minute, and the search said nothing until then)
+    assert (f"search {SLOW['name']}: 4 trials" in proc.stdout) == (where != "vitsearch.data.load_data"), out[-3000:]
 
 
 def test_a_stop_while_ray_starts_and_a_slow_probe_runs_exits_cleanly(tmp_path):

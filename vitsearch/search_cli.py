@@ -18,6 +18,7 @@ from .cli import command, console, count, duration
 from .errors import UserError
 
 SECOND_PROBE_WITHIN_S = 5.0  # the smallest batch is probed too when the largest's probe took less
+SAY_PROBING_AFTER_S = 3.0  # a probe still running after Ray started (and this long): the plan says so
 LOG_EVERY_S = 60.0  # without a terminal: a progress line per finished trial, and on a result at least this often
 
 
@@ -250,6 +251,7 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
                         "would differ; restore the data, or start a new search")
     # batch sizes larger than the data are not sampled
     space, left_out = space.fit_to_data(len(data.train_y), data.name, args.space or str(exp_dir / SPACE_FILE))
+    _print_header(space, data)
     check_address(args.address, args.verbose)  # a cluster that does not answer: one line, before the probe starts
     # On a CPU the throughput probe runs while Ray starts (mostly waiting on processes); on a GPU after
     # the packing probe, which needs Ray and the whole GPU.
@@ -402,6 +404,9 @@ class _Probe:
         self.thread.join(wait_s)
 
     def result(self) -> list[tuple[int, float]]:
+        self.thread.join(SAY_PROBING_AFTER_S)
+        if self.thread.is_alive():  # a large model on a CPU: say what the wait is for
+            console.print("probe: timing a few training steps of each probed config ...", highlight=False)
         self.thread.join()
         if self.error is not None:
             raise self.error
@@ -431,15 +436,20 @@ def _packing(space, data, device: str, earlier: dict | None):
     return replace(space, gpu=1.0 / earlier["trials_per_gpu"]), earlier
 
 
+def _print_header(space, data) -> None:
+    """The plan's first line, as soon as the data is loaded (Ray's start and the probe come after it:
+    ViT-S's probe on a CPU takes about a minute)."""
+    console.print(f"[bold]search[/] {space.name}: {count(space.num_samples, 'trial')} x <= {space.max_epochs} epochs, "
+                  f"ASHA grace {space.grace_period} / factor {space.reduction_factor}, metric {space.metric} "
+                  f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val",
+                  highlight=False, soft_wrap=True)
+
+
 def _print_plan(space, data, device: str, probes: list[tuple[int, float]], note: str | None = None) -> float:
     """The plan and an honest cost estimate from `probes`, (batch size, images/s) of the probed configs:
     an image costs the mean of their times per image. Returns the trial-epochs expected."""
     from .search import expected_trial_epochs
 
-    console.print(f"[bold]search[/] {space.name}: {count(space.num_samples, 'trial')} x <= {space.max_epochs} epochs, "
-                  f"ASHA grace {space.grace_period} / factor {space.reduction_factor}, metric {space.metric} "
-                  f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val",
-                  highlight=False, soft_wrap=True)
     if note:
         console.print(note, highlight=False, soft_wrap=True)
     slots = _slots(space)
