@@ -3,12 +3,14 @@ Ray node lost mid-search. The sweep retries from checkpoints and still ends with
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -128,9 +130,20 @@ def test_ctrl_c_keeps_everything_and_resume_finishes_the_search(tmp_path, sig, c
     assert not (exp / "trials.parquet").exists()  # the reports wait for the whole search
     before = rows(log)
     done_before = {r["trial_id"] for r in before if r["epoch"] == 6}
+    original = None
+    if sig == signal.SIGTERM:  # resumed as a copy in another folder, under another name
+        original = (exp / "study.db").read_bytes()
+        exp = shutil.copytree(exp, tmp_path / "elsewhere" / "exp-copy", symlinks=True)
+        log = exp / "epochs.jsonl"
 
     resumed = subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--resume", str(exp)],
                              capture_output=True, text=True, timeout=600)
+    if original is not None:
+        # The copy's study holds every trial, and the original's study.db was left as it was: the study's
+        # storage in Tune's saved state named the original's path, and the copy's trials went there.
+        assert (tmp_path / "exp" / "study.db").read_bytes() == original
+        study = optuna.load_study(study_name="exp", storage=f"sqlite:///{exp / 'study.db'}")
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     trials = pd.read_parquet(exp / "trials.parquet")
     epochs = pd.read_parquet(exp / "epochs.parquet")

@@ -241,8 +241,9 @@ def _importances(exp_dir: Path) -> dict[str, float]:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            study = optuna.load_study(study_name=exp_dir.name,
-                                      storage=f"sqlite:///{(exp_dir / 'study.db').resolve()}")
+            from .search import study_name, study_storage
+
+            study = optuna.load_study(study_name=study_name(exp_dir), storage=study_storage(exp_dir))
             importances = dict(optuna.importance.get_param_importances(study))
     except (ValueError, RuntimeError, KeyError):  # fewer than two complete trials, a single value, ...
         return {}

@@ -52,6 +52,19 @@ def study_storage(exp_dir: Path) -> str:
     return f"sqlite:///{(exp_dir / STUDY_FILE).resolve()}"
 
 
+def study_name(exp_dir: Path) -> str:
+    """The name of the Optuna study in `exp_dir`'s study.db: the folder's name when the search started. A
+    folder renamed since holds it under its old name (an extension made a second, empty study next to it,
+    and the reports did not find the study)."""
+    if (exp_dir / STUDY_FILE).is_file():
+        import optuna
+
+        names = optuna.study.get_all_study_names(storage=study_storage(exp_dir))
+        if exp_dir.name not in names and len(names) == 1:
+            return names[0]
+    return exp_dir.name
+
+
 # --- per-trial checkpoints ------------------------------------------------------------------------
 
 class TrialCheckpoints:
@@ -181,9 +194,45 @@ def _searcher_class():
             if self._first_number:
                 self._reseed()
 
+        # The study's storage is not part of a saved state (Tune's tuner.pkl and searcher snapshot): it
+        # held the experiment's absolute path, so a resumed copy of an experiment wrote its trials into the
+        # original's study.db, and a moved one failed on the old path with a traceback. `attach` binds the
+        # restored searcher to the study in the experiment folder as it is now.
+        def __getstate__(self) -> dict:
+            state = self.__dict__.copy()
+            state["_storage"] = state["_ot_study"] = None
+            state["_ot_trials"] = {k: t._trial_id for k, t in self._ot_trials.items()}  # ids, re-bound by attach
+            return state
+
+        def __setstate__(self, state: dict) -> None:
+            self.__dict__.update(state)
+
+        def save(self, checkpoint_path: str) -> None:
+            import pickle
+
+            with open(checkpoint_path, "wb") as file:
+                pickle.dump(self.__getstate__(), file)
+
         def restore(self, checkpoint_path: str) -> None:
-            super().restore(checkpoint_path)
+            import pickle
+
+            with open(checkpoint_path, "rb") as file:
+                state = pickle.load(file)
+            study = self._ot_study
+            self.__dict__.update({k: v for k, v in state.items() if k not in ("_storage", "_ot_study")})
+            self._bind_trials(study)
             self._reseed()
+
+        def attach(self, storage: str, study_name: str) -> None:
+            """Bind a restored searcher to `study_name` in `storage` (the experiment folder's study.db)."""
+            self._storage, self._study_name = optuna.storages.RDBStorage(storage), study_name
+            study = optuna.load_study(study_name=study_name, storage=self._storage, sampler=self._sampler)
+            self._bind_trials(study)
+
+        def _bind_trials(self, study) -> None:
+            self._ot_study = study
+            self._ot_trials = {k: optuna.trial.Trial(study, t if isinstance(t, int) else t._trial_id)
+                               for k, t in self._ot_trials.items()}
 
         def _reseed(self) -> None:
             """A sampler for a study that already holds trials: seeded from the space's seed and their
@@ -719,6 +768,30 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
                         "`ray start --head` runs there and the port is open") from None
 
 
+def _restore_tuner(path: str, trainable, exp_dir: Path):
+    """Tune's saved experiment, its searcher bound to the study in `exp_dir` as it is now (the study's
+    storage is not part of the saved state). Tune pickles the searcher's class with it: an experiment
+    started by an older version has the older searcher, whose saved state holds the study's absolute
+    path; it resumes only where it started."""
+    import sqlalchemy.exc
+    from ray import tune
+
+    here = study_storage(exp_dir)
+    moved = UserError(f"{str(exp_dir)!r} was moved or copied after its search started, and a search started by "
+                      "a vitsearch older than 2026-11-27 resumes only in the folder where it started; move it "
+                      "back there to resume it")
+    try:
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    except sqlalchemy.exc.OperationalError:  # its study's old path no longer exists
+        raise moved from None
+    searcher = tuner._local_tuner._tune_config.search_alg
+    if hasattr(searcher, "attach"):
+        searcher.attach(here, study_name(exp_dir))
+    elif getattr(getattr(searcher, "_storage", None), "url", here) != here:  # it would write into the original
+        raise moved
+    return tuner
+
+
 def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto", address: str | None = None,
                storage: str | None = None, verbose: bool = False, resume: bool = False, live=None,
                ray_dir: str = RAY_DIR, with_defaults: bool = True):
@@ -741,7 +814,7 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
         {"cpu": space.cpu, "gpu": space.gpu})
     callbacks = _callbacks(exp_dir, live, ray_root, space.max_epochs)
     if resume:
-        tuner = tune.Tuner.restore(_join(ray_root, ray_dir), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = _restore_tuner(_join(ray_root, ray_dir), trainable, exp_dir)
         # callbacks are not part of the saved state; put ours back
         tuner._local_tuner._run_config.callbacks = callbacks
     else:
@@ -749,7 +822,7 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
         searcher = _searcher_class()(
             space={k: d.to_optuna() for k, d in space.search.items()}, metric=space.metric, mode=space.mode,
             seed=space.seed, startup_trials=startup_trials(space.num_samples),
-            study_name=exp_dir.name, storage=optuna.storages.RDBStorage(study_storage(exp_dir)),
+            study_name=study_name(exp_dir), storage=optuna.storages.RDBStorage(study_storage(exp_dir)),
             max_epochs=space.max_epochs, worst=space.worst, defaults=defaults,
             defaults_inside={k for k, v in (defaults or {}).items() if space.search[k].contains(v)})
         scheduler = _scheduler_class()(time_attr="epoch", metric=space.metric, mode=space.mode,

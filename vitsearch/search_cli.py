@@ -492,7 +492,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
 
     from .figures import write_html_report
     from .report import TrialOutcome, comparison_line, error_line, summary_table, write_reports
-    from .search import RAY_DIR, ended_trials, run_search, stop_exit_code, study_storage
+    from .search import RAY_DIR, ended_trials, run_search, stop_exit_code, study_name, study_storage
 
     t0 = time.time()
     with LiveView(space, expected_epochs, _slots(space)) as live:
@@ -522,7 +522,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
             trial_id = Path(r.path).name
             error = error_line(r.error) if r.error else None
             outcomes.append(TrialOutcome(trial_id, dict(r.config), dict(r.metrics or {}), error))
-        study = optuna.load_study(study_name=exp_dir.name, storage=study_storage(exp_dir))
+        study = optuna.load_study(study_name=study_name(exp_dir), storage=study_storage(exp_dir))
         numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in study.trials}
         numbers.update({t.user_attrs["checkpoint_of"]: t.number for t in study.trials
                         if "checkpoint_of" in t.user_attrs})
@@ -539,7 +539,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         console.print(f"{count(len(trials), 'trial')}, {count(len(epochs), 'trial-epoch')} in {took}; wrote "
                       f"{exp_dir}/trials.parquet, epochs.parquet, {report_path.name}" +
                       (", best_config.yaml" if (exp_dir / "best_config.yaml").is_file() else "") +
-                      f"; Optuna study: {study_storage(exp_dir)} (name {exp_dir.name!r})", highlight=False,
+                      f"; Optuna study: {study_storage(exp_dir)} (name {study.study_name!r})", highlight=False,
                       soft_wrap=True)
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C during the reports: every trial is done and recorded
         if parquet_written:
