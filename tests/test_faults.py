@@ -239,6 +239,24 @@ def test_a_stop_while_ray_starts_and_a_slow_probe_runs_exits_cleanly(tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
+def test_a_stop_after_the_trials_and_before_the_parquet_files_says_how_to_resume(tmp_path):
+    """A second Ctrl-C while Tune stops, or a stop after the last trial and before the Parquet files, said
+    only "interrupted"; it now gives the resume command, which writes the reports."""
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**SLOW, "num_samples": 2}))
+    exp = tmp_path / "exp"
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_AT, "vitsearch.report.write_reports", "SIGTERM", "now",
+                           "search", "--space", str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--name", "exp"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 143, out[-3000:]
+    assert f"interrupted; continue with: python main.py search --resume {exp}\n" in proc.stdout, out[-3000:]
+    assert "Traceback" not in out and not (exp / "trials.parquet").exists()
+    resumed = subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--resume", str(exp)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert len(pd.read_parquet(exp / "trials.parquet")) == 2 and (exp / "report.html").is_file()
+
+
 def test_a_stop_while_the_reports_are_drawn_keeps_the_parquet_files(tmp_path):
     """SIGTERM after the last trial, while report.html is drawn: exit code 143, no traceback and no error of
     Ray's (Ray is stopped before the process exits), and `python main.py report` draws the rest. The signal

@@ -221,8 +221,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         return _prepare_and_run(space, exp_dir, device, storage, ray_dir, run, args)
     except KeyboardInterrupt:
-        if SEARCH_STARTED:
-            raise  # after the search (the reports): the experiment is kept as it is
+        if SEARCH_STARTED:  # a second Ctrl-C while Tune stops, or a stop while the reports are drawn
+            if not getattr(args, "parquet_written", False):  # (then the line says what `report` draws)
+                console.print(f"interrupted; continue with: {command()} search --resume "
+                              f"{getattr(args, 'claimed', None) or exp_dir}", highlight=False, soft_wrap=True)
+            raise  # the experiment is kept as it is
         # Ctrl-C or SIGTERM before Ray Tune started: nothing was trained, and the experiment folder (the
         # space and the empty study) would be one that --resume cannot continue.
         removed = getattr(args, "claimed", None) if args.space else None  # never a folder another search claimed
@@ -543,6 +546,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
                       soft_wrap=True)
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C during the reports: every trial is done and recorded
         if parquet_written:
+            args.parquet_written = True
             console.print(f"interrupted while drawing the reports; the Parquet files are written, and "
                           f"`{command()} report {exp_dir}` draws the rest", highlight=False, soft_wrap=True)
         raise
