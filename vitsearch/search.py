@@ -23,6 +23,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -839,11 +840,16 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
 ))
     stop_on_sigterm()
     SEARCH_STARTED[:] = _TUNE_RUNNING[:] = [True]
+    # Tune's Ctrl-C handler stays in place after a search that no Ctrl-C stopped: a Ctrl-C while the
+    # reports were drawn was ignored. Put back the one before it.
+    ctrl_c = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     try:
         with _actors_on_prestarted_workers():
             return tuner.fit()
     finally:
         _TUNE_RUNNING.clear()
+        if ctrl_c is not None:
+            signal.signal(signal.SIGINT, ctrl_c)
 
 
 @contextlib.contextmanager
