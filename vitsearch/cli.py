@@ -19,27 +19,36 @@ from rich.table import Table
 from .errors import NonFiniteLossError, UserError
 
 
-class _StdoutConsole(Console):
+class _Console(Console):
+    _PIPE_CLOSED: list[bool] = []  # [True] once a closed stdout or stderr has stopped the command
+
     def on_broken_pipe(self) -> None:
-        """stdout's reader went away (`| head`, a `tee` that was stopped). Rich's own handler exits with
-        code 1 from wherever it printed: inside a Tune callback, the search died without its reports or a
-        word. Now the command stops as on Ctrl-C (a search keeps every result and can be resumed; a train
-        run says how to resume), with exit code 141, and what it prints from here goes to stderr."""
+        """The reader of this console's stream went away (`| head`, a `tee` that was stopped). Rich's own
+        handler exits with code 1 from wherever it printed: inside a Tune callback, the search died without
+        its reports or a word. Now the command stops as on Ctrl-C (a search keeps every result and can be
+        resumed; a train run says how to resume), with exit code 141. Output to stdout goes to stderr from
+        there; a closed stderr (`2>&1 | head`) is quiet."""
         import signal
 
+        stream = self.file
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # what is left in sys.stdout's buffer goes nowhere
+        os.dup2(devnull, stream.fileno())  # what is left in the stream's buffer goes nowhere
         os.close(devnull)
-        self.file = sys.stderr
-        err_console.print("stdout was closed (the program reading it ended): stopping as on Ctrl-C", highlight=False,
-                          soft_wrap=True)
-        from .search import stop_as_on_ctrl_c  # imports no Ray
+        if stream is sys.stdout:
+            self.file = sys.stderr
+        else:
+            self.quiet = True
+        if not self._PIPE_CLOSED:
+            self._PIPE_CLOSED.append(True)
+            err_console.print("stdout was closed (the program reading it ended): stopping as on Ctrl-C",
+                              highlight=False, soft_wrap=True)
+            from .search import stop_as_on_ctrl_c  # imports no Ray
 
-        stop_as_on_ctrl_c(signal.SIGPIPE)
+            stop_as_on_ctrl_c(signal.SIGPIPE)
 
 
-console = _StdoutConsole(width=None if sys.stdout.isatty() else 160)  # logs and pipes: whole lines and tables
-err_console = Console(stderr=True)
+console = _Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes: whole lines and tables
+err_console = _Console(stderr=True)
 
 
 class _Parser(argparse.ArgumentParser):

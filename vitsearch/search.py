@@ -925,8 +925,6 @@ def _on_sigterm(signum, frame) -> None:
 def stop_as_on_ctrl_c(signum: int) -> None:
     """Stop this command as Ctrl-C does, and exit with 128 + `signum`: while Tune runs the trials, by
     Tune's own graceful stop (SIGUSR1); before and after, by KeyboardInterrupt in the main thread."""
-    import threading
-
     STOP_SIGNALS.append(signum)
     if _TUNE_RUNNING and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
         os.kill(os.getpid(), signal.SIGUSR1)
