@@ -328,8 +328,16 @@ def test_relative_paths_are_stored_absolute_so_the_outputs_work_from_any_folder(
                   "--storage", "shared", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = tmp_path / "out" / "e"
-    assert json.loads((exp / "run.json").read_text())["storage"] == str(tmp_path / "shared")
-    assert (tmp_path / "shared" / "ray").is_dir() and not (exp / "ray").exists()
+    run = json.loads((exp / "run.json").read_text())
+    assert run["storage"] == str(tmp_path / "shared") and re.fullmatch(r"e-[0-9a-f]{8}", run["storage_dir"])
+    assert (tmp_path / "shared" / run["storage_dir"] / "ray").is_dir() and not (exp / "ray").exists()
+    # A second search with the same --storage has a folder of its own there: the two shared Ray's experiment
+    # state in `<storage>/ray`, and a resumed search restored the other one's trials.
+    proc = search("--space", "s.yaml", "--data", "imagefolder:pics", "--out", "out", "--name", "e2",
+                  "--storage", "shared", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    other = json.loads((tmp_path / "out" / "e2" / "run.json").read_text())["storage_dir"]
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == sorted([run["storage_dir"], other])
     expected = f"imagefolder:{tmp_path / 'pics'}"
     assert yaml.safe_load((exp / "space.yaml").read_text())["fixed"]["data"] == expected
     assert yaml.safe_load((exp / "best_config.yaml").read_text())["data"] == expected

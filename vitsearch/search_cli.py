@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -190,7 +191,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.resume and ray_dir != RAY_DIR and run.get("extension_trials"):
             # the last run was an extension: resuming continues its trials, not the space's num_samples
             space = replace(space, num_samples=run["extension_trials"])
-        ray_root = storage or str(exp_dir.resolve())
+        ray_root = storage_root(storage, run) or str(exp_dir.resolve())
         if args.resume and "://" not in ray_root and not (Path(ray_root) / ray_dir).is_dir():
             raise UserError(f"--resume {args.resume!r}: Ray's experiment state ({ray_root}/{ray_dir}) is missing")
         if args.extend:
@@ -281,13 +282,25 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
                                    "meanwhile; pick another --name (nothing of either search was changed)")
             args.claimed = exp_dir  # from here a stop before the first trial removes the folder
             lock_experiment(exp_dir)
+        if storage and not run.get("storage"):  # each experiment's Ray state and checkpoints in a folder of its own
+            run = {**run, "storage_dir": f"{exp_dir.name}-{uuid.uuid4().hex[:8]}"}
         extensions = run.get("extensions", 0) + (1 if args.extend else 0)
         extension = {"extension_trials": space.num_samples} if args.extend else {}
         write_bytes(json.dumps({**run, "device": device, "storage": storage, "ray_dir": ray_dir,
                                 "extensions": extensions, "packing": packing, "data": run.get("data", fingerprint),
                                 **extension}).encode(),
                     exp_dir / RUN_FILE)
-    return _run_and_report(space, exp_dir, data, device, args, storage, ray_dir, expected_epochs)
+    return _run_and_report(space, exp_dir, data, device, args, storage_root(storage, run), ray_dir, expected_epochs)
+
+
+def storage_root(storage: str | None, run: dict) -> str | None:
+    """Where in `--storage` the experiment's Ray state and trial checkpoints live: a folder of its own
+    (`storage_dir` in run.json). Experiments started before it used the storage's top folder, so two
+    searches with one `--storage` (as the cluster example runs them) shared Ray's experiment state: a
+    resumed search restored the other's trials."""
+    from .search import _join
+
+    return _join(storage, run["storage_dir"]) if storage and run.get("storage_dir") else storage
 
 
 def preload(*modules: str) -> None:
