@@ -360,6 +360,24 @@ def _coerce(key: str, value: Any, kind: str) -> Any:
     raise ConfigError(f"invalid value for {key!r}: {value!r} (must be {expected})")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (`lr` under `search` twice): YAML
+    loaders keep the last one without a word, so the first was silently not what ran."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice in one mapping (the first would be ignored)",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path, what: str = "config") -> Any:
     """Load a YAML file with the safe loader; errors become one-line `ConfigError`s."""
     path = Path(path)
@@ -370,7 +388,7 @@ def read_yaml(path: str | Path, what: str = "config") -> Any:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {what} file {str(path)!r}: {exc.__class__.__name__}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
