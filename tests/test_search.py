@@ -331,6 +331,8 @@ def test_relative_paths_are_stored_absolute_so_the_outputs_work_from_any_folder(
     run = json.loads((exp / "run.json").read_text())
     assert run["storage"] == str(tmp_path / "shared") and re.fullmatch(r"e-[0-9a-f]{8}", run["storage_dir"])
     assert (tmp_path / "shared" / run["storage_dir"] / "ray").is_dir() and not (exp / "ray").exists()
+    # the report's attention maps come from the best trial's checkpoint in the storage ("not on this machine")
+    assert (exp / "attention_maps.png").is_file() and not (exp / "checkpoints").exists()
     # A second search with the same --storage has a folder of its own there: the two shared Ray's experiment
     # state in `<storage>/ray`, and a resumed search restored the other one's trials.
     proc = search("--space", "s.yaml", "--data", "imagefolder:pics", "--out", "out", "--name", "e2",

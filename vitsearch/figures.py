@@ -15,6 +15,7 @@ import math
 import numbers
 import os
 import platform
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,26 @@ def write_html_report(exp_dir: Path) -> Path:
     return path
 
 
+def _from_storage(exp_dir: Path, trial_id: str, local: Path) -> tuple[str | None, Path | None]:
+    """A trial's checkpoint from the search's `--storage` (run.json), copied to `local`: where it was
+    looked for, and `local` if it was there."""
+    from .search import TrialCheckpoints
+    from .search_cli import storage_root
+
+    try:
+        run = json.loads((exp_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    root = storage_root(run.get("storage"), run)
+    if not root:
+        return None, None
+    try:
+        checkpoints = TrialCheckpoints(root)
+        return checkpoints._path(trial_id), local if checkpoints.download(trial_id, local) else None
+    except OSError:  # a storage this machine cannot reach (now)
+        return root, None
+
+
 def _best_attention(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame) -> tuple[bytes | None, str]:
     """The best full-budget trial's attention maps, from its checkpoint and its data; else why not."""
     from .data import load_data
@@ -87,13 +108,17 @@ def _best_attention(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame) -> 
     if best is None:
         return None, "no trial reached the full budget"
     checkpoint = exp_dir / "checkpoints" / str(best["trial_id"]) / "checkpoint.pt"
-    if not checkpoint.is_file():
-        return None, f"the best trial's checkpoint {checkpoint} is not on this machine"
-    try:
-        cfg, _shape, model = load_trained(checkpoint, "checkpoint")
-        png = attention_maps_png(model, load_data(cfg))
-    except UserError as exc:
-        return None, f"not drawn: {exc}"
+    with tempfile.TemporaryDirectory() as tmp:
+        if not checkpoint.is_file():  # with --storage: in the experiment's folder there
+            where, fetched = _from_storage(exp_dir, str(best["trial_id"]), Path(tmp) / "checkpoint.pt")
+            if fetched is None:
+                return None, f"the best trial's checkpoint is not on this machine ({where or checkpoint})"
+            checkpoint = fetched
+        try:
+            cfg, _shape, model = load_trained(checkpoint, "checkpoint")
+            png = attention_maps_png(model, load_data(cfg))
+        except UserError as exc:
+            return None, f"not drawn: {exc}"
     if png is None:
         return None, f"not drawn: the best trial uses attention: {cfg.attention} (no map over patches)"
     return png, f"the best trial (Optuna #{best['optuna_number']}), from its final checkpoint"
