@@ -168,6 +168,28 @@ def test_ctrl_c_keeps_everything_and_resume_finishes_the_search(tmp_path, sig, c
     assert {p.name: p.stat().st_mtime_ns for p in exp.iterdir() if p.is_file()} == written
 
 
+def test_a_second_ctrl_c_while_the_search_stops_keeps_it_resumable(tmp_path):
+    """Ctrl-C twice (an impatient user): Tune skips its last save, and the search ends at once. It said
+    only "interrupted", and the run's time was missing from run.json; now the line gives the resume
+    command and the time is counted, and the resume finishes the search."""
+    proc, exp = start_search(tmp_path)
+    wait_for(lambda rs: any(r["epoch"] == 6 for r in rs), exp / "epochs.jsonl", proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert f"python main.py search --resume {exp}" in out and "Traceback" not in out + err, out[-2000:] + err
+    walls = json.loads((exp / "run.json").read_text())["run_walls"]
+    assert len(walls) == 1 and walls[0] > 0
+    resumed = subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--resume", str(exp)],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert len(trials) == 4 and (trials["status"] == "completed").all(), trials[["status", "reason"]]
+    assert " over 2 runs (this one: " in resumed.stdout
+
+
 SIGNAL_AT = r"""
 import os, signal, sys, threading
 import ray

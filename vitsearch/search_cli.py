@@ -508,13 +508,18 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
 
     from .figures import write_html_report
     from .report import TrialOutcome, comparison_line, error_line, summary_table, write_reports
-    from .search import RAY_DIR, ended_trials, run_search, stop_exit_code, study_name, study_storage
+    from .search import RAY_DIR, SEARCH_STARTED, ended_trials, run_search, stop_exit_code, study_name, study_storage
 
     t0 = time.time()
-    with LiveView(space, expected_epochs, _slots(space)) as live:
-        results = run_search(space, exp_dir, data=data, device=device, address=args.address, storage=storage,
-                             verbose=args.verbose, resume=bool(args.resume), live=live, ray_dir=ray_dir,
-                             with_defaults=ray_dir == RAY_DIR)
+    try:
+        with LiveView(space, expected_epochs, _slots(space)) as live:
+            results = run_search(space, exp_dir, data=data, device=device, address=args.address, storage=storage,
+                                 verbose=args.verbose, resume=bool(args.resume), live=live, ray_dir=ray_dir,
+                                 with_defaults=ray_dir == RAY_DIR)
+    except KeyboardInterrupt:  # a second Ctrl-C while Tune stops: this run's time counts all the same
+        if SEARCH_STARTED:
+            _add_run_time(exp_dir, time.time() - t0)
+        raise
     import ray
 
     ended = ended_trials(results, exp_dir)
