@@ -171,7 +171,7 @@ def _yaml_value(value) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .config import TrainConfig, absolute_paths, auto_patch_size, load_config
+    from .config import TrainConfig, absolute_paths, auto_patch_size, changed_keys, load_config
     from .data import load_data
     from .files import check_folder, check_name, claim_folder, free_folder, write_parquet, write_yaml
     from .train import CHECKPOINT_NAME, train
@@ -186,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config or run_dir / "config.yaml", args.set)
         if args.config or args.set:  # a run goes on only with its own config (its schedule, its checkpoint)
             own = load_config(run_dir / "config.yaml").to_dict()
-            diffs = [k for k, v in cfg.to_dict().items() if own.get(k) != v]
+            diffs = changed_keys(cfg, own)
             if diffs:
                 changes = " ".join(f"{k}={_yaml_value(getattr(cfg, k))}" for k in diffs)
                 raise UserError(f"--resume continues {str(run_dir)!r} with its own config: {diffs[0]!r} is "

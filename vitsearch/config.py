@@ -360,6 +360,11 @@ def _coerce(key: str, value: Any, kind: str) -> Any:
     raise ConfigError(f"invalid value for {key!r}: {value!r} (must be {expected})")
 
 
+def changed_keys(cfg: TrainConfig, saved: dict[str, Any]) -> list[str]:
+    """The keys whose value in `cfg` differs from `saved` (a run's or a checkpoint's config), in field order."""
+    return [k for k, v in cfg.to_dict().items() if saved.get(k) != v]
+
+
 class _StrictLoader(yaml.SafeLoader):
     """The safe loader, refusing a key given twice in one mapping (`lr` under `search` twice): YAML
     loaders keep the last one without a word, so the first was silently not what ran."""

@@ -82,8 +82,7 @@ def write_html_report(exp_dir: Path) -> Path:
 def _from_storage(exp_dir: Path, trial_id: str, local: Path) -> tuple[str | None, Path | None]:
     """A trial's checkpoint from the search's `--storage` (run.json), copied to `local`: where it was
     looked for, and `local` if it was there."""
-    from .search import TrialCheckpoints
-    from .search_cli import storage_root
+    from .search import TrialCheckpoints, storage_root
 
     try:
         run = json.loads((exp_dir / "run.json").read_text())

@@ -57,13 +57,26 @@ def study_name(exp_dir: Path) -> str:
     """The name of the Optuna study in `exp_dir`'s study.db: the folder's name when the search started. A
     folder renamed since holds it under its old name (an extension made a second, empty study next to it,
     and the reports did not find the study)."""
-    if (exp_dir / STUDY_FILE).is_file():
-        import optuna
+    import sqlite3
 
-        names = optuna.study.get_all_study_names(storage=study_storage(exp_dir))
+    path = exp_dir / STUDY_FILE
+    if path.is_file():  # read directly: an Optuna storage costs ~25 ms more per call, and may write
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+                names = [row[0] for row in db.execute("SELECT study_name FROM studies")]
+        except sqlite3.Error:  # not yet an Optuna study
+            names = []
         if exp_dir.name not in names and len(names) == 1:
             return names[0]
     return exp_dir.name
+
+
+def storage_root(storage: str | None, run: dict) -> str | None:
+    """Where in `--storage` the experiment's Ray state and trial checkpoints live: a folder of its own
+    (`storage_dir` in run.json). Experiments started before it used the storage's top folder, so two
+    searches with one `--storage` (as the cluster example runs them) shared Ray's experiment state: a
+    resumed search restored the other's trials."""
+    return _join(storage, run["storage_dir"]) if storage and run.get("storage_dir") else storage
 
 
 # --- per-trial checkpoints ------------------------------------------------------------------------

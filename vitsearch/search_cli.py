@@ -166,7 +166,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     import shutil
 
     from .files import check_name, free_folder, lock_experiment, write_bytes
-    from .search import RAY_DIR, RUN_FILE
+    from .search import RAY_DIR, RUN_FILE, storage_root
 
     chosen = [flag for flag in ("space", "resume", "extend") if getattr(args, flag)]
     if len(chosen) != 1:
@@ -242,7 +242,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, run: dict, args) -> int:
     from .data import load_data
     from .files import check_folder, claim_folder, lock_experiment, write_bytes, write_yaml
-    from .search import RUN_FILE, SPACE_FILE, check_address, check_resources, check_storage, init_ray
+    from .search import RUN_FILE, SPACE_FILE, check_address, check_resources, check_storage, init_ray, storage_root
 
     check_storage(storage)  # before anything is loaded, started or written
     if args.space:
@@ -291,16 +291,6 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
                                 **extension}).encode(),
                     exp_dir / RUN_FILE)
     return _run_and_report(space, exp_dir, data, device, args, storage_root(storage, run), ray_dir, expected_epochs)
-
-
-def storage_root(storage: str | None, run: dict) -> str | None:
-    """Where in `--storage` the experiment's Ray state and trial checkpoints live: a folder of its own
-    (`storage_dir` in run.json). Experiments started before it used the storage's top folder, so two
-    searches with one `--storage` (as the cluster example runs them) shared Ray's experiment state: a
-    resumed search restored the other's trials."""
-    from .search import _join
-
-    return _join(storage, run["storage_dir"]) if storage and run.get("storage_dir") else storage
 
 
 def preload(*modules: str) -> None:

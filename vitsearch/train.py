@@ -31,7 +31,7 @@ from torch import nn
 
 from . import monitor
 from .augment import BatchAugment, normalize
-from .config import TrainConfig
+from .config import TrainConfig, changed_keys
 from .data import ImageData, load_data
 from .distill import distill_loss, load_teacher
 from .errors import ConfigError, DataError, NonFiniteLossError, UserError
@@ -490,7 +490,7 @@ def load_checkpoint(path: str | Path, cfg: TrainConfig, run: Trainer,
         raise UserError(f"checkpoint {str(path)!r} cannot be read ({exc.__class__.__name__}); "
                         "it is truncated or not a vitsearch checkpoint") from None
     saved = state.get("config", {}) if isinstance(state, dict) else {}
-    diffs = [k for k, v in cfg.to_dict().items() if saved.get(k) != v]
+    diffs = changed_keys(cfg, saved)
     if diffs:
         key = diffs[0]
         raise UserError(f"checkpoint {str(path)!r} was written for a different config: {key!r} is "
