@@ -141,10 +141,10 @@ def test_loader_processes_started_by_spawn_or_forkserver_do_not_run_the_command_
 
 
 def test_reproduce_checks_out_before_training_and_never_overwrites_another(tmp_path, monkeypatch, capsys):
-    """`reproduce` writes only after every run (hours with the defaults' 100 epochs): an --out it cannot
-    write is one line before any training (it failed after all of it), and two runs started in the same
-    second each keep their reproduce.parquet (the second replaced the first's). The training itself is
-    replaced here by canned rows: what is tested is where they go."""
+    """`reproduce` writes reproduce.parquet after every run (hours with the defaults' 100 epochs): an --out
+    it cannot write is one line before any training (it failed after all of it), and two runs started in
+    the same second each keep their reproduce.parquet (the second replaced the first's). The training
+    itself is replaced here by canned rows: what is tested is where they go."""
     from vitsearch import cli, reproduce
 
     trained = []

@@ -449,6 +449,17 @@ def test_sigterm_stops_a_train_run_as_ctrl_c_does(tmp_path):
     assert pd.read_parquet(run / "epochs.parquet")["epoch"].tolist() == list(range(1, 61))
 
 
+def test_a_reproduce_stopped_before_its_first_epoch_leaves_nothing(tmp_path):
+    """It now claims its folder before training (its finished runs are kept there as they come), and takes
+    it back when stopped before anything was trained."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", "import vitsearch.train, vitsearch.data\n" + SIGNAL_AT,
+                           "vitsearch.train.train", "SIGTERM", "now", "reproduce", "--seeds", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 143 and proc.stderr.strip() == "interrupted", proc.stdout + proc.stderr
+    assert not out.exists()
+
+
 def test_a_train_run_whose_stdout_is_closed_stops_as_on_ctrl_c(tmp_path):
     """`train ... | head`: rich exited with code 1 on the broken pipe, without a word of how to resume."""
     run = tmp_path / "run"

@@ -536,6 +536,73 @@ def test_reproduce_compares_best_and_defaults_over_seeds(tiny_search, tmp_path):
     assert re.search(r"recommended defaults\s+seed 0\s+epoch 1/4\s+val_acc [.\d]+\s+~\d+ s left in all", first_run)
 
 
+def _reproduce_until(args: list[str], line: str) -> tuple[int, str, str]:
+    """`reproduce ARGS`, stopped by SIGTERM (a batch system's time limit) once its output has a line
+    holding `line`; the exit code, stdout and stderr."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "reproduce", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out = []
+    while not out or line not in out[-1]:
+        out.append(proc.stdout.readline())
+        assert out[-1] or proc.poll() is None, "".join(out) + proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    rest, err = proc.communicate(timeout=120)
+    return proc.returncode, "".join(out) + rest, err
+
+
+def test_an_interrupted_reproduce_resumes_and_a_diverged_run_is_a_row(tiny_search, tmp_path):
+    """`reproduce` lost every finished run to Ctrl-C or a time limit (hours of them with the defaults' 100
+    epochs), and a run whose loss went non-finite ended it with a traceback. Now the finished runs and the
+    run in progress (its checkpoint) are kept, `--resume` trains only what is left, and a diverged run is a
+    row with its reason while the others go on."""
+    import shutil
+
+    exp, _ = tiny_search
+    copy = tmp_path / "exp"
+    shutil.copytree(exp, copy)
+    best = yaml.safe_load((copy / "best_config.yaml").read_text())
+    (copy / "best_config.yaml").write_text(yaml.safe_dump({**best, "lr": 1.0e6}))  # diverges at once
+    resume = f"continue with: python main.py reproduce --resume {copy}"
+
+    # stopped in the first run, after its first epoch: the epoch is kept in the run's checkpoint
+    code, out, err = _reproduce_until(["--from", str(copy), "--seeds", "2"], "seed 0  epoch 1/4")
+    assert code == 143 and err.strip() == f"interrupted after 0 runs of 4 (the next one's epochs so far are in " \
+        f"its checkpoint); {resume}", out + err
+    assert not (copy / "reproduce.parquet").exists()
+    assert list((copy / "reproduce-runs").iterdir()) == [copy / "reproduce-runs" / "recommended-defaults-seed0"]
+    # a new reproduce of the experiment would start over: refused
+    again = subprocess.run([sys.executable, str(ROOT / "main.py"), "reproduce", "--from", str(copy)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "holds a reproduce that has not finished" in again.stderr \
+        and f"--resume {copy}" in again.stderr and len(again.stderr.strip().splitlines()) == 1, again.stderr
+
+    # the resume goes on from epoch 2 of that run; stopped again once the run has finished
+    code, out, err = _reproduce_until(["--resume", str(copy)], "seed 0  final val_acc")
+    assert code == 143 and err.strip().startswith("interrupted after 1 run of 4") and resume in err, out + err
+    assert "continuing: 0 runs of 4 finished before" in out.splitlines()[0]
+    assert re.search(r"recommended defaults\s+seed 0\s+epoch 2/4", out) and "epoch 1/4" not in out, out
+    kept = json.loads((copy / "reproduce.partial.json").read_text())["runs"]
+    assert [(r["config"], r["seed"], r["epochs"]) for r in kept] == [("recommended defaults", 0, 4)]
+
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "reproduce", "--resume", str(copy)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    runs = pd.read_parquet(copy / "reproduce.parquet")
+    assert list(runs[["config", "seed", "status"]].itertuples(index=False, name=None)) == [
+        ("recommended defaults", 0, "finished"), ("recommended defaults", 1, "finished"),
+        ("search best", 0, "diverged"), ("search best", 1, "diverged")]
+    assert runs.iloc[0]["wall_s"] == kept[0]["wall_s"]  # kept, not trained again
+    lost = runs[runs["status"] == "diverged"]
+    assert lost["reason"].str.startswith("non-finite loss in epoch 1").all() and lost["final_val_acc"].isna().all()
+    assert runs[runs["status"] == "finished"]["final_val_acc"].between(0, 1).all()
+    assert "search best - recommended defaults: no difference: 2 of 2 runs of search best diverged" in proc.stdout
+    assert "diverged" in (copy / "report.html").read_text()
+    assert not (copy / "reproduce.partial.json").exists() and not (copy / "reproduce-runs").exists()
+    done = subprocess.run([sys.executable, str(ROOT / "main.py"), "reproduce", "--resume", str(copy)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "has finished (reproduce.parquet): nothing to resume" in done.stderr
+
+
 def test_interop_pyarrow_sql_optuna_and_plain_timm(tiny_search):
     import duckdb
     import pyarrow.parquet as pq

@@ -80,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     re_ = sub.add_parser("reproduce", help="train the recommended defaults (and a search's best) over N seeds")
     re_.add_argument("--from", dest="source", metavar="EXPERIMENT_DIR", help="also train this search's best config")
     re_.add_argument("--data", help="dataset spec for every run (default: the experiment's, or digits)")
-    re_.add_argument("--seeds", type=int, default=3, help="seeds per config (default 3)")
+    re_.add_argument("--seeds", type=int, help="seeds per config (default 3)")
     re_.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     re_.add_argument("--out", default="results", help="parent folder of the output (without --from)")
+    re_.add_argument("--resume", metavar="DIR", help="continue an interrupted reproduce (its --from experiment or "
+                     "its reproduce-<time> folder)")
     return parser
 
 
@@ -287,38 +289,92 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+PARTIAL = "reproduce.partial.json"  # an unfinished reproduce: what it trains, and the runs finished so far
+RUNS_DIR = "reproduce-runs"  # the checkpoint of the run in progress
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+
     from . import reproduce
     from .config import TrainConfig
-    from .files import check_folder, claim_folder, write_parquet
+    from .files import check_folder, claim_folder, write_bytes, write_parquet
 
-    if args.seeds < 1:
+    if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds is {args.seeds}, but must be >= 1")
-    metric = "val_acc"
-    if args.source:
-        defaults, best, metric = reproduce.defaults_for(Path(args.source))  # compared by the search's metric
-        configs = {"recommended defaults": defaults, "search best": best}
-        out_dir = Path(args.source)
-        check_folder(out_dir, "--from")  # written only after every run: a folder it cannot write fails now
+    done: list[dict] = []
+    if args.resume:
+        given = [flag for flag, value in (("--from", args.source), ("--data", args.data), ("--seeds", args.seeds))
+                 if value is not None]
+        if given:
+            raise UserError(f"{given[0]} goes with a new reproduce; --resume continues {args.resume!r} with its own "
+                            "configs, data and seeds")
+        out_dir = Path(args.resume)
+        if not (out_dir / PARTIAL).is_file():
+            raise UserError(f"--resume {args.resume!r}: " + (
+                "its reproduce has finished (reproduce.parquet): nothing to resume" if
+                (out_dir / "reproduce.parquet").is_file() else f"no interrupted reproduce in it (no {PARTIAL})"))
+        try:
+            state = json.loads((out_dir / PARTIAL).read_text())
+            configs = {name: TrainConfig.from_dict(cfg) for name, cfg in state["configs"].items()}
+            seeds, metric, source, done = int(state["seeds"]), state["metric"], bool(state["from"]), state["runs"]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"--resume {args.resume!r}: {PARTIAL} cannot be read ({exc.__class__.__name__}); "
+                            "it was not written by vitsearch's reproduce") from None
     else:
-        configs = {"recommended defaults": TrainConfig()}
-        out_dir = Path(args.out) / time.strftime("reproduce-%Y%m%d-%H%M%S")
-        check_folder(args.out, "--out")
-    if args.data:
-        from .config import absolute_paths
+        seeds, metric, source = args.seeds or 3, "val_acc", bool(args.source)
+        if args.source:
+            defaults, best, metric = reproduce.defaults_for(Path(args.source))  # compared by the search's metric
+            configs = {"recommended defaults": defaults, "search best": best}
+            out_dir = Path(args.source)
+            check_folder(out_dir, "--from")
+        else:
+            configs = {"recommended defaults": TrainConfig()}
+            out_dir = Path(args.out) / time.strftime("reproduce-%Y%m%d-%H%M%S")
+            check_folder(args.out, "--out")
+        if args.data:
+            from .config import absolute_paths
 
-        data = absolute_paths({"data": args.data}, os.getcwd())["data"]
-        configs = {name: cfg.replace(data=data) for name, cfg in configs.items()}
+            data = absolute_paths({"data": args.data}, os.getcwd())["data"]
+            configs = {name: cfg.replace(data=data) for name, cfg in configs.items()}
     from .data import load_data
 
     data = [load_data(cfg) for cfg in configs.values()][0]  # a missing dataset fails here, before any training
-    total = sum(cfg.epochs for cfg in configs.values()) * args.seeds
+    for name, cfg in configs.items():  # a config the data cannot take fails now, not after the others' runs
+        if cfg.batch_size > len(data.train_y):
+            raise UserError(f"{name}: invalid value for 'batch_size': {cfg.batch_size} (must be <= the "
+                            f"{len(data.train_y)} training images of {data.name!r})")
+    total_runs = len(configs) * seeds
+
+    def save(rows: list[dict], folder: Path, exclusive: bool = False) -> None:
+        state = {"configs": {name: cfg.to_dict() for name, cfg in configs.items()}, "seeds": seeds,
+                 "metric": metric, "from": source, "runs": rows}
+        write_bytes(json.dumps(state, indent=1).encode(), folder / PARTIAL, exclusive=exclusive)
+
+    made: list[Path] = []  # folders a new reproduce made, removed again if it stops before its first epoch
+    if not args.resume:
+        def claim(folder: Path) -> None:
+            if (folder / "reproduce.parquet").exists() and not source:  # another one's, finished meanwhile
+                raise FileExistsError(folder)
+            made[:] = [p for p in (folder, *folder.parents) if not p.exists()]
+            save([], folder, exclusive=True)
+
+        # --from: the experiment's reproduce that was interrupted (or one running now) is not started over
+        out_dir = claim_folder(out_dir, None if source else out_dir, claim,
+                               f"--from {str(out_dir)!r} holds a reproduce that has not finished ({PARTIAL}): "
+                               f"continue it with: {command()} reproduce --resume {out_dir} (or delete "
+                               f"{out_dir / PARTIAL} to start over)")
+    work_dir = out_dir / RUNS_DIR
+    total = sum(cfg.epochs for cfg in configs.values()) * seeds
     console.print("[bold]reproduce[/] " + " and ".join(
         f"{name} ({cfg.model}, {cfg.epochs} epochs, batch {cfg.batch_size})" for name, cfg in configs.items())
-        + f", {args.seeds} seed(s) each, one run at a time, on {data.name}: {len(data.train_y)} train / "
-        f"{len(data.val_y)} val images; {total} epochs in all, the time left shown after the first",
+        + f", {seeds} seed(s) each, one run at a time, on {data.name}: {len(data.train_y)} train / "
+        f"{len(data.val_y)} val images; {total} epochs in all, the time left shown after the first"
+        + (f"; continuing: {count(len(done), 'run')} of {total_runs} finished before" if args.resume else ""),
         highlight=False, soft_wrap=True)
     shown = [0.0]
+    rows = list(done)
 
     def on_epoch(name: str, seed: int, metrics: dict, epochs: int, left: float) -> None:
         if time.time() - shown[0] >= 60 and metrics["epoch"] < epochs:  # at the first epoch, then once a minute
@@ -326,27 +382,53 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             console.print(f"{name:>20}  seed {seed}  epoch {metrics['epoch']}/{epochs}  {metric} "
                           f"{metrics[metric]:.4f}  ~{duration(left)} left in all", highlight=False)
 
-    runs = reproduce.run(configs, args.seeds, args.device, progress=lambda row: console.print(
-        f"{row['config']:>20}  seed {row['seed']}  final {metric} {row[f'final_{metric}']:.4f}  "
-        f"({row['epochs']} epochs, {row['wall_s']:.0f} s)", highlight=False), on_epoch=on_epoch)
-    if args.source:
-        write_parquet(runs, out_dir / "reproduce.parquet")
-    else:  # a folder of its own, also where another reproduce started in the same second
-        out_dir = claim_folder(out_dir, out_dir, lambda folder: write_parquet(runs, folder / "reproduce.parquet",
-                                                                              exclusive=True), "")
-    table = Table(title=f"final {metric} over {args.seeds} seed(s), full budget")
-    for col in ("config", "mean", "std", "seeds"):
+    def progress(row: dict, so_far: list[dict]) -> None:
+        rows[:] = so_far
+        save(so_far, out_dir)  # before its checkpoint is removed: a stop from here on loses nothing
+        result = (f"final {metric} {row[f'final_{metric}']:.4f}" if row["status"] == "finished"
+                  else f"diverged: {row['reason']}")
+        console.print(f"{row['config']:>20}  seed {row['seed']}  {result}  ({row['epochs']} epochs, "
+                      f"{row['wall_s']:.0f} s)", highlight=False, soft_wrap=True)
+
+    try:
+        runs = reproduce.run(configs, seeds, args.device, progress=progress, on_epoch=on_epoch, done=done,
+                             work_dir=work_dir)
+    except BaseException as exc:
+        started = work_dir.is_dir() and any(work_dir.iterdir())
+        if not rows and not started and not args.resume:  # stopped before its first epoch: it leaves nothing
+            (out_dir / PARTIAL).unlink(missing_ok=True)
+            shutil.rmtree(work_dir, ignore_errors=True)
+            for folder in made:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        elif isinstance(exc, KeyboardInterrupt):
+            err_console.print(f"interrupted after {count(len(rows), 'run')} of {total_runs}"
+                              + (" (the next one's epochs so far are in its checkpoint)" if started else "")
+                              + f"; continue with: {command()} reproduce --resume {escape(str(out_dir))}",
+                              highlight=False, soft_wrap=True)
+            return _stop_code()
+        raise
+    write_parquet(runs, out_dir / "reproduce.parquet")
+    (out_dir / PARTIAL).unlink(missing_ok=True)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    summary = reproduce.summary(runs, metric)
+    table = Table(title=f"final {metric} over {seeds} seed(s), full budget")
+    lost = bool(summary["diverged"].any())
+    for col in ("config", "mean", "std", "seeds", *(["diverged"] if lost else [])):
         table.add_column(col, justify="right")
-    for name, row in reproduce.summary(runs, metric).iterrows():
-        table.add_row(name, f"{row['mean']:.4f}", f"{row['std']:.4f}", str(int(row["seeds"])))
+    for name, row in summary.iterrows():
+        table.add_row(name, *(f"{row[k]:.4f}" if row["seeds"] else "-" for k in ("mean", "std")),
+                      str(int(row["seeds"])), *([str(int(row["diverged"]))] if lost else []))
     console.print(table)
     if len(configs) == 2:
         console.print(reproduce.difference_line(runs, metric), highlight=False)
-    if args.source:
+    if source:
         from .figures import write_html_report
 
         write_html_report(out_dir)
-    console.print(f"wrote {out_dir}/reproduce.parquet" + (" and report.html" if args.source else ""),
+    console.print(f"wrote {out_dir}/reproduce.parquet" + (" and report.html" if source else ""),
                   highlight=False, soft_wrap=True)
     return 0
 

@@ -430,8 +430,11 @@ def _reproduced(runs: pd.DataFrame, metric: str) -> str:
 
     if f"final_{metric}" not in runs:  # written before reproduce compared by the search's metric
         metric = "val_acc"
-    rows = [[name, r["mean"], r["std"], int(r["seeds"])] for name, r in summary(runs, metric).iterrows()]
-    text = _table(rows, ["config", f"mean final {metric}", "std", "seeds"])
+    counts = summary(runs, metric)
+    lost = bool(counts["diverged"].any())  # diverged runs have no final metric: left out, and counted
+    rows = [[name, *((r["mean"], r["std"]) if r["seeds"] else ("-", "-")), int(r["seeds"]),
+             *([int(r["diverged"])] if lost else [])] for name, r in counts.iterrows()]
+    text = _table(rows, ["config", f"mean final {metric}", "std", "seeds", *(["diverged"] if lost else [])])
     if set(runs["config"]) == {"search best", "recommended defaults"}:
         text += f"<p>{html.escape(difference_line(runs, metric))}</p>"
     return text + "<p class='note'>Each seed draws its own split, initialisation, order and augmentation.</p>"

@@ -141,5 +141,5 @@ def write_yaml(data: Any, path: str | Path, header: str = "", exclusive: bool = 
     _atomic(Path(path), lambda tmp: tmp.write_text(text), exclusive)
 
 
-def write_bytes(data: bytes, path: str | Path) -> None:
-    _atomic(Path(path), lambda tmp: tmp.write_bytes(data))
+def write_bytes(data: bytes, path: str | Path, exclusive: bool = False) -> None:
+    _atomic(Path(path), lambda tmp: tmp.write_bytes(data), exclusive)
