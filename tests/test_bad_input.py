@@ -34,6 +34,7 @@ FILE_CASES = {
     "space_not_a_config_key.yaml": "search.learning_rate is not a TrainConfig key",
     "space_no_resources.yaml": "a trial needs cpu > 0 or gpu > 0",
     "space_batch_larger_than_the_data.yaml": "fixed.batch_size is 128, more than the 100 training images of 'digits'",
+    "space_name_too_long.yaml": "name vit_small_lr_sweep_v... is 229 bytes long, but must be at most 200",
     "space_duplicate_key.yaml": "is not valid YAML at line 11, column 3: the key 'lr' appears twice in one mapping",
     "config_yaml_syntax.yaml": "is not valid YAML at line",
     "config_duplicate_key.yaml": "is not valid YAML at line 5, column 1: the key 'lr' appears twice in one mapping",
@@ -158,6 +159,10 @@ GENERATED = {
                              "--name goes with --space (a new search); --resume continues in EXPERIMENT_DIR"),
     "a train --resume with --name": (lambda t: ["train", "--resume", str(_truncated_checkpoint(t)), "--name", "x"],
                                      "--name goes with a new run; --resume continues in RUN_DIR"),
+    "a train --name longer than a folder name can be": (lambda t: ["train", "--set", "model=vit_micro", "--name",
+                                                                   "r" * 300],
+                                                        "--name rrrrrrrrrrrrrrrrrrrr... is 300 bytes long, but must "
+                                                        "be at most 200"),
     "a train --name with a slash": (lambda t: ["train", "--set", "model=vit_micro", "--name", "a/b"],
                                     "--name 'a/b' must be a folder name inside --out"),
 }

@@ -387,7 +387,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         save(so_far, out_dir)  # before its checkpoint is removed: a stop from here on loses nothing
         result = (f"final {metric} {row[f'final_{metric}']:.4f}" if row["status"] == "finished"
                   else f"diverged: {row['reason']}")
-        console.print(f"{row['config']:>20}  seed {row['seed']}  {result}  ({row['epochs']} epochs, "
+        console.print(f"{row['config']:>20}  seed {row['seed']}  {result}  ({count(row['epochs'], 'epoch')}, "
                       f"{row['wall_s']:.0f} s)", highlight=False, soft_wrap=True)
 
     try:
@@ -416,7 +416,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     summary = reproduce.summary(runs, metric)
     table = Table(title=f"final {metric} over {seeds} seed(s), full budget")
     lost = bool(summary["diverged"].any())
-    for col in ("config", "mean", "std", "seeds", *(["diverged"] if lost else [])):
+    for col in ("config", "mean", "std", *(["finished", "diverged"] if lost else ["seeds"])):
         table.add_column(col, justify="right")
     for name, row in summary.iterrows():
         table.add_row(name, *(f"{row[k]:.4f}" if row["seeds"] else "-" for k in ("mean", "std")),

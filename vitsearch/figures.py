@@ -434,7 +434,7 @@ def _reproduced(runs: pd.DataFrame, metric: str) -> str:
     lost = bool(counts["diverged"].any())  # diverged runs have no final metric: left out, and counted
     rows = [[name, *((r["mean"], r["std"]) if r["seeds"] else ("-", "-")), int(r["seeds"]),
              *([int(r["diverged"])] if lost else [])] for name, r in counts.iterrows()]
-    text = _table(rows, ["config", f"mean final {metric}", "std", "seeds", *(["diverged"] if lost else [])])
+    text = _table(rows, ["config", f"mean final {metric}", "std", *(["finished", "diverged"] if lost else ["seeds"])])
     if set(runs["config"]) == {"search best", "recommended defaults"}:
         text += f"<p>{html.escape(difference_line(runs, metric))}</p>"
     return text + "<p class='note'>Each seed draws its own split, initialisation, order and augmentation.</p>"

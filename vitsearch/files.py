@@ -27,10 +27,16 @@ def check_folder(path: str | Path, flag: str) -> None:
                         f"({exc.strerror or exc})") from None
 
 
+MAX_NAME = 200  # bytes of a folder name the user gives: a file system takes 255, and suffixes (the time) are added
+
+
 def check_name(name: str | None) -> None:
-    """`--name` is one folder inside `--out`: `a/b` made nested folders and `../x` wrote outside `--out`."""
+    """`--name` is one folder inside `--out`: `a/b` made nested folders and `../x` wrote outside `--out`; one
+    longer than the file system takes was a traceback after the data had loaded."""
     if name is not None and (not name.strip() or name in (".", "..") or "/" in name or os.sep in name):
         raise UserError(f"--name {name!r} must be a folder name inside --out (no '/', not '.' or '..')")
+    if name is not None and len(name.encode()) > MAX_NAME:
+        raise UserError(f"--name {name[:20]}... is {len(name.encode())} bytes long, but must be at most {MAX_NAME}")
 
 
 def free_folder(base: Path) -> Path:

@@ -39,6 +39,7 @@ from typing import Any
 
 from .config import DATA_KEYS, TrainConfig, read_yaml
 from .errors import ConfigError, SpaceError
+from .files import MAX_NAME
 
 # metric -> (direction, worst value: what a diverged or failed trial scores)
 METRICS = {"val_acc": ("max", 0.0), "val_loss": ("min", math.inf), "train_loss": ("min", math.inf)}
@@ -276,6 +277,8 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
     name = raw.get("name", Path(origin).stem)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         fail(f"name {name!r} must be letters, digits, '-' and '_'")
+    if len(name.encode()) > MAX_NAME:  # it names the experiment's folder, with the time added
+        fail(f"name {name[:20]}... is {len(name.encode())} bytes long, but must be at most {MAX_NAME}")
     return SearchSpace(name, metric, mode, num_samples, seed, max_epochs, grace, factor, float(cpu), float(gpu),
                        max_concurrent, retries, float(checkpoint_every_s), dict(fixed), search, dict(raw), gpu_auto)
 
