@@ -394,7 +394,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         runs = reproduce.run(configs, seeds, args.device, progress=progress, on_epoch=on_epoch, done=done,
                              work_dir=work_dir)
     except BaseException as exc:
-        started = work_dir.is_dir() and any(work_dir.iterdir())
+        from .train import CHECKPOINT_NAME, peek_history
+
+        kept = [len(peek_history(path)) for path in work_dir.glob(f"*/{CHECKPOINT_NAME}")]  # the run stopped
+        started = bool(kept and kept[0])
         if not rows and not started and not args.resume:  # stopped before its first epoch: it leaves nothing
             (out_dir / PARTIAL).unlink(missing_ok=True)
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -405,7 +408,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                     break
         elif isinstance(exc, KeyboardInterrupt):
             err_console.print(f"interrupted after {count(len(rows), 'run')} of {total_runs}"
-                              + (" (the next one's epochs so far are in its checkpoint)" if started else "")
+                              + (f" and {count(kept[0], 'epoch')} of the next (in its checkpoint)" if started else "")
                               + f"; continue with: {command()} reproduce --resume {escape(str(out_dir))}",
                               highlight=False, soft_wrap=True)
             return _stop_code()
