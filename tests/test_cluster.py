@@ -139,3 +139,33 @@ def test_trials_that_no_node_can_hold_wait_for_one_with_a_note(cluster, tmp_path
             "such a node joins (an autoscaling cluster)") in " ".join(out.split())
     trials = pd.read_parquet(tmp_path / "exp" / "trials.parquet")
     assert len(trials) == 2 and (trials["status"] == "completed").all()
+
+
+def test_a_stopped_search_on_a_cluster_says_to_resume_it_there(cluster, tmp_path):
+    """The `--resume` command that a stopped search prints (and `report` repeats) left out `--address`: run
+    as printed, the resume went on with a Ray instance of the driver's machine alone."""
+    import json
+    import signal
+
+    space = {**TINY, "num_samples": 12, "scheduler": {"max_epochs": 3, "grace_period": 1, "reduction_factor": 2}}
+    space["search"] = {**TINY["search"], "lr": {"loguniform": [1.0e-4, 1.0e-2]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
+    exp = tmp_path / "exp"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "search", "--space", str(tmp_path / "s.yaml"),
+                             "--out", str(tmp_path), "--name", "exp", "--address", cluster.address],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not proc.stdout.readline().startswith("trial "):  # a line per finished trial (not a terminal)
+        assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    command = f"python main.py search --resume {exp} --address {cluster.address}"
+    assert proc.returncode == 143 and out.strip().endswith(f"Continue with: {command}"), out[-2000:] + err[-2000:]
+    assert json.loads((exp / "run.json").read_text())["address"] == cluster.address
+    report = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(exp)], capture_output=True,
+                            text=True, timeout=120)
+    assert report.returncode == 2 and report.stderr.strip().endswith(f"continue it with: {command}"), report.stderr
+    resumed = subprocess.run([sys.executable, *command.split()[1:]], capture_output=True, text=True, timeout=600,
+                             cwd=ROOT)  # as printed
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert len(trials) == 12 and trials["node_id"].nunique() == 2

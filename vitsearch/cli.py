@@ -114,6 +114,12 @@ def command() -> str:
     return f"python {prog}" if prog == "main.py" else prog
 
 
+def on_cluster(address: str | None) -> str:
+    """What a printed `search --resume` command adds for a search that ran on a cluster: without it, the
+    resume would run on a Ray instance of this machine alone."""
+    return f" --address {address}" if address else ""
+
+
 def run() -> None:
     """`python main.py ...` and the installed `vitsearch ...`: `main`, then a quick exit."""
     from .search import stop_on_sigterm

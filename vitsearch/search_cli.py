@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .cli import command, console, count, duration
+from .cli import command, console, count, duration, on_cluster
 from .errors import UserError
 
 SECOND_PROBE_WITHIN_S = 5.0  # the smallest batch is probed too when the largest's probe took less
@@ -225,7 +225,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if SEARCH_STARTED:  # a second Ctrl-C while Tune stops, or a stop while the reports are drawn
             if not getattr(args, "parquet_written", False):  # (then the line says what `report` draws)
                 console.print(f"interrupted; continue with: {command()} search --resume "
-                              f"{getattr(args, 'claimed', None) or exp_dir}", highlight=False, soft_wrap=True)
+                              f"{getattr(args, 'claimed', None) or exp_dir}{on_cluster(args.address)}",
+                              highlight=False, soft_wrap=True)
             raise  # the experiment is kept as it is
         # Ctrl-C or SIGTERM before Ray Tune started: nothing was trained, and the experiment folder (the
         # space and the empty study) would be one that --resume cannot continue.
@@ -286,9 +287,9 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
             run = {**run, "storage_dir": f"{exp_dir.name}-{uuid.uuid4().hex[:8]}"}
         extensions = run.get("extensions", 0) + (1 if args.extend else 0)
         extension = {"extension_trials": space.num_samples} if args.extend else {}
-        write_bytes(json.dumps({**run, "device": device, "storage": storage, "ray_dir": ray_dir,
-                                "extensions": extensions, "packing": packing, "data": run.get("data", fingerprint),
-                                **extension}).encode(),
+        write_bytes(json.dumps({**run, "device": device, "storage": storage, "address": args.address,
+                                "ray_dir": ray_dir, "extensions": extensions, "packing": packing,
+                                "data": run.get("data", fingerprint), **extension}).encode(),
                     exp_dir / RUN_FILE)
     return _run_and_report(space, exp_dir, data, device, args, storage_root(storage, run), ray_dir, expected_epochs)
 
@@ -519,7 +520,8 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         ray.shutdown()
         _add_run_time(exp_dir, time.time() - t0)
         console.print(f"interrupted: {ended} of {space.num_samples} trials finished; nothing is lost. Continue "
-                      f"with: {command()} search --resume {exp_dir}", highlight=False, soft_wrap=True)
+                      f"with: {command()} search --resume {exp_dir}{on_cluster(args.address)}", highlight=False,
+                      soft_wrap=True)
         return stop_exit_code()
     # Ray is done: stop it (a second or two of waiting on its processes) while the reports are written.
     import threading
