@@ -20,13 +20,15 @@ COLUMNS = {"config": "string", "seed": "int64", "status": "string", "reason": "s
            "best_val_acc": "float64", "final_val_loss": "float64", "final_train_loss": "float64", "epochs": "int64",
            "wall_s": "float64"}
 LOWER_IS_BETTER = ("val_loss", "train_loss")
+CHECKPOINT_EVERY_S = 10.0  # a run in progress keeps its epochs at most this often (vit_small's: ~260 MB each)
 
 
 def run(configs: dict[str, TrainConfig], seeds: int, device: str = "auto", progress=None,
         on_epoch=None, done: list[dict] = (), work_dir: Path | None = None) -> pd.DataFrame:
     """Train every config with seeds 0..seeds-1; one row per run. `done`: rows of runs that finished
     before (an interrupted reproduce), kept and not trained again. With `work_dir`, the run in progress
-    writes a checkpoint after every epoch in `work_dir/<config>-seed<N>/`, continues from one found there,
+    writes a checkpoint after its first epoch and then at most every CHECKPOINT_EVERY_S in
+    `work_dir/<config>-seed<N>/`, continues from one found there,
     and removes it when it ends. A run whose loss goes non-finite is a row with status `diverged`, its
     reason and no final metrics; the other runs go on. `progress(row, rows so far)` after each run,
     `on_epoch(config name, seed, epoch metrics, epochs, seconds left in all)` after each epoch, the time
@@ -60,9 +62,16 @@ def run(configs: dict[str, TrainConfig], seeds: int, device: str = "auto", progr
 
         folder = folders[(name, seed)]
         row = {"config": name, "seed": seed}
+        saved = [-math.inf]
+
+        def checkpoint_due(epoch: int, saved=saved) -> bool:  # the first epoch's, then at most every 10 s
+            due = time.monotonic() - saved[0] >= CHECKPOINT_EVERY_S
+            saved[0] = time.monotonic() if due else saved[0]
+            return due
+
         try:
             result = train(seeded, report, data=load_data(seeded), device=device, checkpoint_dir=folder,
-                           resume_from=folder if (name, seed) in resumable else None)
+                           resume_from=folder if (name, seed) in resumable else None, checkpoint_due=checkpoint_due)
             row.update(status="finished", reason="", final_val_acc=result["val_acc"],
                        best_val_acc=result["best_val_acc"], final_val_loss=result["val_loss"],
                        final_train_loss=result["train_loss"], epochs=len(result["history"]))
