@@ -188,3 +188,16 @@ def test_an_out_folder_that_cannot_be_made_is_one_line_before_anything_runs(comm
     (tmp_path / "f").write_text("a file")
     assert "is a file, not a folder" in run_cli([*command, "--out", str(tmp_path / "f")], capsys)
     assert (tmp_path / "f").read_text() == "a file"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("command", [["search", "--space", "quickstart"], ["train", "--set", "model=vit_micro"],
+                                     ["reproduce", "--seeds", "1"]], ids=["search", "train", "reproduce"])
+def test_a_gpu_this_machine_lacks_is_one_line_before_anything_else(command, tmp_path, capsys):
+    """`--device cuda` without a GPU: the one line came after the data had loaded and the plan's (or the
+    run's) first line had been printed."""
+    assert main([*command, "--device", "cuda", "--out", str(tmp_path / "out")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == "error: device 'cuda' was asked for, but no CUDA GPU is available (use " \
+        "--device cpu)"
+    assert not (tmp_path / "out").exists()

@@ -182,8 +182,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, absolute_paths, auto_patch_size, changed_keys, load_config
     from .data import load_data
     from .files import check_folder, check_name, claim_folder, free_folder, write_parquet, write_yaml
-    from .train import CHECKPOINT_NAME, train
+    from .train import CHECKPOINT_NAME, resolve_device, train
 
+    resolve_device(args.device)  # a GPU this machine does not have: one line before anything loads or prints
     done = None  # a resumed run's epochs so far
     if args.resume:
         if args.name:
@@ -309,6 +310,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds is {args.seeds}, but must be >= 1")
+    from .train import resolve_device
+
+    resolve_device(args.device)  # a GPU this machine does not have: one line before anything loads or prints
     done: list[dict] = []
     if args.resume:
         given = [flag for flag, value in (("--from", args.source), ("--data", args.data), ("--seeds", args.seeds))

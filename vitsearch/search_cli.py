@@ -246,6 +246,10 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
     from .search import RUN_FILE, SPACE_FILE, check_address, check_resources, check_storage, init_ray, storage_root
 
     check_storage(storage)  # before anything is loaded, started or written
+    if not args.address:  # (on a cluster the trials may run where the GPUs are)
+        from .train import resolve_device
+
+        resolve_device(device)
     if args.space:
         check_folder(args.out, "--out")
     data = load_data(space.trial_config({}))  # once per search; every trial shares it through Ray's object store
