@@ -131,8 +131,6 @@ GENERATED = {
                                        "is not a vitsearch experiment"),
     "unknown space name": (lambda t: ["search", "--space", "no_such_space"], "not found"),
     "--set without =": (lambda t: ["train", "--set", "lr"], "must have the form key=value"),
-    "--set of a key twice": (lambda t: ["train", "--set", "lr=1e-3", "epochs=5", "--set", "lr=3e-4"],
-                             "--set gives 'lr' twice ('lr=1e-3' and 'lr=3e-4'); give it once"),
     "reproduce --resume of a folder without one": (lambda t: ["reproduce", "--resume", str(t)],
                                                    "no interrupted reproduce in it (no reproduce.partial.json)"),
     "reproduce --resume with --seeds": (lambda t: ["reproduce", "--resume", str(t), "--seeds", "5"],

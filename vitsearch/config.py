@@ -413,14 +413,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file {str(path)!r} is a search space (it has {', '.join(space_keys)}): run it "
                               f"with `search --space {path}`; `train --config` takes a YAML of TrainConfig keys")
         values.update(loaded or {})
-    given: dict[str, str] = {}
-    for item in overrides or []:
+    for item in overrides or []:  # a key given again overrides the earlier (a script's base flags, then its own)
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r} must have the form key=value")
-        if key.strip() in given:  # as a key given twice in a YAML file: which one was meant?
-            raise ConfigError(f"--set gives {key.strip()!r} twice ({given[key.strip()]!r} and {item!r}); give it once")
-        given[key.strip()] = item
         try:
             values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
