@@ -576,6 +576,17 @@ def test_an_interrupted_reproduce_resumes_and_a_diverged_run_is_a_row(tiny_searc
     assert again.returncode == 2 and "holds a reproduce that has not finished" in again.stderr \
         and f"--resume {copy}" in again.stderr and len(again.stderr.strip().splitlines()) == 1, again.stderr
 
+    # while a resume runs (here: the lock it holds), a second one is refused
+    import fcntl
+
+    with open(copy / ".reproduce.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write("4242")
+        lock.flush()
+        busy = subprocess.run([sys.executable, str(ROOT / "main.py"), "reproduce", "--resume", str(copy)],
+                              capture_output=True, text=True, timeout=120)
+    assert busy.returncode == 2 and busy.stderr.strip() == f"error: a reproduce in {str(copy)!r} is still running " \
+        "(pid 4242); wait for it to end, or stop it, then --resume", busy.stderr
     # the resume goes on from epoch 2 of that run; stopped again once the run has finished
     code, out, err = _reproduce_until(["--resume", str(copy)], "seed 0  final val_acc")
     assert code == 143 and err.strip().startswith("interrupted after 1 run of 4") and resume in err, out + err

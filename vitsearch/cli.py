@@ -375,6 +375,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                f"--from {str(out_dir)!r} holds a reproduce that has not finished ({PARTIAL}): "
                                f"continue it with: {command()} reproduce --resume {out_dir} (or delete "
                                f"{out_dir / PARTIAL} to start over)")
+    from .files import lock_experiment
+
+    # a second `--resume` while this one runs (a lost SSH session) would train the same runs in the same folder
+    lock_experiment(out_dir, ".reproduce.lock", f"a reproduce in {str(out_dir)!r} is still running (pid {{pid}}); "
+                    "wait for it to end, or stop it, then --resume")
     work_dir = out_dir / RUNS_DIR
     total = sum(cfg.epochs for cfg in configs.values()) * seeds
     console.print("[bold]reproduce[/] " + " and ".join(
@@ -409,7 +414,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         kept = [len(peek_history(path)) for path in work_dir.glob(f"*/{CHECKPOINT_NAME}")]  # the run stopped
         started = bool(kept and kept[0])
         if not rows and not started and not args.resume:  # stopped before its first epoch: it leaves nothing
-            (out_dir / PARTIAL).unlink(missing_ok=True)
+            for name in (PARTIAL, ".reproduce.lock"):
+                (out_dir / name).unlink(missing_ok=True)
             shutil.rmtree(work_dir, ignore_errors=True)
             for folder in made:
                 try:

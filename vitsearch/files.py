@@ -66,15 +66,16 @@ def claim_folder(folder: Path, base: Path | None, write: Callable[[Path], None],
 _HELD: list[int] = []  # lock files held until the process ends
 
 
-def lock_experiment(exp_dir: Path) -> None:
-    """Hold an exclusive lock on `exp_dir`/.lock until this process ends (the OS drops it then, after
-    `kill -9` too): a second search in the same experiment (a --resume while it still runs) is refused."""
+def lock_experiment(exp_dir: Path, lock: str = ".lock", busy: str = "") -> None:
+    """Hold an exclusive lock on `exp_dir`/`lock` until this process ends (the OS drops it then, after
+    `kill -9` too): a second search in the same experiment (a --resume while it still runs) is refused,
+    or with `busy` (a message with {pid}), whatever else holds that lock."""
     try:
         import fcntl
     except ImportError:  # not on Windows
         return
     try:
-        fd = os.open(exp_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(exp_dir / lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:  # a folder it cannot write: the search's own first write says so in one line
         return
     try:
@@ -82,8 +83,8 @@ def lock_experiment(exp_dir: Path) -> None:
     except BlockingIOError:
         pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise UserError(f"experiment {str(exp_dir)!r} is in use by a search that is still running (pid {pid}); "
-                        "wait for it to end, or stop it, then --resume") from None
+        raise UserError(busy.format(pid=pid) if busy else f"experiment {str(exp_dir)!r} is in use by a search that "
+                        f"is still running (pid {pid}); wait for it to end, or stop it, then --resume") from None
     except OSError:  # a filesystem without locks (some network mounts): the search goes on unlocked
         os.close(fd)
         return
