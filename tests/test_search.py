@@ -432,6 +432,27 @@ def test_report_of_a_folder_that_is_no_experiment(tmp_path):
     assert proc.returncode == 2 and "is not a finished vitsearch experiment" in proc.stderr
 
 
+def test_a_finished_search_that_lost_a_parquet_file_gets_it_back_from_resume(tiny_search, tmp_path):
+    """`report` on a finished search whose epochs.parquet was deleted says to `--resume` it; that resume
+    printed the summary of a finished search and failed with a traceback (FileNotFoundError). It now
+    writes the reports again, from the trials' records, training nothing."""
+    import shutil
+
+    exp, _ = tiny_search
+    copy = tmp_path / exp.name
+    shutil.copytree(exp, copy)
+    (copy / "epochs.parquet").unlink()
+    report = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(copy)], capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 2 and f"continue it with: python main.py search --resume {copy}" in report.stderr
+    proc = search("--resume", str(copy))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    keys = ["trial_id", "epoch", "val_acc"]
+    assert pd.read_parquet(copy / "epochs.parquet")[keys].equals(pd.read_parquet(exp / "epochs.parquet")[keys])
+    assert pd.read_parquet(copy / "trials.parquet")["epochs_run"].sum() == \
+        pd.read_parquet(exp / "trials.parquet")["epochs_run"].sum()
+
+
 @pytest.mark.parametrize("command", ["report", "reproduce"])
 def test_report_of_a_search_still_running_or_stopped_before_its_reports_says_which(tiny_search, tmp_path, command):
     """`report` (and `reproduce --from`) on an experiment without its reports said it was no finished

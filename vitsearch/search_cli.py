@@ -162,6 +162,9 @@ def _error_line(trial) -> str:
     return error_line(text) if text.strip() else "error"
 
 
+REPORT_FILES = ("trials.parquet", "epochs.parquet")  # a finished search without one: --resume writes them again
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     import shutil
 
@@ -199,7 +202,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 raise UserError("--extend needs --trials N with N >= 1 (how many trials to add)")
             space = replace(space, num_samples=args.trials)
             ray_dir = f"{RAY_DIR}-extend-{run.get('extensions', 0) + 1}"
-        elif run.get("finished") == ray_dir and (exp_dir / "trials.parquet").is_file():
+        elif run.get("finished") == ray_dir and all((exp_dir / f).is_file() for f in REPORT_FILES):
             return _show_finished(space, exp_dir, run)
     else:
         space = load_space_arg(args.space, args.data)
