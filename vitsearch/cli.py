@@ -411,7 +411,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     except BaseException as exc:
         from .train import CHECKPOINT_NAME, peek_history
 
-        kept = [len(peek_history(path)) for path in work_dir.glob(f"*/{CHECKPOINT_NAME}")]  # the run stopped
+        try:  # the epochs of the run it stopped, kept in its checkpoint
+            kept = [len(peek_history(path)) for path in work_dir.glob(f"*/{CHECKPOINT_NAME}")]
+        except Exception:  # noqa: BLE001 (an unreadable checkpoint: the resume says so in one line)
+            kept = [0]
         started = bool(kept and kept[0])
         if not rows and not started and not args.resume:  # stopped before its first epoch: it leaves nothing
             for name in (PARTIAL, ".reproduce.lock"):

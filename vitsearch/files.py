@@ -69,7 +69,7 @@ _HELD: list[int] = []  # lock files held until the process ends
 def lock_experiment(exp_dir: Path, lock: str = ".lock", busy: str = "") -> None:
     """Hold an exclusive lock on `exp_dir`/`lock` until this process ends (the OS drops it then, after
     `kill -9` too): a second search in the same experiment (a --resume while it still runs) is refused,
-    or with `busy` (a message with {pid}), whatever else holds that lock."""
+    or with `busy` (a message in which {pid} stands for its pid), whatever else holds that lock."""
     try:
         import fcntl
     except ImportError:  # not on Windows
@@ -83,8 +83,8 @@ def lock_experiment(exp_dir: Path, lock: str = ".lock", busy: str = "") -> None:
     except BlockingIOError:
         pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise UserError(busy.format(pid=pid) if busy else f"experiment {str(exp_dir)!r} is in use by a search that "
-                        f"is still running (pid {pid}); wait for it to end, or stop it, then --resume") from None
+        raise UserError(busy.replace("{pid}", pid) if busy else f"experiment {str(exp_dir)!r} is in use by a search "
+                        f"that is still running (pid {pid}); wait for it to end, or stop it, then --resume") from None
     except OSError:  # a filesystem without locks (some network mounts): the search goes on unlocked
         os.close(fd)
         return
