@@ -169,3 +169,7 @@ def test_a_stopped_search_on_a_cluster_says_to_resume_it_there(cluster, tmp_path
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     trials = pd.read_parquet(exp / "trials.parquet")
     assert len(trials) == 12 and trials["node_id"].nunique() == 2
+    again = subprocess.run([sys.executable, *command.split()[1:]], capture_output=True, text=True, timeout=300,
+                           cwd=ROOT)  # a finished search: nothing to resume; more trials go to the cluster too
+    assert again.returncode == 0 and f"search --extend {exp} --trials N --address {cluster.address}`)" in \
+        " ".join(again.stdout.split()), again.stdout[-2000:]

@@ -605,5 +605,6 @@ def _show_finished(space, exp_dir: Path, run: dict) -> int:
     console.print(f"the search has finished: nothing to resume. {count(len(trials), 'trial')}, "
                   f"{count(len(epochs), 'trial-epoch')} "
                   f"in {run.get('wall_s', 0):.0f} s; its reports are in {exp_dir} (add trials with "
-                  f"`{command()} search --extend {exp_dir} --trials N`)", highlight=False, soft_wrap=True)
+                  f"`{command()} search --extend {exp_dir} --trials N{on_cluster(run.get('address'))}`)",
+                  highlight=False, soft_wrap=True)
     return 0
