@@ -453,6 +453,59 @@ def test_a_finished_search_that_lost_a_parquet_file_gets_it_back_from_resume(tin
         pd.read_parquet(exp / "trials.parquet")["epochs_run"].sum()
 
 
+@pytest.fixture
+def read_only(tmp_path):
+    """`read_only(folder)`: the folder as a read-only bind mount (root ignores file modes); skipped where
+    this process may not mount."""
+    mounts = []
+
+    def make(folder: Path) -> Path:
+        target = tmp_path / f"ro-{folder.name}"
+        target.mkdir()
+        for cmd in (["mount", "--bind", str(folder), str(target)], ["mount", "-o", "remount,ro,bind", str(target)]):
+            if subprocess.run(cmd, capture_output=True).returncode != 0:
+                subprocess.run(["umount", str(target)], capture_output=True)
+                pytest.skip("cannot make a read-only bind mount here")
+        mounts.append(target)
+        return target
+
+    yield make
+    for target in mounts:
+        subprocess.run(["umount", str(target)], capture_output=True)
+
+
+def test_a_read_only_experiment_or_run_is_one_line(tiny_search, tmp_path, read_only):
+    """On a read-only folder (a colleague's results, a mounted archive) `report` and `search --extend`
+    failed with a traceback: removing the temporary file of the failed write raised too, and hid the
+    error. `--extend` and `train --resume` now say so before Ray starts or training begins."""
+    import shutil
+
+    exp, _ = tiny_search
+    copy = tmp_path / "exp"
+    shutil.copytree(exp, copy)
+    run = tmp_path / "runs" / "r"
+    made = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", "--set", "model=vit_micro", "image_size=8",
+                           "patch_size=2", "data_subset=300", "batch_size=64", "epochs=2", "--out",
+                           str(run.parent), "--name", "r"], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    epochs = pd.read_parquet(run / "epochs.parquet")
+    epochs.head(1).to_parquet(run / "epochs.parquet", index=False)  # as if stopped after epoch 1 of 2
+    ro_exp, ro_run = read_only(copy), read_only(run)
+    before = {p.name: p.stat().st_mtime for p in copy.iterdir()}
+    cases = {("report", str(ro_exp)): f"error: cannot write '{ro_exp}/learning_curves.png': Read-only file system; "
+             "earlier files are kept",
+             ("search", "--extend", str(ro_exp), "--trials", "2"): f"error: --extend '{ro_exp}': cannot make a "
+             f"folder in '{ro_exp}' (Read-only file system)",
+             ("train", "--resume", str(ro_run)): f"error: --resume '{ro_run}': cannot make a "
+             f"folder in '{ro_run}' (Read-only file system)"}
+    for args, line in cases.items():
+        proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and proc.stderr.strip() == line, (args, proc.stdout[-1000:], proc.stderr[-2000:])
+        assert "probe:" not in proc.stdout  # before the throughput probe and Ray's start
+    assert {p.name: p.stat().st_mtime for p in copy.iterdir()} == before
+
+
 @pytest.mark.parametrize("command", ["report", "reproduce"])
 def test_report_of_a_search_still_running_or_stopped_before_its_reports_says_which(tiny_search, tmp_path, command):
     """`report` (and `reproduce --from`) on an experiment without its reports said it was no finished

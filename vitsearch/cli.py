@@ -211,6 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           f"{done['val_acc'].iloc[-1]:.4f}, best {best['val_acc']:.4f} at epoch {int(best['epoch'])})",
                           highlight=False, soft_wrap=True)
             return 0
+        check_folder(run_dir, "--resume")  # a folder it cannot write (read-only): one line before it trains
     else:
         cfg = TrainConfig.from_dict(absolute_paths(load_config(args.config, args.set).to_dict(), os.getcwd()))
         check_name(args.name)
@@ -325,6 +326,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             raise UserError(f"--resume {args.resume!r}: " + (
                 "its reproduce has finished (reproduce.parquet): nothing to resume" if
                 (out_dir / "reproduce.parquet").is_file() else f"no interrupted reproduce in it (no {PARTIAL})"))
+        check_folder(out_dir, "--resume")  # a folder it cannot write (read-only): one line before it trains
         try:
             state = json.loads((out_dir / PARTIAL).read_text())
             configs = {name: TrainConfig.from_dict(cfg) for name, cfg in state["configs"].items()}

@@ -132,7 +132,10 @@ def _atomic(path: Path, write, exclusive: bool = False) -> None:
         else:
             os.replace(tmp, path)
     except BaseException as exc:  # also Ctrl-C or SIGTERM mid-write: no half-written temporary file is left
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only file system: there is none (removing it raised, hiding the error)
+            pass
         if isinstance(exc, OSError) and not isinstance(exc, FileExistsError):
             raise UserError(f"cannot write {str(path)!r}: {exc.strerror or exc}; earlier files are kept") from None
         raise

@@ -204,6 +204,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             ray_dir = f"{RAY_DIR}-extend-{run.get('extensions', 0) + 1}"
         elif run.get("finished") == ray_dir and all((exp_dir / f).is_file() for f in REPORT_FILES):
             return _show_finished(space, exp_dir, run)
+        from .files import check_folder
+
+        check_folder(exp_dir, continued)  # a folder it cannot write (read-only): one line before Ray starts
     else:
         space = load_space_arg(args.space, args.data)
         check_name(args.name)
