@@ -3,6 +3,7 @@ Ray node lost mid-search. The sweep retries from checkpoints and still ends with
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -266,16 +267,16 @@ def test_a_stop_after_the_trials_and_before_the_parquet_files_says_how_to_resume
     only "interrupted"; it now gives the resume command, which writes the reports. (A Ctrl-C after the
     trials was ignored: Tune's handler stayed in place after a search it had not stopped.)"""
     (tmp_path / "s.yaml").write_text(yaml.safe_dump({**SLOW, "num_samples": 2}))
-    exp = tmp_path / "exp"
+    exp = tmp_path / "my exp"  # a name with a space: the printed command quotes it (it was printed bare)
     proc = subprocess.run([sys.executable, "-c", SIGNAL_AT, "vitsearch.report.write_reports", "SIGINT", "now",
-                           "search", "--space", str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--name", "exp"],
+                           "search", "--space", str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--name", "my exp"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 130, out[-3000:]
-    assert f"interrupted; continue with: python main.py search --resume {exp}\n" in proc.stdout, out[-3000:]
+    assert f"interrupted; continue with: python main.py search --resume '{exp}'\n" in proc.stdout, out[-3000:]
     assert "Traceback" not in out and not (exp / "trials.parquet").exists()
-    resumed = subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--resume", str(exp)],
-                             capture_output=True, text=True, timeout=300)
+    printed = shlex.split(proc.stdout.split("continue with: ")[1].splitlines()[0])
+    resumed = subprocess.run([sys.executable, *printed[1:]], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert len(pd.read_parquet(exp / "trials.parquet")) == 2 and (exp / "report.html").is_file()
 
@@ -286,14 +287,14 @@ def test_a_stop_while_the_reports_are_drawn_keeps_the_parquet_files(tmp_path):
     comes once Ray has stopped (on its own thread, while the reports are drawn): ray.shutdown used to put
     SIGTERM's default action back, and the process died silently with -15."""
     (tmp_path / "s.yaml").write_text(yaml.safe_dump({**SLOW, "num_samples": 2}))
-    exp = tmp_path / "exp"
+    exp = tmp_path / "my exp"
     proc = subprocess.run([sys.executable, "-c", SIGNAL_AT, "vitsearch.figures.write_html_report", "SIGTERM",
                            "after-ray-stopped",
-                           "search", "--space", str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--name", "exp"],
+                           "search", "--space", str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--name", "my exp"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 143, out[-3000:]
-    assert f"`python main.py report {exp}` draws the rest" in proc.stdout, out[-3000:]
+    assert f"`python main.py report '{exp}'` draws the rest" in proc.stdout, out[-3000:]
     assert "Traceback" not in out and "core worker" not in out and "SIGTERM received" not in out
     assert len(pd.read_parquet(exp / "trials.parquet")) == 2 and not (exp / "report.html").exists()
     drawn = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(exp)], capture_output=True,

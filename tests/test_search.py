@@ -632,11 +632,11 @@ def test_an_interrupted_reproduce_resumes_and_a_diverged_run_is_a_row(tiny_searc
     import shutil
 
     exp, _ = tiny_search
-    copy = tmp_path / "exp"
+    copy = tmp_path / "exp copy"  # the printed commands quote a path with a space (they printed it bare)
     shutil.copytree(exp, copy)
     best = yaml.safe_load((copy / "best_config.yaml").read_text())
     (copy / "best_config.yaml").write_text(yaml.safe_dump({**best, "lr": 1.0e6}))  # diverges at once
-    resume = f"continue with: python main.py reproduce --resume {copy}"
+    resume = f"continue with: python main.py reproduce --resume '{copy}'"
 
     # stopped in the first run, after its first epoch: the epoch is kept in the run's checkpoint
     code, out, err = _reproduce_until(["--from", str(copy), "--seeds", "2"], "seed 0  epoch 1/4")
@@ -648,7 +648,7 @@ def test_an_interrupted_reproduce_resumes_and_a_diverged_run_is_a_row(tiny_searc
     again = subprocess.run([sys.executable, str(ROOT / "main.py"), "reproduce", "--from", str(copy)],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "holds a reproduce that has not finished" in again.stderr \
-        and f"--resume {copy}" in again.stderr and len(again.stderr.strip().splitlines()) == 1, again.stderr
+        and f"--resume '{copy}'" in again.stderr and len(again.stderr.strip().splitlines()) == 1, again.stderr
 
     # while a resume runs (here: the lock it holds), a second one is refused
     import fcntl

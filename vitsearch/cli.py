@@ -114,10 +114,18 @@ def command() -> str:
     return f"python {prog}" if prog == "main.py" else prog
 
 
+def shell(*words) -> str:
+    """Paths and values as a printed command takes them, quoted for the shell where needed: a path with a
+    space (`~/My Drive/results`) was printed bare, and the command as printed failed."""
+    import shlex
+
+    return " ".join(shlex.quote(str(word)) for word in words)
+
+
 def on_cluster(address: str | None) -> str:
     """What a printed `search --resume` command adds for a search that ran on a cluster: without it, the
     resume would run on a Ray instance of this machine alone."""
-    return f" --address {address}" if address else ""
+    return f" --address {shell(address)}" if address else ""
 
 
 def run() -> None:
@@ -197,11 +205,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             own = load_config(run_dir / "config.yaml").to_dict()
             diffs = changed_keys(cfg, own)
             if diffs:
-                changes = " ".join(f"{k}={_yaml_value(getattr(cfg, k))}" for k in diffs)
+                changes = shell(*(f"{k}={_yaml_value(getattr(cfg, k))}" for k in diffs))
                 raise UserError(f"--resume continues {str(run_dir)!r} with its own config: {diffs[0]!r} is "
                                 f"{own.get(diffs[0])!r} there and {getattr(cfg, diffs[0])!r} here; to train it "
                                 f"differently, start a new run: {command()} train --config "
-                                f"{run_dir / 'config.yaml'} --set {changes}")
+                                f"{shell(run_dir / 'config.yaml')} --set {changes}")
         done = pd.read_parquet(run_dir / "epochs.parquet") if (run_dir / "epochs.parquet").is_file() else None
         if done is not None and len(done) and int(done["epoch"].iloc[-1]) >= cfg.epochs:
             # its checkpoint is written before each epoch's row: the run is complete, and nothing is rewritten
@@ -269,7 +277,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     break
         if isinstance(exc, KeyboardInterrupt) and rows:  # each epoch's checkpoint is written before its row
             err_console.print(f"interrupted after epoch {rows[-1]['epoch']} of {cfg.epochs}; continue with: "
-                              f"{command()} train --resume {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+                              f"{command()} train --resume {escape(shell(run_dir))}", highlight=False, soft_wrap=True)
             return _stop_code()
         if not isinstance(exc, NonFiniteLossError):
             raise
@@ -375,7 +383,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         # --from: the experiment's reproduce that was interrupted (or one running now) is not started over
         out_dir = claim_folder(out_dir, None if source else out_dir, claim,
                                f"--from {str(out_dir)!r} holds a reproduce that has not finished ({PARTIAL}): "
-                               f"continue it with: {command()} reproduce --resume {out_dir} (or delete "
+                               f"continue it with: {command()} reproduce --resume {shell(out_dir)} (or delete "
                                f"{out_dir / PARTIAL} to start over)")
     from .files import lock_experiment
 
@@ -430,7 +438,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         elif isinstance(exc, KeyboardInterrupt):
             err_console.print(f"interrupted after {count(len(rows), 'run')} of {total_runs}"
                               + (f" and {count(kept[0], 'epoch')} of the next (in its checkpoint)" if started else "")
-                              + f"; continue with: {command()} reproduce --resume {escape(str(out_dir))}",
+                              + f"; continue with: {command()} reproduce --resume {escape(shell(out_dir))}",
                               highlight=False, soft_wrap=True)
             return _stop_code()
         raise

@@ -42,7 +42,7 @@ def load_experiment(exp_dir: Path) -> tuple[SearchSpace, pd.DataFrame, pd.DataFr
 def unfinished(exp_dir: Path, missing: str) -> str:
     """Why `exp_dir` has no `missing` report file yet: a search still running in it, one stopped before
     its reports (`kill -9`, a lost machine), or a folder that is no experiment."""
-    from .cli import command, on_cluster
+    from .cli import command, on_cluster, shell
     from .files import search_running
 
     if (exp_dir / "space.yaml").is_file() and (exp_dir / "run.json").is_file():
@@ -55,7 +55,7 @@ def unfinished(exp_dir: Path, missing: str) -> str:
         except (OSError, ValueError, AttributeError):
             address = None
         return (f"{str(exp_dir)!r} has no {missing}: its search stopped before writing its reports; continue it "
-                f"with: {command()} search --resume {exp_dir}{on_cluster(address)}")
+                f"with: {command()} search --resume {shell(exp_dir)}{on_cluster(address)}")
     return f"{str(exp_dir)!r} is not a finished vitsearch experiment (no {missing} in it)"
 
 

@@ -163,12 +163,12 @@ def write_reports(exp_dir: Path, space: SearchSpace, outcomes: list[TrialOutcome
     write_parquet(trials, exp_dir / "trials.parquet")
     best = best_trial(trials, space)
     if best is not None:
-        from .cli import command
+        from .cli import command, shell
 
         cfg = {k: _plain(best[k]) for k in TrainConfig.field_names()}
         header = (f"# Best of search {exp_dir.name}: trial {best['trial_id']} (Optuna #{best['optuna_number']}),\n"
                   f"# final {space.metric} {best[f'final_{space.metric}']:.4f} after {best['epochs_run']} epochs.\n"
-                  f"# {command()} train --config {exp_dir}/best_config.yaml\n")
+                  f"# {command()} train --config {shell(exp_dir / 'best_config.yaml')}\n")
         write_yaml(cfg, exp_dir / "best_config.yaml", header)
     return trials, epochs
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .cli import command, console, count, duration, on_cluster
+from .cli import command, console, count, duration, on_cluster, shell
 from .errors import UserError
 
 SECOND_PROBE_WITHIN_S = 5.0  # the smallest batch is probed too when the largest's probe took less
@@ -231,7 +232,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if SEARCH_STARTED:  # a second Ctrl-C while Tune stops, or a stop while the reports are drawn
             if not getattr(args, "parquet_written", False):  # (then the line says what `report` draws)
                 console.print(f"interrupted; continue with: {command()} search --resume "
-                              f"{getattr(args, 'claimed', None) or exp_dir}{on_cluster(args.address)}",
+                              f"{escape(shell(getattr(args, 'claimed', None) or exp_dir))}{on_cluster(args.address)}",
                               highlight=False, soft_wrap=True)
             raise  # the experiment is kept as it is
         # Ctrl-C or SIGTERM before Ray Tune started: nothing was trained, and the experiment folder (the
@@ -530,8 +531,8 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         ray.shutdown()
         _add_run_time(exp_dir, time.time() - t0)
         console.print(f"interrupted: {ended} of {space.num_samples} trials finished; nothing is lost. Continue "
-                      f"with: {command()} search --resume {exp_dir}{on_cluster(args.address)}", highlight=False,
-                      soft_wrap=True)
+                      f"with: {command()} search --resume {escape(shell(exp_dir))}{on_cluster(args.address)}",
+                      highlight=False, soft_wrap=True)
         return stop_exit_code()
     # Ray is done: stop it (a second or two of waiting on its processes) while the reports are written.
     import threading
@@ -568,7 +569,8 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         if parquet_written:
             args.parquet_written = True
             console.print(f"interrupted while drawing the reports; the Parquet files are written, and "
-                          f"`{command()} report {exp_dir}` draws the rest", highlight=False, soft_wrap=True)
+                          f"`{command()} report {escape(shell(exp_dir))}` draws the rest", highlight=False,
+                          soft_wrap=True)
         raise
     finally:
         stopping.join()  # Ray is down before the process exits, however it exits
@@ -608,6 +610,7 @@ def _show_finished(space, exp_dir: Path, run: dict) -> int:
     console.print(f"the search has finished: nothing to resume. {count(len(trials), 'trial')}, "
                   f"{count(len(epochs), 'trial-epoch')} "
                   f"in {run.get('wall_s', 0):.0f} s; its reports are in {exp_dir} (add trials with "
-                  f"`{command()} search --extend {exp_dir} --trials N{on_cluster(run.get('address'))}`)",
+                  f"`{command()} search --extend {escape(shell(exp_dir))} --trials N"
+                  f"{on_cluster(run.get('address'))}`)",
                   highlight=False, soft_wrap=True)
     return 0
