@@ -118,6 +118,10 @@ def test_non_image_file_in_image_folder(image_folder, tmp_path):
     with pytest.raises(DataError, match="notes.txt.*is not an image"):
         load_data(micro_config(data=f"imagefolder:{root}"))
     (root / "class_0" / "notes.txt").unlink()
+    # what file browsers leave behind is skipped, as hidden files are (Thumbs.db stopped the load)
+    for name in (".DS_Store", "Thumbs.db", "desktop.ini"):
+        (root / "class_1" / name).write_bytes(b"\x00metadata")
+    assert len(load_data(micro_config(data=f"imagefolder:{root}", val_fraction=0.2)).train_y) == 96
     (root / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(DataError, match="cannot read image .*broken.png"):
         load_data(micro_config(data=f"imagefolder:{root}"))

@@ -261,6 +261,9 @@ def _read_idx(path: Path) -> np.ndarray:
         raise DataError(f"cannot read IDX file {str(path)!r}: {exc}") from None
 
 
+OS_FILES = {"thumbs.db", "desktop.ini", "icon\r"}  # what Windows and macOS leave in folders: skipped, as hidden files
+
+
 def _image_folder(root: Path, image_size: int | None, loader: str = "memory", patch_size: int | None = None):
     """In memory: every image decoded now (an unreadable file is an error before training). Streamed
     (`loader: stream`, or `auto` when the decoded images would exceed STREAM_ABOVE_BYTES): a sample of
@@ -270,7 +273,7 @@ def _image_folder(root: Path, image_size: int | None, loader: str = "memory", pa
                         "holding one sub-folder of images per class")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir())
-             if f.is_file() and not f.name.startswith(".")]
+             if f.is_file() and not f.name.startswith(".") and f.name.lower() not in OS_FILES]
     if len(classes) < 2 or not files:
         raise DataError(f"image folder {str(root)!r} needs >= 2 class sub-folders holding images; "
                         f"found {len(classes)} class folder(s) and {len(files)} file(s)")
