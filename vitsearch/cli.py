@@ -189,7 +189,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .config import TrainConfig, absolute_paths, auto_patch_size, changed_keys, load_config
     from .data import load_data
-    from .files import check_folder, check_name, claim_folder, free_folder, write_parquet, write_yaml
+    from .files import (
+        check_folder,
+        check_name,
+        claim_folder,
+        free_folder,
+        new_folders,
+        take_back,
+        write_parquet,
+        write_yaml,
+    )
     from .train import CHECKPOINT_NAME, resolve_device, train
 
     resolve_device(args.device)  # a GPU this machine does not have: one line before anything loads or prints
@@ -233,7 +242,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def claim(folder: Path) -> None:  # another run started meanwhile may have written its config.yaml
         nonlocal made
-        made = [p for p in (folder, *folder.parents) if not p.exists()]
+        made = new_folders(folder)
         write_yaml(cfg.to_dict(), folder / "config.yaml", exclusive=True)
 
     if not args.resume:
@@ -268,13 +277,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                        resume_from=run_dir if args.resume else None)
     except BaseException as exc:
         if made is not None and not rows:  # a new run stopped before its first epoch: it leaves nothing
-            for name in ("config.yaml", CHECKPOINT_NAME):
-                (run_dir / name).unlink(missing_ok=True)
-            for folder in made:  # only folders this run made, and only while empty
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            take_back(run_dir, ("config.yaml", CHECKPOINT_NAME), made)
         if isinstance(exc, KeyboardInterrupt) and rows:  # each epoch's checkpoint is written before its row
             err_console.print(f"interrupted after epoch {rows[-1]['epoch']} of {cfg.epochs}; continue with: "
                               f"{command()} train --resume {escape(shell(run_dir))}", highlight=False, soft_wrap=True)
@@ -315,7 +318,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     from . import reproduce
     from .config import TrainConfig
-    from .files import check_folder, claim_folder, write_bytes, write_parquet
+    from .files import check_folder, claim_folder, new_folders, take_back, write_bytes, write_parquet
 
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds is {args.seeds}, but must be >= 1")
@@ -377,7 +380,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         def claim(folder: Path) -> None:
             if (folder / "reproduce.parquet").exists() and not source:  # another one's, finished meanwhile
                 raise FileExistsError(folder)
-            made[:] = [p for p in (folder, *folder.parents) if not p.exists()]
+            made[:] = new_folders(folder)
             save([], folder, exclusive=True)
 
         # --from: the experiment's reproduce that was interrupted (or one running now) is not started over
@@ -427,14 +430,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             kept = [0]
         started = bool(kept and kept[0])
         if not rows and not started and not args.resume:  # stopped before its first epoch: it leaves nothing
-            for name in (PARTIAL, ".reproduce.lock"):
-                (out_dir / name).unlink(missing_ok=True)
             shutil.rmtree(work_dir, ignore_errors=True)
-            for folder in made:
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            take_back(out_dir, (PARTIAL, ".reproduce.lock"), made)
         elif isinstance(exc, KeyboardInterrupt):
             err_console.print(f"interrupted after {count(len(rows), 'run')} of {total_runs}"
                               + (f" and {count(kept[0], 'epoch')} of the next (in its checkpoint)" if started else "")

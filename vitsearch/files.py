@@ -49,6 +49,23 @@ def free_folder(base: Path) -> Path:
     raise UserError(f"no free folder name next to {str(base)!r}; give --name")
 
 
+def new_folders(folder: Path) -> list[Path]:
+    """The folders that writing a file in `folder` will make (it and the parents that do not exist yet)."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def take_back(folder: Path, names: tuple[str, ...], made: list[Path]) -> None:
+    """Undo a new run that stopped before it trained anything: remove its files `names` in `folder`, then
+    the folders it made (`new_folders`), each only while empty."""
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+    for made_folder in made:
+        try:
+            made_folder.rmdir()
+        except OSError:
+            break
+
+
 def claim_folder(folder: Path, base: Path | None, write: Callable[[Path], None], taken: str) -> Path:
     """A new run's or search's folder, claimed by `write(folder)`, which writes its first file exclusively:
     of processes started together, the first wins. Where another took it meanwhile: with `base` (a default
