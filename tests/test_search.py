@@ -1,5 +1,6 @@
 """The search end to end through `python main.py search`, with real Ray, real Optuna storage, real timm."""
 
+import html
 import json
 import os
 import re
@@ -608,6 +609,29 @@ def test_reproduce_compares_best_and_defaults_over_seeds(tiny_search, tmp_path):
     # Before the first run ends it says how long all of them take (here a few seconds: once, at the first epoch).
     first_run = proc.stdout.split("final val_acc")[0]
     assert re.search(r"recommended defaults\s+seed 0\s+epoch 1/4\s+val_acc [.\d]+\s+~\d+ s left in all", first_run)
+    assert (runs["data"] == "digits").all() and "Trained on digits." in (copy / "report.html").read_text()
+
+    # Another reproduce of it on other data (here digits in Fashion-MNIST's files) replaced the first one's
+    # reproduce.parquet, and report.html showed its figures as if on the search's data
+    from conftest import digit_images, write_idx
+
+    images, labels = digit_images(800, 8)
+    (tmp_path / "fm").mkdir()
+    write_idx(tmp_path / "fm" / "train-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "fm" / "train-labels-idx1-ubyte.gz", labels)
+    other = subprocess.run([sys.executable, str(ROOT / "main.py"), "reproduce", "--from", str(copy), "--seeds", "1",
+                            "--data", f"fashion_mnist:{tmp_path / 'fm'}"], capture_output=True, text=True, timeout=600)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert f"on fashion_mnist:{tmp_path / 'fm'} (not the search's data, digits): 600 train / 160 val images" \
+        in other.stdout.split("\n")[0]
+    kept = list(copy.glob("reproduce-*.parquet"))
+    assert len(kept) == 1 and f"the earlier reproduce is kept as {kept[0].name}" in " ".join(other.stdout.split())
+    pd.testing.assert_frame_equal(pd.read_parquet(kept[0]), runs)
+    again = pd.read_parquet(copy / "reproduce.parquet")
+    assert len(again) == 2 and (again["data"] == f"fashion_mnist:{tmp_path / 'fm'}").all()
+    text = html.unescape(" ".join(re.sub("<[^>]+>", " ", (copy / "report.html").read_text()).split()))
+    assert f"Trained on fashion_mnist:{tmp_path / 'fm'}, not on the search's data (digits)" in text
+    assert "the search's figures above are not comparable with these." in text
 
 
 def _reproduce_until(args: list[str], line: str) -> tuple[int, str, str]:

@@ -342,6 +342,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             state = json.loads((out_dir / PARTIAL).read_text())
             configs = {name: TrainConfig.from_dict(cfg) for name, cfg in state["configs"].items()}
             seeds, metric, source, done = int(state["seeds"]), state["metric"], bool(state["from"]), state["runs"]
+            searched_on = state.get("searched_on") or next(iter(configs.values())).data  # (older partial files)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"--resume {args.resume!r}: {PARTIAL} cannot be read ({exc.__class__.__name__}); "
                             "it was not written by vitsearch's reproduce") from None
@@ -356,6 +357,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             configs = {"recommended defaults": TrainConfig()}
             out_dir = Path(args.out) / time.strftime("reproduce-%Y%m%d-%H%M%S")
             check_folder(args.out, "--out")
+        searched_on = next(iter(configs.values())).data  # the search's data (--from), or the defaults'
         if args.data:
             from .config import absolute_paths
 
@@ -372,7 +374,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     def save(rows: list[dict], folder: Path, exclusive: bool = False) -> None:
         state = {"configs": {name: cfg.to_dict() for name, cfg in configs.items()}, "seeds": seeds,
-                 "metric": metric, "from": source, "runs": rows}
+                 "metric": metric, "from": source, "searched_on": searched_on, "runs": rows}
         write_bytes(json.dumps(state, indent=1).encode(), folder / PARTIAL, exclusive=exclusive)
 
     made: list[Path] = []  # folders a new reproduce made, removed again if it stops before its first epoch
@@ -397,8 +399,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     total = sum(cfg.epochs for cfg in configs.values()) * seeds
     console.print("[bold]reproduce[/] " + " and ".join(
         f"{name} ({cfg.model}, {cfg.epochs} epochs, batch {cfg.batch_size})" for name, cfg in configs.items())
-        + f", {seeds} seed(s) each, one run at a time, on {data.name}: {len(data.train_y)} train / "
-        f"{len(data.val_y)} val images; {total} epochs in all, the time left shown after the first"
+        + f", {seeds} seed(s) each, one run at a time, on {data.name}"
+        + (f" (not the search's data, {searched_on})" if source and searched_on != data.name else "")
+        + f": {len(data.train_y)} train / {len(data.val_y)} val images; {total} epochs in all, the time left shown "
+        "after the first"
         + (f"; continuing: {count(len(done), 'run')} of {total_runs} finished before" if args.resume else ""),
         highlight=False, soft_wrap=True)
     shown = [0.0]
@@ -439,6 +443,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                               highlight=False, soft_wrap=True)
             return _stop_code()
         raise
+    kept = keep_earlier(out_dir / "reproduce.parquet")  # another --from of this experiment finished before
     write_parquet(runs, out_dir / "reproduce.parquet")
     (out_dir / PARTIAL).unlink(missing_ok=True)
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -457,9 +462,26 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         from .figures import write_html_report
 
         write_html_report(out_dir)
-    console.print(f"wrote {out_dir}/reproduce.parquet" + (" and report.html" if source else ""),
+    console.print(f"wrote {out_dir}/reproduce.parquet" + (" and report.html" if source else "")
+                  + (f"; the earlier reproduce is kept as {kept.name}" if kept else ""),
                   highlight=False, soft_wrap=True)
     return 0
+
+
+def keep_earlier(path: Path) -> Path | None:
+    """A finished reproduce at `path` (the experiment's earlier `reproduce --from`: other seeds, other data)
+    linked as `reproduce-<its time>[-N].parquet` beside it before the new one replaces it; its new name."""
+    if not path.is_file():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+    for n in range(1, 1000):
+        kept = path.with_name(f"{path.stem}-{stamp}{'' if n == 1 else f'-{n}'}{path.suffix}")
+        try:
+            os.link(path, kept)
+            return kept
+        except FileExistsError:
+            continue
+    raise FileExistsError(kept)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -417,7 +417,7 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
                 *[[f"search {k}", d.describe()] for k, d in space.search.items()]]
     if (exp_dir / "reproduce.parquet").is_file():
         reproduced = pd.read_parquet(exp_dir / "reproduce.parquet")
-        parts += ["<h2>Reproduced over seeds</h2>", _reproduced(reproduced, space.metric)]
+        parts += ["<h2>Reproduced over seeds</h2>", _reproduced(reproduced, space.metric, space.fixed.get("data"))]
     parts += ["<h2>Settings</h2>", _table(settings, ["", ""]), "<h2>Hardware</h2>", _table(_hardware(), ["", ""])]
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -429,7 +429,7 @@ def _packing_text(packing: dict) -> str:
     return Packing(packing["trials_per_gpu"], packing["reason"], packing["measured"]).describe()
 
 
-def _reproduced(runs: pd.DataFrame, metric: str) -> str:
+def _reproduced(runs: pd.DataFrame, metric: str, searched_on: str | None = None) -> str:
     from .reproduce import difference_line, summary
 
     if f"final_{metric}" not in runs:  # written before reproduce compared by the search's metric
@@ -441,6 +441,13 @@ def _reproduced(runs: pd.DataFrame, metric: str) -> str:
     text = _table(rows, ["config", f"mean final {metric}", "std", *(["finished", "diverged"] if lost else ["seeds"])])
     if set(runs["config"]) == {"search best", "recommended defaults"}:
         text += f"<p>{html.escape(difference_line(runs, metric))}</p>"
+    # `reproduce --data` may train elsewhere than the search did: the reader must not take one for the other
+    trained_on = sorted(set(runs["data"].dropna())) if "data" in runs else []  # (unknown in older files)
+    if trained_on:
+        other = searched_on is not None and trained_on != [searched_on]
+        text += (f"<p><b>Trained on {html.escape(', '.join(trained_on))}, not on the search's data "
+                 f"({html.escape(searched_on)})</b>: the search's figures above are not comparable with these.</p>"
+                 if other else f"<p>Trained on {html.escape(', '.join(trained_on))}.</p>")
     return text + "<p class='note'>Each seed draws its own split, initialisation, order and augmentation.</p>"
 
 

@@ -16,9 +16,9 @@ from .config import TrainConfig
 from .data import load_data
 from .train import train
 
-COLUMNS = {"config": "string", "seed": "int64", "status": "string", "reason": "string", "final_val_acc": "float64",
-           "best_val_acc": "float64", "final_val_loss": "float64", "final_train_loss": "float64", "epochs": "int64",
-           "wall_s": "float64"}
+COLUMNS = {"config": "string", "seed": "int64", "data": "string", "status": "string", "reason": "string",
+           "final_val_acc": "float64", "best_val_acc": "float64", "final_val_loss": "float64",
+           "final_train_loss": "float64", "epochs": "int64", "wall_s": "float64"}
 LOWER_IS_BETTER = ("val_loss", "train_loss")
 CHECKPOINT_EVERY_S = 10.0  # a run in progress keeps its epochs at most this often (vit_small's: ~260 MB each)
 
@@ -61,7 +61,7 @@ def run(configs: dict[str, TrainConfig], seeds: int, device: str = "auto", progr
                          max(total - trained, 0) * (time.perf_counter() - started) / trained)
 
         folder = folders[(name, seed)]
-        row = {"config": name, "seed": seed}
+        row = {"config": name, "seed": seed, "data": cfg.data}
         saved = [-math.inf]
 
         def checkpoint_due(epoch: int, saved=saved) -> bool:  # the first epoch's, then at most every 10 s
