@@ -135,6 +135,14 @@ GENERATED = {
                                                    "no interrupted reproduce in it (no reproduce.partial.json)"),
     "reproduce --resume with --seeds": (lambda t: ["reproduce", "--resume", str(t), "--seeds", "5"],
                                         "--seeds goes with a new reproduce; --resume continues"),
+    # --out was ignored where the work goes on in a folder of its own: the results were not where asked for
+    "search --extend with --out": (lambda t: ["search", "--extend", str(t), "--trials", "2", "--out", str(t / "o")],
+                                   "--out goes with --space (a new search); --extend continues in EXPERIMENT_DIR"),
+    "train --resume with --out": (lambda t: ["train", "--resume", str(t), "--out", str(t / "o")],
+                                  "--out goes with a new run; --resume continues in RUN_DIR"),
+    "reproduce --from with --out": (lambda t: ["reproduce", "--from", str(t), "--out", str(t / "o")],
+                                    "--out goes with a reproduce of the defaults alone; --from writes into "
+                                    "EXPERIMENT_DIR"),
     "--space and --resume": (lambda t: ["search", "--space", "quickstart", "--resume", str(t)], "exactly one of"),
     "bad --address": (lambda t: ["search", "--space", "quickstart", "--address", "not-an-address"],
                       "must be HOST:PORT"),
@@ -170,7 +178,9 @@ GENERATED = {
 def test_generated_case(name, tmp_path, capsys):
     build, message = GENERATED[name]
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    err = run_cli([*build(tmp_path), "--out", str(tmp_path / "out")], capsys)
+    args = build(tmp_path)
+    continued = {"--resume", "--extend", "--from", "--out"} & set(args)  # (--out goes with new work alone)
+    err = run_cli([*args, *([] if continued else ["--out", str(tmp_path / "out")])], capsys)
     assert message in err
     assert not (tmp_path / "out").exists()
     after = sorted(p.name for p in tmp_path.rglob("*"))

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                     help="override config keys: --set lr=3e-4 epochs=50 (or --set lr=3e-4 --set epochs=50)")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    tr.add_argument("--out", default="results", help="parent folder of the run folder")
+    tr.add_argument("--out", help="parent folder of the run folder (default: results)")
     tr.add_argument("--name", help="run folder name (default: train-<time>)")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
 
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--data", help="dataset spec for every run (default: the experiment's, or digits)")
     re_.add_argument("--seeds", type=int, help="seeds per config (default 3)")
     re_.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    re_.add_argument("--out", default="results", help="parent folder of the output (without --from)")
+    re_.add_argument("--out", help="parent folder of the output (without --from; default: results)")
     re_.add_argument("--resume", metavar="DIR", help="continue an interrupted reproduce (its --from experiment or "
                      "its reproduce-<time> folder)")
     return parser
@@ -204,8 +204,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # a GPU this machine does not have: one line before anything loads or prints
     done = None  # a resumed run's epochs so far
     if args.resume:
-        if args.name:
-            raise UserError("--name goes with a new run; --resume continues in RUN_DIR")
+        for flag in ("name", "out"):  # --out was ignored: the run went on in RUN_DIR
+            if getattr(args, flag):
+                raise UserError(f"--{flag} goes with a new run; --resume continues in RUN_DIR")
         run_dir = Path(args.resume)
         if not (run_dir / CHECKPOINT_NAME).is_file():
             raise UserError(f"--resume {args.resume!r} is not a train run folder (no {CHECKPOINT_NAME} in it)")
@@ -232,6 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = TrainConfig.from_dict(absolute_paths(load_config(args.config, args.set).to_dict(), os.getcwd()))
         check_name(args.name)
+        args.out = args.out or "results"
         base = Path(args.out) / (args.name or time.strftime("train-%Y%m%d-%H%M%S"))
         run_dir = base if args.name else free_folder(base)  # runs launched in the same second: -2, -3, ...
         if run_dir.exists() and any(run_dir.iterdir()):
@@ -327,8 +329,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # a GPU this machine does not have: one line before anything loads or prints
     done: list[dict] = []
     if args.resume:
-        given = [flag for flag, value in (("--from", args.source), ("--data", args.data), ("--seeds", args.seeds))
-                 if value is not None]
+        given = [flag for flag, value in (("--from", args.source), ("--data", args.data), ("--seeds", args.seeds),
+                                          ("--out", args.out)) if value is not None]
         if given:
             raise UserError(f"{given[0]} goes with a new reproduce; --resume continues {args.resume!r} with its own "
                             "configs, data and seeds")
@@ -348,6 +350,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                             "it was not written by vitsearch's reproduce") from None
     else:
         seeds, metric, source = args.seeds or 3, "val_acc", bool(args.source)
+        if args.source and args.out:  # it was ignored: the runs went into the experiment's folder
+            raise UserError("--out goes with a reproduce of the defaults alone; --from writes into EXPERIMENT_DIR")
         if args.source:
             defaults, best, metric = reproduce.defaults_for(Path(args.source))  # compared by the search's metric
             configs = {"recommended defaults": defaults, "search best": best}
@@ -355,6 +359,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             check_folder(out_dir, "--from")
         else:
             configs = {"recommended defaults": TrainConfig()}
+            args.out = args.out or "results"
             out_dir = Path(args.out) / time.strftime("reproduce-%Y%m%d-%H%M%S")
             check_folder(args.out, "--out")
         searched_on = next(iter(configs.values())).data  # the search's data (--from), or the defaults'

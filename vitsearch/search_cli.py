@@ -32,7 +32,7 @@ def add_search_parser(sub) -> None:
     se.add_argument("--trials", type=int, help="with --extend: how many trials to add")
     se.add_argument("--data", help="dataset spec replacing the space's fixed data (e.g. fashion_mnist)")
     se.add_argument("--device", default="auto", help="auto | cpu | cuda (per trial)")
-    se.add_argument("--out", default="results", help="parent folder of the experiment folder")
+    se.add_argument("--out", help="parent folder of the experiment folder (default: results)")
     se.add_argument("--name", help="experiment folder name (default: <space name>-<time>)")
     se.add_argument("--address", help="join an existing Ray cluster: HOST:PORT or auto")
     se.add_argument("--storage", help="shared path or URI for Ray's trial checkpoints (multi-node runs)")
@@ -180,8 +180,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if continued and args.data:  # it was ignored: the trials went on with the experiment's data
         raise UserError(f"--data goes with --space (a new search); {continued} continues on the experiment's "
                         "own data (its space.yaml)")
-    if continued and args.name:
-        raise UserError(f"--name goes with --space (a new search); {continued} continues in EXPERIMENT_DIR")
+    for flag in ("name", "out"):  # --out was ignored: the reports went on in EXPERIMENT_DIR
+        if continued and getattr(args, flag):
+            raise UserError(f"--{flag} goes with --space (a new search); {continued} continues in EXPERIMENT_DIR")
+    args.out = args.out or "results"
     if args.storage and "://" not in args.storage:  # a local folder: Ray Tune takes only absolute paths
         import os
 
