@@ -341,6 +341,16 @@ def test_relative_paths_are_stored_absolute_so_the_outputs_work_from_any_folder(
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     other = json.loads((tmp_path / "out" / "e2" / "run.json").read_text())["storage_dir"]
     assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == sorted([run["storage_dir"], other])
+    # The storage moved elsewhere: a resume pointed at a folder without it says where the search ran
+    (tmp_path / "shared").rename(tmp_path / "moved")
+    proc = search("--resume", "out/e", "--storage", "elsewhere", cwd=tmp_path)
+    assert proc.returncode == 2 and f"the search ran with --storage {tmp_path / 'shared'}: leave --storage out to " \
+        "resume it there, or give the folder it was moved to" in proc.stderr, proc.stderr[-3000:]
+    # ... and an extension run where it went keeps it in run.json, for the next --resume or --extend
+    proc = search("--extend", "out/e", "--trials", "1", "--storage", "moved", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((exp / "run.json").read_text())["storage"] == str(tmp_path / "moved")
+    assert (tmp_path / "moved" / run["storage_dir"] / "ray-extend-1").is_dir()
     expected = f"imagefolder:{tmp_path / 'pics'}"
     assert yaml.safe_load((exp / "space.yaml").read_text())["fixed"]["data"] == expected
     assert yaml.safe_load((exp / "best_config.yaml").read_text())["data"] == expected

@@ -199,7 +199,10 @@ def cmd_search(args: argparse.Namespace) -> int:
             space = replace(space, num_samples=run["extension_trials"])
         ray_root = storage_root(storage, run) or str(exp_dir.resolve())
         if args.resume and "://" not in ray_root and not (Path(ray_root) / ray_dir).is_dir():
-            raise UserError(f"--resume {args.resume!r}: Ray's experiment state ({ray_root}/{ray_dir}) is missing")
+            other = args.storage and args.storage != run.get("storage")  # (a moved --storage is found where it went)
+            raise UserError(f"--resume {args.resume!r}: Ray's experiment state ({ray_root}/{ray_dir}) is missing" + (
+                f"; the search ran with --storage {run.get('storage') or 'none (in the experiment folder)'}: leave "
+                "--storage out to resume it there, or give the folder it was moved to" if other else ""))
         if args.extend:
             if args.trials is None or args.trials < 1:
                 raise UserError("--extend needs --trials N with N >= 1 (how many trials to add)")
@@ -303,6 +306,10 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
         write_bytes(json.dumps({**run, "device": device, "storage": storage, "address": args.address,
                                 "ray_dir": ray_dir, "extensions": extensions, "packing": packing,
                                 "data": run.get("data", fingerprint), **extension}).encode(),
+                    exp_dir / RUN_FILE)
+    elif (args.storage, args.address) != (None, None) and (storage, args.address or run.get("address")) != (
+            run.get("storage"), run.get("address")):  # where it goes on now (a moved --storage, another head)
+        write_bytes(json.dumps({**run, "storage": storage, "address": args.address or run.get("address")}).encode(),
                     exp_dir / RUN_FILE)
     return _run_and_report(space, exp_dir, data, device, args, storage_root(storage, run), ray_dir, expected_epochs)
 
