@@ -517,18 +517,19 @@ def test_a_read_only_experiment_or_run_is_one_line(tiny_search, tmp_path, read_o
     assert {p.name: p.stat().st_mtime for p in copy.iterdir()} == before
 
 
-@pytest.mark.parametrize("command", ["report", "reproduce"])
+@pytest.mark.parametrize("command", ["report", "reproduce", "extend"])
 def test_report_of_a_search_still_running_or_stopped_before_its_reports_says_which(tiny_search, tmp_path, command):
     """`report` (and `reproduce --from`) on an experiment without its reports said it was no finished
     experiment: a search that still runs in it is named with its pid, one killed before its reports
-    gets the --resume command."""
+    gets the --resume command. (`search --extend` said "use --resume first", also while the search ran.)"""
     import shutil
 
     exp, _ = tiny_search
     copy = tmp_path / exp.name
     shutil.copytree(exp, copy, ignore=shutil.ignore_patterns("ray", "checkpoints", "*.parquet", "report.html",
                                                              "best_config.yaml", ".lock"))
-    args = ["report", str(copy)] if command == "report" else ["reproduce", "--from", str(copy), "--seeds", "1"]
+    args = {"report": ["report", str(copy)], "reproduce": ["reproduce", "--from", str(copy), "--seeds", "1"],
+            "extend": ["search", "--extend", str(copy), "--trials", "1"]}[command]
 
     def run():
         return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True,

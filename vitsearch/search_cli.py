@@ -357,8 +357,9 @@ def _existing(exp_dir: Path, flag: str):
     space = parse_space(read_yaml(exp_dir / SPACE_FILE, "search space"), origin=str(exp_dir / SPACE_FILE))
     run = json.loads((exp_dir / RUN_FILE).read_text())
     if flag == "--extend" and not (exp_dir / "trials.parquet").is_file():
-        raise UserError(f"--extend {str(exp_dir)!r}: the search has not finished (no trials.parquet); "
-                        "use --resume first")
+        from .figures import unfinished
+
+        raise UserError(f"--extend {unfinished(exp_dir, 'trials.parquet')}")  # still running, or stopped: --resume
     return exp_dir, space, run
 
 
