@@ -116,6 +116,31 @@ def test_a_teacher_from_another_split_is_refused_in_one_line(teacher_run, tmp_pa
     assert proc.returncode == 2 and "train the teacher first" in proc.stderr
 
 
+def test_reproduce_of_a_search_with_a_teacher_checks_every_seed_before_training(teacher_run, tmp_path):
+    """A search that fixes `teacher` (as "Distillation" suggests): `reproduce --from` trained seed 0 and then
+    failed at seed 1 (the teacher split the data with seed 0), leaving an unfinished reproduce behind."""
+    space = {"name": "d", "metric": "val_acc", "mode": "max", "num_samples": 2, "seed": 0,
+             "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
+             "fixed": {**{k: v for k, v in micro_config(data_subset=640).to_dict().items() if k in (
+                 "model", "data", "image_size", "patch_size", "data_subset", "val_fraction", "lr_scaling")},
+                 "teacher": str(teacher_run)},
+             "search": {"lr": {"loguniform": [1e-3, 3e-3]}, "batch_size": {"choice": [64]}}}
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(space))
+    proc = main("search", "--space", str(tmp_path / "d.yaml"), "--out", str(tmp_path), "--name", "d")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    exp = tmp_path / "d"
+    before = sorted(p.name for p in exp.iterdir())
+    proc = main("reproduce", "--from", str(exp), "--seeds", "2")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: recommended defaults: its teacher {str(teacher_run)!r} was trained with seed 0, and reproduce "
+        "trains seeds 0..1, each with its own train/validation split: a run with a teacher must split as the "
+        "teacher did (else the teacher may have trained on its validation images); --seeds 1 trains seed 0 "
+        "alone"), proc.stderr
+    assert sorted(p.name for p in exp.iterdir()) == before and "final val_acc" not in proc.stdout  # nothing trained
+    proc = main("reproduce", "--from", str(exp), "--seeds", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_linformer_projects_keys_to_k_and_trains():
     full = build_model(micro_config(), 1, 16, 10)
     lin = build_model(micro_config(attention="linformer", linformer_k=8), 1, 16, 10)

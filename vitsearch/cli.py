@@ -375,6 +375,24 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if cfg.batch_size > len(data.train_y):
             raise UserError(f"{name}: invalid value for 'batch_size': {cfg.batch_size} (must be <= the "
                             f"{len(data.train_y)} training images of {data.name!r})")
+    for name, cfg in configs.items():  # a teacher splits the data one way: its runs of other seeds fail, later
+        if cfg.teacher:
+            from .distill import check_split
+            from .model import load_trained
+
+            saved = load_trained(cfg.teacher, "teacher")[0]
+            try:
+                for seed in range(seeds):
+                    check_split(cfg.teacher, saved, cfg.replace(seed=seed))
+            except UserError as exc:
+                if saved.seed in range(seeds) and all(getattr(saved, k) == getattr(cfg, k) for k in
+                                                      ("data", "data_subset", "val_fraction")):
+                    raise UserError(f"{name}: its teacher {cfg.teacher!r} was trained with seed {saved.seed}, and "
+                                    f"reproduce trains seeds 0..{seeds - 1}, each with its own train/validation "
+                                    "split: a run with a teacher must split as the teacher did (else the teacher "
+                                    "may have trained on its validation images)" + (
+                                        "; --seeds 1 trains seed 0 alone" if saved.seed == 0 else "")) from None
+                raise UserError(f"{name}: {exc}") from None
     total_runs = len(configs) * seeds
 
     def save(rows: list[dict], folder: Path, exclusive: bool = False) -> None:

@@ -60,12 +60,17 @@ def load_teacher(cfg: TrainConfig, data: ImageData, device: torch.device) -> Tea
         raise ConfigError(f"invalid value for 'teacher': {spec!r} (it was trained on {classes} classes x "
                           f"{channels} channels, this data has {data.num_classes} x {data.channels}: "
                           "train the teacher on the same dataset)")
+    check_split(spec, saved, cfg)
+    return Teacher(model, image_size).to(device)
+
+
+def check_split(spec: str, saved: TrainConfig, cfg: TrainConfig) -> None:
+    """The student `cfg` splits its data as the teacher (config `saved`, at `spec`) did: else ConfigError."""
     for key in SPLIT_KEYS:
         if getattr(saved, key) != getattr(cfg, key):
             raise ConfigError(f"invalid value for 'teacher': {spec!r} (it was trained with {key} "
                               f"{getattr(saved, key)!r}, this run has {getattr(cfg, key)!r}: another train/validation "
                               "split, so the teacher may have trained on this run's validation images)")
-    return Teacher(model, image_size).to(device)
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, base: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
