@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import read_yaml
+from .config import TrainConfig, read_yaml
 from .errors import UserError
 from .files import write_bytes
 from .report import STATUSES, best_trial
@@ -417,7 +417,8 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
                 *[[f"search {k}", d.describe()] for k, d in space.search.items()]]
     if (exp_dir / "reproduce.parquet").is_file():
         reproduced = pd.read_parquet(exp_dir / "reproduce.parquet")
-        parts += ["<h2>Reproduced over seeds</h2>", _reproduced(reproduced, space.metric, space.fixed.get("data"))]
+        searched_on = space.fixed.get("data", TrainConfig.data)
+        parts += ["<h2>Reproduced over seeds</h2>", _reproduced(reproduced, space.metric, searched_on)]
     parts += ["<h2>Settings</h2>", _table(settings, ["", ""]), "<h2>Hardware</h2>", _table(_hardware(), ["", ""])]
     parts.append("</body></html>")
     return "\n".join(parts)
