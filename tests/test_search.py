@@ -621,6 +621,17 @@ def test_reproduce_compares_best_and_defaults_over_seeds(tiny_search, tmp_path):
     first_run = proc.stdout.split("final val_acc")[0]
     assert re.search(r"recommended defaults\s+seed 0\s+epoch 1/4\s+val_acc [.\d]+\s+~\d+ s left in all", first_run)
     assert (runs["data"] == "digits").all() and "Trained on digits." in (copy / "report.html").read_text()
+    # each row names the search trial its config comes from
+    trials = pd.read_parquet(copy / "trials.parquet")
+    done = trials[trials["status"] == "completed"]
+    best = done.loc[done["final_val_acc"].idxmax(), "optuna_number"]
+    assert runs.groupby("config")["trial"].unique().map(list).to_dict() == {"recommended defaults": [0],
+                                                                            "search best": [best]}
+    from vitsearch.figures import _reproduced
+
+    assert "is trial #" not in _reproduced(runs, "val_acc", "digits", int(best))
+    assert f"The search best reproduced here is trial #{best}; the search's best is now #{best + 7}</b> (trials " \
+        "were added since)" in _reproduced(runs, "val_acc", "digits", int(best) + 7)
 
     # Another reproduce of it on other data (here digits in Fashion-MNIST's files) replaced the first one's
     # reproduce.parquet, and report.html showed its figures as if on the search's data

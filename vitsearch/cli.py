@@ -345,15 +345,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             configs = {name: TrainConfig.from_dict(cfg) for name, cfg in state["configs"].items()}
             seeds, metric, source, done = int(state["seeds"]), state["metric"], bool(state["from"]), state["runs"]
             searched_on = state.get("searched_on") or next(iter(configs.values())).data  # (older partial files)
+            trials = state.get("trials", {})
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"--resume {args.resume!r}: {PARTIAL} cannot be read ({exc.__class__.__name__}); "
                             "it was not written by vitsearch's reproduce") from None
     else:
-        seeds, metric, source = args.seeds or 3, "val_acc", bool(args.source)
+        seeds, metric, source, trials = args.seeds or 3, "val_acc", bool(args.source), {}
         if args.source and args.out:  # it was ignored: the runs went into the experiment's folder
             raise UserError("--out goes with a reproduce of the defaults alone; --from writes into EXPERIMENT_DIR")
         if args.source:
-            defaults, best, metric = reproduce.defaults_for(Path(args.source))  # compared by the search's metric
+            # compared by the search's metric; the rows name the trials they come from
+            defaults, best, metric, trials = reproduce.defaults_for(Path(args.source))
             configs = {"recommended defaults": defaults, "search best": best}
             out_dir = Path(args.source)
             check_folder(out_dir, "--from")
@@ -397,7 +399,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     def save(rows: list[dict], folder: Path, exclusive: bool = False) -> None:
         state = {"configs": {name: cfg.to_dict() for name, cfg in configs.items()}, "seeds": seeds,
-                 "metric": metric, "from": source, "searched_on": searched_on, "runs": rows}
+                 "metric": metric, "from": source, "searched_on": searched_on, "trials": trials, "runs": rows}
         write_bytes(json.dumps(state, indent=1).encode(), folder / PARTIAL, exclusive=exclusive)
 
     made: list[Path] = []  # folders a new reproduce made, removed again if it stops before its first epoch
@@ -447,7 +449,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     try:
         runs = reproduce.run(configs, seeds, args.device, progress=progress, on_epoch=on_epoch, done=done,
-                             work_dir=work_dir)
+                             work_dir=work_dir, trials=trials)
     except BaseException as exc:
         from .train import CHECKPOINT_NAME, peek_history
 

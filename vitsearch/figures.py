@@ -418,7 +418,8 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
     if (exp_dir / "reproduce.parquet").is_file():
         reproduced = pd.read_parquet(exp_dir / "reproduce.parquet")
         searched_on = space.fixed.get("data", TrainConfig.data)
-        parts += ["<h2>Reproduced over seeds</h2>", _reproduced(reproduced, space.metric, searched_on)]
+        best_now = None if best is None or pd.isna(best["optuna_number"]) else int(best["optuna_number"])
+        parts += ["<h2>Reproduced over seeds</h2>", _reproduced(reproduced, space.metric, searched_on, best_now)]
     parts += ["<h2>Settings</h2>", _table(settings, ["", ""]), "<h2>Hardware</h2>", _table(_hardware(), ["", ""])]
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -430,7 +431,7 @@ def _packing_text(packing: dict) -> str:
     return Packing(packing["trials_per_gpu"], packing["reason"], packing["measured"]).describe()
 
 
-def _reproduced(runs: pd.DataFrame, metric: str, searched_on: str | None = None) -> str:
+def _reproduced(runs: pd.DataFrame, metric: str, searched_on: str | None = None, best_now: int | None = None) -> str:
     from .reproduce import difference_line, summary
 
     if f"final_{metric}" not in runs:  # written before reproduce compared by the search's metric
@@ -449,6 +450,12 @@ def _reproduced(runs: pd.DataFrame, metric: str, searched_on: str | None = None)
         text += (f"<p><b>Trained on {html.escape(', '.join(trained_on))}, not on the search's data "
                  f"({html.escape(searched_on)})</b>: the search's figures above are not comparable with these.</p>"
                  if other else f"<p>Trained on {html.escape(', '.join(trained_on))}.</p>")
+    # an --extend after the reproduce may have found another best: the figures above are then another trial's
+    reproduced = runs.loc[runs["config"] == "search best", "trial"].dropna() if "trial" in runs else []
+    if len(reproduced) and best_now is not None and int(reproduced.iloc[0]) != best_now:
+        text += (f"<p><b>The search best reproduced here is trial #{int(reproduced.iloc[0])}; the search's best is "
+                 f"now #{best_now}</b> (trials were added since): <code>reproduce --from</code> again to compare "
+                 "it.</p>")
     return text + "<p class='note'>Each seed draws its own split, initialisation, order and augmentation.</p>"
 
 

@@ -16,15 +16,16 @@ from .config import TrainConfig
 from .data import load_data
 from .train import train
 
-COLUMNS = {"config": "string", "seed": "int64", "data": "string", "status": "string", "reason": "string",
-           "final_val_acc": "float64", "best_val_acc": "float64", "final_val_loss": "float64",
+COLUMNS = {"config": "string", "trial": "Int64", "seed": "int64", "data": "string", "status": "string",
+           "reason": "string", "final_val_acc": "float64", "best_val_acc": "float64", "final_val_loss": "float64",
            "final_train_loss": "float64", "epochs": "int64", "wall_s": "float64"}
 LOWER_IS_BETTER = ("val_loss", "train_loss")
 CHECKPOINT_EVERY_S = 10.0  # a run in progress keeps its epochs at most this often (vit_small's: ~260 MB each)
 
 
 def run(configs: dict[str, TrainConfig], seeds: int, device: str = "auto", progress=None,
-        on_epoch=None, done: list[dict] = (), work_dir: Path | None = None) -> pd.DataFrame:
+        on_epoch=None, done: list[dict] = (), work_dir: Path | None = None,
+        trials: dict[str, int] | None = None) -> pd.DataFrame:
     """Train every config with seeds 0..seeds-1; one row per run. `done`: rows of runs that finished
     before (an interrupted reproduce), kept and not trained again. With `work_dir`, the run in progress
     writes a checkpoint after its first epoch and then at most every CHECKPOINT_EVERY_S in
@@ -32,7 +33,8 @@ def run(configs: dict[str, TrainConfig], seeds: int, device: str = "auto", progr
     and removes it when it ends. A run whose loss goes non-finite is a row with status `diverged`, its
     reason and no final metrics; the other runs go on. `progress(row, rows so far)` after each run,
     `on_epoch(config name, seed, epoch metrics, epochs, seconds left in all)` after each epoch, the time
-    left at the pace of every epoch trained so far."""
+    left at the pace of every epoch trained so far. `trials`: the Optuna number of the search trial each
+    config comes from (reproduce --from), kept in each row."""
     import shutil
 
     from .errors import NonFiniteLossError
@@ -61,7 +63,7 @@ def run(configs: dict[str, TrainConfig], seeds: int, device: str = "auto", progr
                          max(total - trained, 0) * (time.perf_counter() - started) / trained)
 
         folder = folders[(name, seed)]
-        row = {"config": name, "seed": seed, "data": cfg.data}
+        row = {"config": name, "trial": (trials or {}).get(name), "seed": seed, "data": cfg.data}
         saved = [-math.inf]
 
         def checkpoint_due(epoch: int, saved=saved) -> bool:  # the first epoch's, then at most every 10 s
@@ -135,9 +137,9 @@ def difference_line(runs: pd.DataFrame, metric: str = "val_acc") -> str:
              "or more gives one)") + (f", over the finished runs ({', '.join(lost)})" if lost else ""))
 
 
-def defaults_for(exp_dir: Path) -> tuple[TrainConfig, TrainConfig, str]:
-    """The experiment's recommended-defaults trial config, its best config, and the metric the search ranked
-    its trials by (which the reproduction compares)."""
+def defaults_for(exp_dir: Path) -> tuple[TrainConfig, TrainConfig, str, dict[str, int]]:
+    """The experiment's recommended-defaults trial config, its best config, the metric the search ranked
+    its trials by (which the reproduction compares), and the Optuna numbers of the two trials."""
     from .config import load_config, read_yaml
     from .errors import UserError
     from .space import parse_space
@@ -149,5 +151,12 @@ def defaults_for(exp_dir: Path) -> tuple[TrainConfig, TrainConfig, str]:
     if not (exp_dir / "best_config.yaml").is_file():
         raise UserError(f"--from {str(exp_dir)!r}: no trial of that search reached the full budget, so it has no "
                         "best config (best_config.yaml) to reproduce; --extend it with more trials")
+    from .report import best_trial
+
     space = parse_space(read_yaml(exp_dir / "space.yaml", "search space"), origin=str(exp_dir / "space.yaml"))
-    return space.trial_config(space.defaults_point()), load_config(exp_dir / "best_config.yaml"), space.metric
+    trials = pd.read_parquet(exp_dir / "trials.parquet")
+    best, defaults = best_trial(trials, space), trials[trials["is_defaults"]]
+    numbers = {name: int(row["optuna_number"]) for name, row in (
+        ("recommended defaults", defaults.iloc[0] if len(defaults) else None), ("search best", best))
+        if row is not None and not pd.isna(row["optuna_number"])}
+    return space.trial_config(space.defaults_point()), load_config(exp_dir / "best_config.yaml"), space.metric, numbers
