@@ -1,5 +1,6 @@
 """The same search on a real multi-node Ray cluster (two nodes on this machine), joined with --address."""
 
+import json
 import os
 import subprocess
 import sys
@@ -25,13 +26,17 @@ def cluster():
 
 
 def test_trials_run_on_more_than_one_node(cluster, tmp_path):
+    """Joined through RAY_ADDRESS, as ray.init takes it and `ray job submit` sets it (the --address flag: the
+    tests below). Without --address the search started a Ray instance of its own beside the cluster."""
     space = {**TINY, "num_samples": 6, "scheduler": {"max_epochs": 3, "grace_period": 3, "reduction_factor": 2}}
     space["search"] = {**TINY["search"], "lr": {"loguniform": [1.0e-4, 1.0e-2]}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--space", str(tmp_path / "s.yaml"),
-                           "--out", str(tmp_path), "--name", "exp", "--address", cluster.address],
-                          capture_output=True, text=True, timeout=600)
+                           "--out", str(tmp_path), "--name", "exp"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "RAY_ADDRESS": cluster.address})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.startswith(f"joining the Ray cluster at RAY_ADDRESS={cluster.address} (unset RAY_ADDRESS")
+    assert json.loads((tmp_path / "exp" / "run.json").read_text())["address"] == cluster.address
     trials = pd.read_parquet(tmp_path / "exp" / "trials.parquet")
     assert len(trials) == 6 and (trials["status"] == "completed").all()
     assert trials["node_id"].nunique() == 2  # both nodes ran trials

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 import uuid
 from dataclasses import replace
@@ -177,6 +178,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UserError("give exactly one of --space NAME (a new search), --resume EXPERIMENT_DIR or "
                         "--extend EXPERIMENT_DIR")
     continued = "--resume" if args.resume else "--extend" if args.extend else None
+    if not args.address and os.environ.get("RAY_ADDRESS"):  # as ray.init takes it (`ray job submit` sets it)
+        args.address = os.environ["RAY_ADDRESS"]  # it started a Ray instance of its own beside the cluster
+        console.print(f"joining the Ray cluster at RAY_ADDRESS={args.address} (unset RAY_ADDRESS for a Ray instance "
+                      "of this machine alone)", highlight=False, soft_wrap=True)
     if continued and args.data:  # it was ignored: the trials went on with the experiment's data
         raise UserError(f"--data goes with --space (a new search); {continued} continues on the experiment's "
                         "own data (its space.yaml)")
@@ -185,8 +190,6 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise UserError(f"--{flag} goes with --space (a new search); {continued} continues in EXPERIMENT_DIR")
     args.out = args.out or "results"
     if args.storage and "://" not in args.storage:  # a local folder: Ray Tune takes only absolute paths
-        import os
-
         args.storage = os.path.abspath(os.path.expanduser(args.storage))
     if args.trials is not None and not args.extend:
         raise UserError("--trials goes with --extend (a new search takes num_samples from its space)")
@@ -333,8 +336,6 @@ def preload(*modules: str) -> None:
 
 def load_space_arg(name: str, data: str | None):
     """A new search's space, with --data, and its relative paths made absolute (see `absolute_paths`)."""
-    import os
-
     from .config import absolute_paths
     from .space import load_space, parse_space
 
@@ -508,8 +509,6 @@ def _slots(space) -> int:
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
