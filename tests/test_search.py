@@ -579,6 +579,8 @@ def test_extend_adds_trials_that_learn_from_the_earlier_ones(tiny_search, tmp_pa
         assert row["status"] in {"completed", "stopped_early", "diverged", "failed"}
         assert row["epochs_run"] == counts.get(row["trial_id"], 0)
     assert "report.html" in {p.name for p in copy.iterdir()}
+    settings = html.unescape(" ".join(re.sub("<[^>]+>", " ", (copy / "report.html").read_text()).split()))
+    assert f"trials {len(before)} + 3 added by --extend (1 run)" in settings  # it said the space's 8 alone
     # --resume of the extended search continues the extension (3 trials, all ended): it reports the same
     # trials again instead of calling the search interrupted with 3 of the space's 8 trials finished.
     again = search("--resume", str(copy))

@@ -409,7 +409,12 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
               _table([[f"#{r['optuna_number']}", r[metric], r["best_epoch"], *(r[k] for k in space.search)]
                       for _, r in top.iterrows()], ["trial", metric, "best epoch", *space.search])]
     gpu_share = 1 / run["packing"]["trials_per_gpu"] if run.get("packing") else space.gpu
-    settings = [["metric / mode", f"{space.metric} / {space.mode}"], ["trials", space.num_samples],
+    from .cli import count
+
+    extended = run.get("extensions", 0)  # the space's num_samples, and the trials added to it since
+    settings = [["metric / mode", f"{space.metric} / {space.mode}"],
+                ["trials", f"{space.num_samples} + {len(trials) - space.num_samples} added by --extend "
+                 f"({count(extended, 'run')})" if extended else space.num_samples],
                 ["ASHA", f"max {space.max_epochs} epochs, grace {space.grace_period}, factor {space.reduction_factor}"],
                 ["resources per trial", f"{space.cpu:g} CPU, {gpu_share:g} GPU"], ["seed", space.seed],
                 *([["GPU packing (gpu: auto)", _packing_text(run["packing"])]] if run.get("packing") else []),
