@@ -477,3 +477,38 @@ def test_a_train_run_whose_stdout_is_closed_stops_as_on_ctrl_c(tmp_path):
     done = len(pd.read_parquet(run / "epochs.parquet"))
     assert 1 <= done < 60 and f"interrupted after epoch {done} of 60; continue with: python main.py train " \
         f"--resume {run}" in err, err
+
+
+def test_a_full_device_stops_the_search_in_one_line_and_it_resumes_once_there_is_space(tmp_path):
+    """The results folder's device fills up (checkpoints, the study, Tune's state): every trial failed with
+    a traceback and so did the driver (`sqlite3.OperationalError: database or disk is full`), and Tune's
+    saved state was cut short, so that a resume started the search over. Now the first trial that meets
+    the full device stops the search as Ctrl-C does, its half-written checkpoint is given back, and the
+    resume goes on once there is space. A real tmpfs of 600 KiB (skipped where this process may not mount)."""
+    device = tmp_path / "small"
+    device.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(device)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump(TINY))
+        proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--space", str(tmp_path / "s.yaml"),
+                               "--out", str(device), "--name", "exp"], capture_output=True, text=True, timeout=600)
+        exp = device / "exp"
+        assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert proc.stderr.strip().startswith("error: a device the search writes to is full (") \
+            and "No space left on device" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert proc.stderr.strip().endswith(f"Free some space, then continue with: python main.py search --resume "
+                                            f"{exp}"), proc.stderr[-3000:]
+        assert len(proc.stderr.strip().splitlines()) == 1
+        assert not list((exp / "checkpoints").rglob("*.uploading"))
+        subprocess.run(["mount", "-o", "remount,size=64m", str(device)], check=True)
+        proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--resume", str(exp)],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        trials = pd.read_parquet(exp / "trials.parquet")
+        assert len(trials) == TINY["num_samples"] and not (trials["status"] == "failed").any(), trials
+        study = optuna.load_study(study_name="exp", storage=f"sqlite:///{exp / 'study.db'}")
+        assert len(study.trials) == TINY["num_samples"]
+    finally:
+        subprocess.run(["umount", str(device)], capture_output=True)

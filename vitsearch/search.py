@@ -104,8 +104,13 @@ class TrialCheckpoints:
         final = self._path(trial_id)
         self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
         tmp = final + ".uploading"
-        with open(local_file, "rb") as src, self.fs.open_output_stream(tmp) as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+        try:
+            with open(local_file, "rb") as src, self.fs.open_output_stream(tmp) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except BaseException:  # (a full device: what it wrote is given back, for Tune's state to fit)
+            with contextlib.suppress(Exception):
+                self.fs.delete_file(tmp)
+            raise
         self.fs.move(tmp, final)
 
     def download(self, trial_id: str, local_file: Path) -> bool:
@@ -479,6 +484,19 @@ def _callbacks(exp_dir: Path, live, checkpoint_root: str, max_epochs: int):
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._show(trials, trial, status="ERROR")
+            self._full(trial)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):  # a retry would fail as well
+            self._full(trial)
+
+        def _full(self, trial):
+            try:
+                text = Path(trial.error_file).read_text() if getattr(trial, "error_file", None) else ""
+            except OSError:
+                text = ""
+            line = disk_full(text)
+            if line is not None:
+                stop_on_full_device(line)
 
         def on_experiment_end(self, trials, **info):
             if self.file is not None:
@@ -499,6 +517,16 @@ class _NoMetricsFilesWarning(logging.Filter):
         return not str(record.msg).startswith("Failed to fetch metrics")
 
 
+class _FullDeviceNoise(logging.Filter):
+    """Tune's tracebacks of a trial, or of its own state, that a full device stopped: the search says it in one
+    line (`DISK_FULL`), and these lines would bury it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info and record.exc_info[1] else "")
+        return not (any(t in text for t in FULL_DEVICE_TEXTS)
+                    or DISK_FULL and text.startswith(("Trials did not complete", "Failed to restore")))
+
+
 def init_ray(address: str | None, verbose: bool, address_checked: bool = False) -> None:
     import ray
 
@@ -515,6 +543,10 @@ def init_ray(address: str | None, verbose: bool, address_checked: bool = False) 
     analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
     if not any(isinstance(f, _NoMetricsFilesWarning) for f in analysis.filters):
         analysis.addFilter(_NoMetricsFilesWarning())
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.execution.experiment_state"):
+        tune_logger = logging.getLogger(name)
+        if not verbose and not any(isinstance(f, _FullDeviceNoise) for f in tune_logger.filters):
+            tune_logger.addFilter(_FullDeviceNoise())
     if not address_checked:
         check_address(address, verbose)
     _no_crash_handler_in_driver()
@@ -908,6 +940,7 @@ def _actors_on_prestarted_workers():
 
 
 STOP_SIGNALS: list[int] = []  # the signals that stopped this process's command early (SIGTERM, SIGPIPE)
+DISK_FULL: list[str] = []  # why a full device stopped this process's search (a trial's or the driver's write)
 SEARCH_STARTED: list[bool] = []  # [True] once tuner.fit() has been called in this process
 _TUNE_RUNNING: list[bool] = []  # [True] while tuner.fit() runs
 
@@ -945,6 +978,57 @@ def stop_as_on_ctrl_c(signum: int) -> None:
         raise KeyboardInterrupt
     else:
         os.kill(os.getpid(), signal.SIGINT)
+
+
+FULL_DEVICE_TEXTS = ("No space left on device", "database or disk is full", "Disk quota exceeded")
+
+
+def disk_full(error: BaseException | str | None) -> str | None:
+    """The line of an exception (its chain included) or of a trial's error text that says a device is full
+    (ENOSPC, EDQUOT, SQLite's "database or disk is full"), at most 300 characters; else None."""
+    import errno
+
+    seen = set()
+    while isinstance(error, BaseException) and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(error)[:300]
+        if any(text in str(error) for text in FULL_DEVICE_TEXTS):
+            return next(line for line in str(error).splitlines() if any(t in line for t in FULL_DEVICE_TEXTS))[:300]
+        error = error.__cause__ or error.__context__
+    if isinstance(error, str):
+        lines = [line.strip() for line in error.splitlines() if any(t in line for t in FULL_DEVICE_TEXTS)]
+        return lines[-1][:300] if lines else None
+    return None
+
+
+def cut_short_state(ray_path: str) -> str | None:
+    """The file of Tune's saved state in `ray_path` (a local folder) that a full device cut short: its newest
+    experiment_state-*.json that does not parse, or a newest search state file left empty. Tune then
+    restores an empty run (it logs "Failed to restore the run state") and starts the search over; None where
+    the state is whole (or not on this machine)."""
+    folder = Path(ray_path)
+    if "://" in ray_path or not folder.is_dir():
+        return None
+    for pattern in ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl"):
+        found = sorted(folder.glob(pattern))
+        if not found:
+            continue
+        try:
+            data = found[-1].read_bytes()
+            if not data or (pattern.startswith("experiment") and not isinstance(json.loads(data), dict)):
+                return str(found[-1])
+        except (OSError, ValueError):
+            return str(found[-1])
+    return None
+
+
+def stop_on_full_device(line: str) -> None:
+    """A trial failed because a device it writes to is full: every other trial would fail the same way
+    (and be recorded as failed), so the search stops as on Ctrl-C, resumable once there is space."""
+    if not DISK_FULL:
+        DISK_FULL.append(line)
+        stop_as_on_ctrl_c(signal.SIGINT)
 
 
 def finished_trials(exp_dir: Path) -> dict[str, dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -17,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .cli import command, console, count, duration, on_cluster, shell
+from .cli import command, console, count, duration, err_console, on_cluster, shell
 from .errors import UserError
 
 SECOND_PROBE_WITHIN_S = 5.0  # the smallest batch is probed too when the largest's probe took less
@@ -171,7 +172,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     import shutil
 
     from .files import check_name, free_folder, lock_experiment, write_bytes
-    from .search import RAY_DIR, RUN_FILE, storage_root
+    from .search import RAY_DIR, RUN_FILE, _join, cut_short_state, storage_root
 
     chosen = [flag for flag in ("space", "resume", "extend") if getattr(args, flag)]
     if len(chosen) != 1:
@@ -213,6 +214,11 @@ def cmd_search(args: argparse.Namespace) -> int:
             ray_dir = f"{RAY_DIR}-extend-{run.get('extensions', 0) + 1}"
         elif run.get("finished") == ray_dir and all((exp_dir / f).is_file() for f in REPORT_FILES):
             return _show_finished(space, exp_dir, run)
+        elif (broken := cut_short_state(_join(ray_root, ray_dir))) is not None:
+            # Tune would restore an empty run and start the search over, rerunning what is done
+            raise UserError(f"--resume {args.resume!r}: Ray's saved state was cut short ({broken} is not complete: "
+                            "a full device, or a copy that stopped), so the search cannot go on from it; its trials "
+                            "are in study.db and epochs.jsonl")
         from .files import check_folder
 
         check_folder(exp_dir, continued)  # a folder it cannot write (read-only): one line before Ray starts
@@ -519,7 +525,19 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
 
     from .figures import write_html_report
     from .report import TrialOutcome, comparison_line, error_line, summary_table, write_reports
-    from .search import RAY_DIR, SEARCH_STARTED, ended_trials, run_search, stop_exit_code, study_name, study_storage
+    from .search import (
+        DISK_FULL,
+        RAY_DIR,
+        SEARCH_STARTED,
+        _join,
+        cut_short_state,
+        disk_full,
+        ended_trials,
+        run_search,
+        stop_exit_code,
+        study_name,
+        study_storage,
+    )
 
     t0 = time.time()
     try:
@@ -531,8 +549,27 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         if SEARCH_STARTED:
             _add_run_time(exp_dir, time.time() - t0)
         raise
+    except Exception as exc:  # the driver's own write (the study, epochs.jsonl) found its device full, or
+        line = disk_full(exc)  # Tune failed to read back what a full device cut short (an empty error file)
+        if line is None and not DISK_FULL:
+            raise
+        DISK_FULL[:] = DISK_FULL or [line]
+        results = None
     import ray
 
+    if DISK_FULL:  # a trial's write, or the driver's: every later trial would fail the same way
+        ray.shutdown()
+        with contextlib.suppress(OSError, UserError):  # (run.json: its device may be the full one)
+            _add_run_time(exp_dir, time.time() - t0)
+        broken = cut_short_state(_join(storage or str(exp_dir.resolve()), ray_dir))
+        err_console.print(f"error: a device the search writes to is full ({escape(DISK_FULL[0])}): the search stopped"
+                          + ("; the finished trials and epochs are kept. Free some space, then continue with: "
+                             f"{command()} search --resume {escape(shell(exp_dir))}{on_cluster(args.address)}"
+                             if broken is None else
+                             f", and Ray's saved state was cut short ({escape(broken)}): it cannot be resumed. Its "
+                             f"trials are in study.db and epochs.jsonl; free some space and search again"),
+                          highlight=False, soft_wrap=True)
+        return 1
     ended = ended_trials(results, exp_dir)
     if ended < max(len(results), space.num_samples):
         # Ctrl-C (SIGINT): Tune stopped the running trials and saved its state. Every reported epoch is in
