@@ -502,7 +502,13 @@ def keep_earlier(path: Path) -> Path | None:
     for n in range(1, 1000):
         kept = path.with_name(f"{path.stem}-{stamp}{'' if n == 1 else f'-{n}'}{path.suffix}")
         try:
-            os.link(path, kept)
+            try:
+                os.link(path, kept)
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links (some network and FUSE mounts): a copy
+                with open(kept, "xb") as copy:
+                    copy.write(path.read_bytes())
             return kept
         except FileExistsError:
             continue
