@@ -383,18 +383,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             from .model import load_trained
 
             saved = load_trained(cfg.teacher, "teacher")[0]
-            try:
-                for seed in range(seeds):
-                    check_split(cfg.teacher, saved, cfg.replace(seed=seed))
+            try:  # its data, subset and validation share; then the seed, with the first seed trained
+                check_split(cfg.teacher, saved, cfg.replace(seed=saved.seed if saved.seed in range(seeds) else 0))
             except UserError as exc:
-                if saved.seed in range(seeds) and all(getattr(saved, k) == getattr(cfg, k) for k in
-                                                      ("data", "data_subset", "val_fraction")):
-                    raise UserError(f"{name}: its teacher {cfg.teacher!r} was trained with seed {saved.seed}, and "
-                                    f"reproduce trains seeds 0..{seeds - 1}, each with its own train/validation "
-                                    "split: a run with a teacher must split as the teacher did (else the teacher "
-                                    "may have trained on its validation images)" + (
-                                        "; --seeds 1 trains seed 0 alone" if saved.seed == 0 else "")) from None
                 raise UserError(f"{name}: {exc}") from None
+            if seeds > 1:
+                raise UserError(f"{name}: its teacher {cfg.teacher!r} was trained with seed {saved.seed}, and "
+                                f"reproduce trains seeds 0..{seeds - 1}, each with its own train/validation "
+                                "split: a run with a teacher must split as the teacher did (else the teacher "
+                                "may have trained on its validation images)" + (
+                                    "; --seeds 1 trains seed 0 alone" if saved.seed == 0 else ""))
     total_runs = len(configs) * seeds
 
     def save(rows: list[dict], folder: Path, exclusive: bool = False) -> None:
@@ -495,20 +493,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def keep_earlier(path: Path) -> Path | None:
     """A finished reproduce at `path` (the experiment's earlier `reproduce --from`: other seeds, other data)
-    linked as `reproduce-<its time>[-N].parquet` beside it before the new one replaces it; its new name."""
+    copied to `reproduce-<its time>[-N].parquet` beside it before the new one replaces it; its new name."""
     if not path.is_file():
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+    from .files import write_bytes
+
     for n in range(1, 1000):
         kept = path.with_name(f"{path.stem}-{stamp}{'' if n == 1 else f'-{n}'}{path.suffix}")
         try:
-            try:
-                os.link(path, kept)
-            except FileExistsError:
-                raise
-            except OSError:  # a file system without hard links (some network and FUSE mounts): a copy
-                with open(kept, "xb") as copy:
-                    copy.write(path.read_bytes())
+            write_bytes(path.read_bytes(), kept, exclusive=True)  # (also where there are no hard links)
             return kept
         except FileExistsError:
             continue

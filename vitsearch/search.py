@@ -524,7 +524,7 @@ class _FullDeviceNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info and record.exc_info[1] else "")
         return not (any(t in text for t in FULL_DEVICE_TEXTS)
-                    or DISK_FULL and text.startswith(("Trials did not complete", "Failed to restore")))
+                    or DISK_FULL and text.startswith("Trials did not complete"))
 
 
 def init_ray(address: str | None, verbose: bool, address_checked: bool = False) -> None:
@@ -1002,13 +1002,13 @@ def disk_full(error: BaseException | str | None) -> str | None:
     return None
 
 
-def cut_short_state(ray_path: str) -> str | None:
-    """The file of Tune's saved state in `ray_path` (a local folder) that a full device cut short: its newest
+def cut_short_state(ray_root: str, ray_dir: str) -> str | None:
+    """The file of Tune's saved state in `ray_root/ray_dir` (a local folder) that a full device cut short: its newest
     experiment_state-*.json that does not parse, or a newest search state file left empty. Tune then
     restores an empty run (it logs "Failed to restore the run state") and starts the search over; None where
     the state is whole (or not on this machine)."""
-    folder = Path(ray_path)
-    if "://" in ray_path or not folder.is_dir():
+    folder = Path(ray_root) / ray_dir
+    if "://" in ray_root or not folder.is_dir():
         return None
     for pattern in ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl"):
         found = sorted(folder.glob(pattern))

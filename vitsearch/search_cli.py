@@ -172,7 +172,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     import shutil
 
     from .files import check_name, free_folder, lock_experiment, write_bytes
-    from .search import RAY_DIR, RUN_FILE, _join, cut_short_state, storage_root
+    from .search import RAY_DIR, RUN_FILE, cut_short_state, storage_root
 
     chosen = [flag for flag in ("space", "resume", "extend") if getattr(args, flag)]
     if len(chosen) != 1:
@@ -214,7 +214,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             ray_dir = f"{RAY_DIR}-extend-{run.get('extensions', 0) + 1}"
         elif run.get("finished") == ray_dir and all((exp_dir / f).is_file() for f in REPORT_FILES):
             return _show_finished(space, exp_dir, run)
-        elif (broken := cut_short_state(_join(ray_root, ray_dir))) is not None:
+        elif (broken := cut_short_state(ray_root, ray_dir)) is not None:
             # Tune would restore an empty run and start the search over, rerunning what is done
             raise UserError(f"--resume {args.resume!r}: Ray's saved state was cut short ({broken} is not complete: "
                             "a full device, or a copy that stopped), so the search cannot go on from it; its trials "
@@ -316,10 +316,10 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
                                 "ray_dir": ray_dir, "extensions": extensions, "packing": packing,
                                 "data": run.get("data", fingerprint), **extension}).encode(),
                     exp_dir / RUN_FILE)
-    elif (args.storage, args.address) != (None, None) and (storage, args.address or run.get("address")) != (
-            run.get("storage"), run.get("address")):  # where it goes on now (a moved --storage, another head)
-        write_bytes(json.dumps({**run, "storage": storage, "address": args.address or run.get("address")}).encode(),
-                    exp_dir / RUN_FILE)
+    else:  # a resume: where it goes on now (a moved --storage, another head) is where the next one goes on
+        where = {"storage": storage, "address": args.address or run.get("address")}
+        if any(run.get(k) != v for k, v in where.items()):
+            write_bytes(json.dumps({**run, **where}).encode(), exp_dir / RUN_FILE)
     return _run_and_report(space, exp_dir, data, device, args, storage_root(storage, run), ray_dir, expected_epochs)
 
 
@@ -529,7 +529,6 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         DISK_FULL,
         RAY_DIR,
         SEARCH_STARTED,
-        _join,
         cut_short_state,
         disk_full,
         ended_trials,
@@ -561,7 +560,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         ray.shutdown()
         with contextlib.suppress(OSError, UserError):  # (run.json: its device may be the full one)
             _add_run_time(exp_dir, time.time() - t0)
-        broken = cut_short_state(_join(storage or str(exp_dir.resolve()), ray_dir))
+        broken = cut_short_state(storage or str(exp_dir.resolve()), ray_dir)
         err_console.print(f"error: a device the search writes to is full ({escape(DISK_FULL[0])}): the search stopped"
                           + ("; the finished trials and epochs are kept. Free some space, then continue with: "
                              f"{command()} search --resume {escape(shell(exp_dir))}{on_cluster(args.address)}"
