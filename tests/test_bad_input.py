@@ -110,7 +110,49 @@ def _folder_with(tmp: Path, name: str, content: bytes) -> list[str]:
     return ["train", "--set", f"data=imagefolder:{_image_folder(tmp / 'img', (name, content))}"]
 
 
+def _cifar_with(tmp: Path, twist: str) -> list[str]:
+    """A CIFAR-10 folder of 5 batches of 8 random images, one of them broken in the way named."""
+    import pickle
+
+    import numpy as np
+    folder = tmp / "cifar"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = [n.encode() for n in "airplane automobile bird cat deer dog frog horse ship truck".split()]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names[:5] if twist == "names" else names}))
+    for b in range(1, 6):
+        data, labels = rng.integers(0, 256, (8, 3072), dtype=np.uint8), [0, 1, 2, 3, 4, 0, 1, 2]
+        batch = {b"data": data, b"labels": labels}
+        if b == 3:
+            batch = {"label": {b"data": data, b"labels": [*labels[:-1], 10]},
+                     "short": {b"data": data, b"labels": labels[:6]},
+                     "float": {b"data": data / 255.0, b"labels": labels}, "list": [data, labels],
+                     "names": {b"data": data, b"labels": [*labels[:-1], 7]}}[twist]
+        (folder / f"data_batch_{b}").write_bytes(pickle.dumps(batch))
+    return ["train", "--set", "model=vit_micro", f"data=cifar10:{folder}"]
+
+
+def _idx_label(tmp: Path) -> list[str]:
+    from conftest import digit_images, write_idx
+    images, labels = digit_images(40, 28)
+    labels[5] = 12
+    write_idx(tmp / "train-images-idx3-ubyte.gz", images)
+    write_idx(tmp / "train-labels-idx1-ubyte.gz", labels)
+    return ["train", "--set", "model=vit_micro", f"data=fashion_mnist:{tmp}"]
+
+
 GENERATED = {
+    # malformed CIFAR batches trained on misaligned labels, or failed with a traceback in the first step
+    "a CIFAR label outside its classes": (lambda t: _cifar_with(t, "label"),
+                                          "has 1 label outside 0..9 (the 10 class names), e.g. 10"),
+    "CIFAR labels fewer than images": (lambda t: _cifar_with(t, "short"), "data_batch_3 has 8 images but labels "
+                                                                          "of shape (6,)"),
+    "CIFAR data not uint8": (lambda t: _cifar_with(t, "float"), "data_batch_3's data is float64 (8, 3072), not "
+                                                                "uint8 (N, 3072)"),
+    "a CIFAR batch that is no dict": (lambda t: _cifar_with(t, "list"), "data_batch_3 is not a dict with keys"),
+    "CIFAR with fewer class names than labels": (lambda t: _cifar_with(t, "names"), "has 1 label outside 0..4 (the 5 "
+                                                                                    "class names), e.g. 7"),
+    "a Fashion-MNIST label outside its classes": (_idx_label, "has 1 label outside 0..9 (the 10 class names), e.g. 12"),
     "truncated png": (lambda t: _folder_with(t, "x.png", TRUNCATED_PNG), "cannot read image"),
     "non-image file": (lambda t: _folder_with(t, "notes.txt", b"hi"), "is not an image"),
     "jpeg of zeros": (lambda t: _folder_with(t, "z.jpg", bytes(64)), "cannot read image"),

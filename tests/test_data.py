@@ -87,6 +87,9 @@ def test_cifar10_archive_and_folder(cifar10_archive, tmp_path):
         tar.extractall(tmp_path, filter="data")
     again = load_data(micro_config(data=f"cifar10:{tmp_path / 'cifar-10-batches-py'}", image_size=None))
     assert torch.equal(again.train_x, data.train_x)
+    import pickle  # class names pickled as str (a batch re-saved by Python 3) are read as they are
+    (tmp_path / "cifar-10-batches-py" / "batches.meta").write_bytes(pickle.dumps({b"label_names": ["a"] * 10}))
+    assert load_data(micro_config(data=f"cifar10:{tmp_path / 'cifar-10-batches-py'}")).classes == ["a"] * 10
 
 
 def test_cifar_refuses_pickled_code(tmp_path):

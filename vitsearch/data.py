@@ -178,9 +178,19 @@ def load_data(cfg: TrainConfig) -> ImageData:
                                                 cfg.patch_size if cfg.is_vit else None)
     else:
         images, labels, classes = _cifar(Path(path), 100 if scheme == "cifar100" else 10)
+    _check_labels(cfg.data, labels, classes)
     if cfg.image_size is not None and images.shape[-1] != cfg.image_size and isinstance(images, torch.Tensor):
         images = resize(images, cfg.image_size)
     return split(cfg.data, images, labels, classes, cfg.seed, cfg.val_fraction, cfg.data_subset)
+
+
+def _check_labels(name: str, labels: torch.Tensor, classes: list[str]) -> None:
+    """Every label must name one of the classes: one outside them fails only in the first training step."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
+        wrong = labels[(labels < 0) | (labels >= len(classes))]
+        raise DataError(f"dataset {name!r} has {len(wrong)} label{'s' * (len(wrong) > 1)} outside "
+                        f"0..{len(classes) - 1} "
+                        f"(the {len(classes)} class names), e.g. {int(wrong[0])}")
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -369,13 +379,27 @@ def _cifar(path: Path, num_classes: int):
         raise DataError(f"CIFAR-{num_classes} file {exc.args[0]} is missing from {str(path)!r}; {how}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
         raise DataError(f"cannot read CIFAR-{num_classes} data in {str(path)!r}: {exc}") from None
+    bad = f"CIFAR-{num_classes} data in {str(path)!r} is malformed"
+    parts, label_parts = [], []
+    for name, batch in zip(batch_names, batches):
+        try:
+            data, labels = np.asarray(batch[b"data"]), np.asarray(batch[label_key])
+        except (KeyError, TypeError, IndexError) as exc:
+            raise DataError(f"{bad}: {name} is not a dict with keys b'data' and {label_key!r} ({exc!r})") from None
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise DataError(f"{bad}: {name}'s data is {data.dtype} {data.shape}, not uint8 (N, 3072) "
+                            "(32x32 RGB images, one per row)")
+        if labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{bad}: {name} has {len(data)} images but labels of shape {labels.shape} "
+                            f"({labels.dtype}); it needs one integer label per image")
+        parts.append(data)
+        label_parts.append(labels.astype(np.int64))
     try:
-        data = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
-        labels = np.concatenate([np.asarray(b[label_key]) for b in batches]).astype(np.int64)
-        classes = [c.decode() for c in meta[class_key]]
-    except (KeyError, ValueError) as exc:
-        raise DataError(f"CIFAR-{num_classes} data in {str(path)!r} is malformed: {exc!r}") from None
-    return torch.from_numpy(np.ascontiguousarray(data)), torch.from_numpy(labels), classes
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[class_key]]
+    except (KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
+        raise DataError(f"{bad}: {meta_name} has no list of class names under {class_key!r} ({exc!r})") from None
+    data = np.concatenate(parts).reshape(-1, 3, 32, 32)
+    return torch.from_numpy(np.ascontiguousarray(data)), torch.from_numpy(np.concatenate(label_parts)), classes
 
 
 def _cifar_members(path: Path, how: str) -> dict[str, bytes]:
