@@ -736,6 +736,41 @@ def test_an_interrupted_reproduce_resumes_and_a_diverged_run_is_a_row(tiny_searc
     assert done.returncode == 2 and "has finished (reproduce.parquet): nothing to resume" in done.stderr
 
 
+def test_a_reproduce_resumed_on_changed_data_is_refused(tiny_search, tmp_path):
+    """`reproduce --resume` trained the runs left on the data as it is now, beside runs finished on the data
+    as it was (found with an image folder changed in between), and reported them as one comparison.
+    A search's and a train run's resume already refused that."""
+    import shutil
+
+    from conftest import digit_images, write_idx
+
+    exp, _ = tiny_search
+    copy = tmp_path / "exp"
+    shutil.copytree(exp, copy)
+    folder = tmp_path / "fm"
+    folder.mkdir()
+    images, labels = digit_images(800, 28)
+    write_idx(folder / "train-images-idx3-ubyte.gz", images)
+    write_idx(folder / "train-labels-idx1-ubyte.gz", labels)
+    code, out, err = _reproduce_until(["--from", str(copy), "--data", f"fashion_mnist:{folder}", "--seeds", "2"],
+                                      "seed 0  final val_acc")
+    assert code == 143 and "interrupted after 1 run of 4" in err, out + err
+    before = (copy / "reproduce.partial.json").read_bytes()
+    write_idx(folder / "train-labels-idx1-ubyte.gz", labels[::-1])  # relabelled since
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "reproduce", "--resume", str(copy)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stdout + proc.stderr
+    assert re.match(rf"error: the data of the reproduce in {re.escape(repr(str(copy)))} changed since it started: "
+                    rf"'fashion_mnist:{re.escape(str(folder))}' held 600 train / 160 val images, hash \w+ then and "
+                    r"holds 600 train / 160 val images, hash \w+ now", proc.stderr), proc.stderr
+    assert (copy / "reproduce.partial.json").read_bytes() == before and not (copy / "reproduce.parquet").exists()
+    write_idx(folder / "train-labels-idx1-ubyte.gz", labels)  # restored: it goes on
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "reproduce", "--resume", str(copy)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert len(pd.read_parquet(copy / "reproduce.parquet")) == 4
+
+
 def test_interop_pyarrow_sql_optuna_and_plain_timm(tiny_search):
     import duckdb
     import pyarrow.parquet as pq

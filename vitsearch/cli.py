@@ -345,7 +345,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             configs = {name: TrainConfig.from_dict(cfg) for name, cfg in state["configs"].items()}
             seeds, metric, source, done = int(state["seeds"]), state["metric"], bool(state["from"]), state["runs"]
             searched_on = state.get("searched_on") or next(iter(configs.values())).data  # (older partial files)
-            trials = state.get("trials", {})
+            trials, fingerprint = state.get("trials", {}), state.get("fingerprint")  # (older partial files: none)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"--resume {args.resume!r}: {PARTIAL} cannot be read ({exc.__class__.__name__}); "
                             "it was not written by vitsearch's reproduce") from None
@@ -373,6 +373,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .data import load_data
 
     data = [load_data(cfg) for cfg in configs.values()][0]  # a missing dataset fails here, before any training
+    if args.resume and fingerprint not in (None, data.fingerprint()):  # the finished runs trained on other data
+        raise UserError(f"the data of the reproduce in {args.resume!r} changed since it started: {data.name!r} "
+                        f"held {fingerprint} then and holds {data.fingerprint()} now, so its finished runs and the "
+                        f"rest would be on different data; restore the data, or delete "
+                        f"{Path(args.resume) / PARTIAL} to start over")
     for name, cfg in configs.items():  # a config the data cannot take fails now, not after the others' runs
         if cfg.batch_size > len(data.train_y):
             raise UserError(f"{name}: invalid value for 'batch_size': {cfg.batch_size} (must be <= the "
@@ -397,7 +402,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     def save(rows: list[dict], folder: Path, exclusive: bool = False) -> None:
         state = {"configs": {name: cfg.to_dict() for name, cfg in configs.items()}, "seeds": seeds,
-                 "metric": metric, "from": source, "searched_on": searched_on, "trials": trials, "runs": rows}
+                 "metric": metric, "from": source, "searched_on": searched_on, "trials": trials,
+                 "fingerprint": data.fingerprint(), "runs": rows}
         write_bytes(json.dumps(state, indent=1).encode(), folder / PARTIAL, exclusive=exclusive)
 
     made: list[Path] = []  # folders a new reproduce made, removed again if it stops before its first epoch
