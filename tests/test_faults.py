@@ -275,10 +275,13 @@ def test_a_stop_after_the_trials_and_before_the_parquet_files_says_how_to_resume
     assert proc.returncode == 130, out[-3000:]
     assert f"interrupted; continue with: python main.py search --resume '{exp}'\n" in proc.stdout, out[-3000:]
     assert "Traceback" not in out and not (exp / "trials.parquet").exists()
+    walls = json.loads((exp / "run.json").read_text())["run_walls"]  # (the run's time was lost: "in 1 s")
+    assert len(walls) == 1 and walls[0] > 0
     printed = shlex.split(proc.stdout.split("continue with: ")[1].splitlines()[0])
     resumed = subprocess.run([sys.executable, *printed[1:]], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert len(pd.read_parquet(exp / "trials.parquet")) == 2 and (exp / "report.html").is_file()
+    assert " over 2 runs (this one: " in resumed.stdout
 
 
 def test_a_stop_while_the_reports_are_drawn_keeps_the_parquet_files(tmp_path):

@@ -611,6 +611,9 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
                       f"; Optuna study: {study_storage(exp_dir)} (name {study.study_name!r})", highlight=False,
                       soft_wrap=True)
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C during the reports: every trial is done and recorded
+        if not parquet_written:  # the resume writes them; this run's time counts all the same
+            with contextlib.suppress(OSError, UserError, ValueError):
+                _add_run_time(exp_dir, time.time() - t0)
         if parquet_written:
             args.parquet_written = True
             console.print(f"interrupted while drawing the reports; the Parquet files are written, and "
