@@ -863,12 +863,15 @@ def test_a_config_the_data_cannot_take_fails_once_and_says_why(tmp_path):
 
 def test_a_search_whose_every_trial_fails_still_writes_its_reports(tmp_path):
     """Nothing scored (every trial's batch is TrainConfig's 512, on 300 images): the reports and the
-    summary are still written, and say why, instead of a traceback from the figures."""
+    summary are still written, and say why, instead of a traceback from the figures. The exit code is 1
+    (it was 0: `search ... && train --config .../best_config.yaml` in a script went on to a missing file)."""
     space = {**TINY, "num_samples": 2, "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
              "fixed": {**TINY["fixed"], "data_subset": 300}, "search": {"lr": {"loguniform": [1e-4, 1e-2]}}}
     (tmp_path / "none.yaml").write_text(yaml.safe_dump(space))
     proc = search("--space", str(tmp_path / "none.yaml"), "--out", str(tmp_path), "--name", "none")
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == ("error: every trial failed (2 trials): the search found nothing; "
+                                                    "each one's reason is in trials.parquet and report.html")
     assert ("batch_size is TrainConfig's 512 in every trial (the space neither fixes nor searches it), more than "
             "the 300 training images of 'digits': every trial will fail") in " ".join(proc.stdout.split())
     exp = tmp_path / "none"

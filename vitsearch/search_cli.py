@@ -584,7 +584,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
 
     stopping = threading.Thread(target=ray.shutdown)
     stopping.start()
-    parquet_written = False  # from then on `python main.py report` can draw the rest
+    parquet_written, code = False, 0  # from then on `python main.py report` can draw the rest
     try:
         outcomes = []
         for r in results:
@@ -610,6 +610,10 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
                       (", best_config.yaml" if (exp_dir / "best_config.yaml").is_file() else "") +
                       f"; Optuna study: {study_storage(exp_dir)} (name {study.study_name!r})", highlight=False,
                       soft_wrap=True)
+        if (trials["status"] == "failed").all():  # nothing trained to the end or stopped: a script must see it
+            err_console.print(f"error: every trial failed ({count(len(trials), 'trial')}): the search found nothing; "
+                              "each one's reason is in trials.parquet and report.html", highlight=False, soft_wrap=True)
+            code = 1
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C during the reports: every trial is done and recorded
         if not parquet_written:  # the resume writes them; this run's time counts all the same
             with contextlib.suppress(OSError, UserError, ValueError):
@@ -622,7 +626,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         raise
     finally:
         stopping.join()  # Ray is down before the process exits, however it exits
-    return 0
+    return code
 
 
 def _add_run_time(exp_dir: Path, seconds: float, finished: str | None = None) -> list[float]:
