@@ -106,6 +106,29 @@ def test_the_cost_estimate_simulates_asha_over_the_trial_slots():
     assert epoch_times <= space.max_epochs < epochs  # all at once: as long as the longest trial
 
 
+def test_the_cost_estimate_of_a_large_search_is_scaled_from_a_smaller_one(monkeypatch):
+    """A space of 1,000 trials waited 35 s for its plan (the simulation's cost grows with the square of
+    the trials), one of 5,000 many minutes. Beyond 64 trials it simulates 64, with the slots in proportion."""
+    from dataclasses import replace
+
+    from vitsearch.search import SIMULATED_TRIALS, expected_trial_epochs
+    from vitsearch.space import load_space
+
+    space = load_space("quickstart")
+    small = expected_trial_epochs(replace(space, num_samples=SIMULATED_TRIALS), 2)
+    assert expected_trial_epochs(replace(space, num_samples=100 * SIMULATED_TRIALS), 200) == pytest.approx(
+        (100 * small[0], small[1]))
+    huge = expected_trial_epochs(replace(space, num_samples=10 ** 6), 2)
+    assert huge[0] == pytest.approx(10 ** 6 / SIMULATED_TRIALS * expected_trial_epochs(
+        replace(space, num_samples=SIMULATED_TRIALS), 1)[0]) and huge[0] / 2 <= huge[1] < huge[0]
+    scaled = expected_trial_epochs(replace(space, num_samples=128), 4)
+    assert scaled == pytest.approx((2 * small[0], small[1]))
+    import vitsearch.search  # the whole simulation of 128 trials (1.2 s) gives about the same
+    monkeypatch.setattr(vitsearch.search, "SIMULATED_TRIALS", 10 ** 9)
+    exact = expected_trial_epochs(replace(space, num_samples=128), 4, simulations=50)
+    assert scaled == pytest.approx(exact, rel=0.1)
+
+
 def test_the_search_scheduler_applies_the_rule_inside_ray():
     from ray.tune.schedulers import TrialScheduler
 
@@ -964,6 +987,10 @@ def test_in_a_log_the_progress_comes_at_least_every_minute_while_results_arrive(
     view.last_line -= search_cli.LOG_EVERY_S
     view.update(trials, trials[0], {"epoch": 2, "val_acc": 0.2})
     assert capsys.readouterr().out.strip().endswith("4 trial-epochs, 0s elapsed, past the estimate")
+    view.expected_epochs, view.start = 100.0, view.start - 3600  # an hour in: the time left in hours, not seconds
+    view.last_line -= search_cli.LOG_EVERY_S
+    view.update(trials, trials[1], {"epoch": 3, "val_acc": 0.3})
+    assert re.search(r"5 trial-epochs, 360\ds elapsed, ~19\.\d h left$", capsys.readouterr().out.strip())
 
 
 def test_the_live_table_shows_the_statuses_of_trials_parquet(capsys):

@@ -132,7 +132,7 @@ class LiveView:
         elif not epochs_done:
             eta = "estimating"
         elif remaining > 0:
-            eta = f"~{remaining * elapsed / epochs_done:.0f}s left"
+            eta = f"~{duration(remaining * elapsed / epochs_done)} left"  # (hours in seconds were hard to read)
         else:  # ASHA let more trials go on than the plan's simulation expected
             eta = "past the estimate"
         return (f"{finished}/{self.space.num_samples} trials finished, {epochs_done} trial-epochs, "
@@ -495,8 +495,8 @@ def _print_plan(space, data, device: str, probes: list[tuple[int, float]], note:
     speeds = " and ".join(f"{rate:,.0f} at batch {batch}" for batch, rate in probes) if len(probes) > 1 \
         else f"{probes[0][1]:,.0f}"
     console.print(f"probe: {speeds} training images/s per trial ({int(space.cpu)} CPU thread(s), "
-                  f"device {device}); ~{epochs:.0f} trial-epochs expected with ASHA, {slots} at a time -> "
-                  f"estimated {duration(epoch_times * epoch_s)} (all {space.num_samples * space.max_epochs} "
+                  f"device {device}); ~{epochs:,.0f} trial-epochs expected with ASHA, {slots} at a time -> "
+                  f"estimated {duration(epoch_times * epoch_s)} (all {space.num_samples * space.max_epochs:,} "
                   f"trial-epochs: {duration(everything)})", highlight=False, soft_wrap=True)
     return epochs
 
