@@ -618,7 +618,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         if not parquet_written:  # the resume writes them; this run's time counts all the same
             with contextlib.suppress(OSError, UserError, ValueError):
                 _add_run_time(exp_dir, time.time() - t0)
-        if parquet_written:
+        else:
             args.parquet_written = True
             console.print(f"interrupted while drawing the reports; the Parquet files are written, and "
                           f"`{command()} report {escape(shell(exp_dir))}` draws the rest", highlight=False,
