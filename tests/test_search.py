@@ -759,6 +759,31 @@ def test_an_interrupted_reproduce_resumes_and_a_diverged_run_is_a_row(tiny_searc
     assert done.returncode == 2 and "has finished (reproduce.parquet): nothing to resume" in done.stderr
 
 
+def test_a_reproduce_of_a_search_whose_best_is_the_defaults_trains_them_once(tmp_path):
+    """When the recommended defaults' trial is the search's best, `reproduce --from` trained the same config
+    twice per seed (the same runs, for hours with ViT-S) and reported a difference of +0.0000 with a
+    standard error. Now it trains it once and says so, in the terminal and in report.html."""
+    from vitsearch.figures import _reproduced
+
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump({**TINY, "num_samples": 1}))  # the defaults' trial alone
+    proc = search("--space", str(tmp_path / "one.yaml"), "--out", str(tmp_path), "--name", "one")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    exp = tmp_path / "one"
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "reproduce", "--from", str(exp), "--seeds", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = " ".join(proc.stdout.split())
+    assert "2 seed(s) each" in out and "8 epochs in all" in out
+    assert "the search's best is the recommended defaults' trial: they are trained once" in out
+    assert "search best - recommended defaults: none: the search's best is the recommended defaults' trial " \
+           "(trained once)" in out and "standard error" not in out
+    runs = pd.read_parquet(exp / "reproduce.parquet")
+    assert list(runs[["config", "trial", "seed"]].itertuples(index=False, name=None)) == [
+        ("recommended defaults", 0, 0), ("recommended defaults", 0, 1)]
+    assert "best is the recommended defaults&#x27; trial (trained once)." in (exp / "report.html").read_text()
+    assert "it is now #5</b> (trials were added since)" in _reproduced(runs, "val_acc", "digits", 5)
+
+
 def test_a_reproduce_resumed_on_changed_data_is_refused(tiny_search, tmp_path):
     """`reproduce --resume` trained the runs left on the data as it is now, beside runs finished on the data
     as it was (found with an image folder changed in between), and reported them as one comparison.

@@ -356,7 +356,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if args.source:
             # compared by the search's metric; the rows name the trials they come from
             defaults, best, metric, trials = reproduce.defaults_for(Path(args.source))
-            configs = {"recommended defaults": defaults, "search best": best}
+            # the search found nothing better than the defaults: their runs twice would be the same runs
+            configs = {"recommended defaults": defaults, **({} if best == defaults else {"search best": best})}
             out_dir = Path(args.source)
             check_folder(out_dir, "--from")
         else:
@@ -432,8 +433,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         + (f" (not the search's data, {searched_on})" if source and searched_on != data.name else "")
         + f": {len(data.train_y)} train / {len(data.val_y)} val images; {total} epochs in all, the time left shown "
         "after the first"
-        + (f"; continuing: {count(len(done), 'run')} of {total_runs} finished before" if args.resume else ""),
-        highlight=False, soft_wrap=True)
+        + (f"; continuing: {count(len(done), 'run')} of {total_runs} finished before" if args.resume else "")
+        + ("; the search's best is the recommended defaults' trial: they are trained once" if source and
+           len(configs) == 1 else ""), highlight=False, soft_wrap=True)
     shown = [0.0]
     rows = list(done)
 
@@ -487,6 +489,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     console.print(table)
     if len(configs) == 2:
         console.print(reproduce.difference_line(runs, metric), highlight=False)
+    elif source:
+        console.print(reproduce.SAME_TRIAL, highlight=False)
     if source:
         from .figures import write_html_report
 

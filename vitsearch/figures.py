@@ -437,7 +437,7 @@ def _packing_text(packing: dict) -> str:
 
 
 def _reproduced(runs: pd.DataFrame, metric: str, searched_on: str | None = None, best_now: int | None = None) -> str:
-    from .reproduce import difference_line, summary
+    from .reproduce import SAME_TRIAL, difference_line, summary
 
     if f"final_{metric}" not in runs:  # written before reproduce compared by the search's metric
         metric = "val_acc"
@@ -448,6 +448,10 @@ def _reproduced(runs: pd.DataFrame, metric: str, searched_on: str | None = None,
     text = _table(rows, ["config", f"mean final {metric}", "std", *(["finished", "diverged"] if lost else ["seeds"])])
     if set(runs["config"]) == {"search best", "recommended defaults"}:
         text += f"<p>{html.escape(difference_line(runs, metric))}</p>"
+    elif "trial" in runs and best_now is not None and len(runs["trial"].dropna()):  # the defaults alone
+        text += (f"<p>{html.escape(SAME_TRIAL)}.</p>" if set(runs["trial"].dropna()) == {best_now} else
+                 f"<p><b>The search's best was the recommended defaults' trial when this was reproduced; it is now "
+                 f"#{best_now}</b> (trials were added since): <code>reproduce --from</code> again to compare it.</p>")
     # `reproduce --data` may train elsewhere than the search did: the reader must not take one for the other
     trained_on = sorted(set(runs["data"].dropna())) if "data" in runs else []  # (unknown in older files)
     if trained_on:

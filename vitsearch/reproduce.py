@@ -20,6 +20,8 @@ COLUMNS = {"config": "string", "trial": "Int64", "seed": "int64", "data": "strin
            "reason": "string", "final_val_acc": "float64", "best_val_acc": "float64", "final_val_loss": "float64",
            "final_train_loss": "float64", "epochs": "int64", "wall_s": "float64"}
 LOWER_IS_BETTER = ("val_loss", "train_loss")
+SAME_TRIAL = ("search best - recommended defaults: none: the search's best is the recommended defaults' trial "
+              "(trained once)")
 CHECKPOINT_EVERY_S = 10.0  # a run in progress keeps its epochs at most this often (vit_small's: ~260 MB each)
 
 
