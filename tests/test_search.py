@@ -611,6 +611,38 @@ def test_extend_adds_trials_that_learn_from_the_earlier_ones(tiny_search, tmp_pa
     assert pd.read_parquet(copy / "trials.parquet")["trial_id"].tolist() == after["trial_id"].tolist()
 
 
+def test_an_extension_that_was_stopped_is_resumed_before_another(tiny_search, tmp_path):
+    """A second --extend after one that was stopped (Ctrl-C) started a new extension beside it: the stopped
+    one's finished trials never reached the reports, and its running ones stayed RUNNING in the study."""
+    import shutil
+
+    exp, _ = tiny_search
+    copy = tmp_path / "exp"
+    shutil.copytree(exp, copy)
+    rows = len((copy / "epochs.jsonl").read_text().splitlines())
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "search", "--extend", str(copy), "--trials", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while len((copy / "epochs.jsonl").read_text().splitlines()) == rows:  # an epoch of the extension
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in out, out[-2000:] + err[-2000:]
+    again = search("--extend", str(copy), "--trials", "2")
+    assert again.returncode == 2 and again.stderr.strip() == (
+        f"error: --extend {str(copy)!r}: its last --extend (of 4 trials) was stopped before it finished; continue "
+        f"it with: python main.py search --resume {copy}, then --extend again"), again.stderr
+    assert not (copy / "ray-extend-2").exists()
+    resumed = search("--resume", str(copy))
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    trials = pd.read_parquet(copy / "trials.parquet")
+    assert len(trials) == TINY["num_samples"] + 4
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{copy / 'study.db'}")
+    assert len(study.trials) == len(trials)
+    assert all(t.state.is_finished() for t in study.trials)
+
+
 def test_reproduce_with_one_seed_says_there_is_no_standard_error():
     from vitsearch.reproduce import difference_line
 

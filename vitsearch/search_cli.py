@@ -367,6 +367,19 @@ def _existing(exp_dir: Path, flag: str):
         from .figures import unfinished
 
         raise UserError(f"--extend {unfinished(exp_dir, 'trials.parquet')}")  # still running, or stopped: --resume
+    from .search import RAY_DIR
+
+    if flag == "--extend" and "finished" in run and run["finished"] != run.get("ray_dir", RAY_DIR):
+        # an extension that was stopped: a new one went on beside it, and its finished trials never reached
+        # the reports (its trials that were running stayed RUNNING in the study)
+        from .cli import command, on_cluster, shell
+        from .files import search_running
+
+        pid = search_running(exp_dir)
+        raise UserError(f"--extend {str(exp_dir)!r}: its last --extend (of {run.get('extension_trials')} trials) "
+                        + (f"is still running (pid {pid}); wait for it to end, then --extend" if pid is not None else
+                           f"was stopped before it finished; continue it with: {command()} search --resume "
+                           f"{shell(exp_dir)}{on_cluster(run.get('address'))}, then --extend again"))
     return exp_dir, space, run
 
 
