@@ -907,11 +907,14 @@ def test_in_a_log_each_finished_trial_is_a_progress_line(tiny_search):
     assert [int(finished) for *_, finished in ended] == list(range(1, 9))
     for trial_id, status, epoch, reason, _ in ended:
         assert status == trials.loc[trial_id, "status"]
+        assert int(epoch) == trials.loc[trial_id, "epochs_run"]  # (a diverged trial's was one more)
         if status in ("completed", "stopped_early"):
-            assert int(epoch) == trials.loc[trial_id, "epochs_run"] and reason is None
+            assert reason is None
         else:
             assert reason == trials.loc[trial_id, "reason"] and reason
     assert "diverged" in {status for _, status, *_ in ended}
+    done = re.search(r"8/8 trials finished, (\d+) trial-epochs, \d+s elapsed, done", proc.stdout)
+    assert done and int(done.group(1)) == len(pd.read_parquet(exp / "epochs.parquet"))  # as the summary says
     assert not any(line.split() == ["trial", "status", "epoch", "val_acc"] for line in proc.stdout.splitlines())
 
 

@@ -82,7 +82,8 @@ class LiveView:
             preload("matplotlib.backends.backend_agg", "matplotlib.figure", "optuna.importance", "vitsearch.figures")
         if result is not None:
             row = self.rows[trial.trial_id]
-            row["epoch"] = max(row["epoch"], int(result.get("epoch", 0)))
+            # a diverged trial reports the epoch it diverged in; it finished one less, as trials.parquet says
+            row["epoch"] = max(row["epoch"], int(result.get("epoch", 0)) - bool(result.get("diverged")))
             row["metric"] = result.get(self.space.metric)
             row["last"] = result
         if self.log_lines:
