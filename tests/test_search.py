@@ -981,6 +981,7 @@ def test_architecture_knobs_can_be_searched_and_reproduced_by_the_searchs_metric
     proc = search("--space", str(tmp_path / "arch.yaml"), "--out", str(tmp_path), "--name", "arch")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "<NA>" not in proc.stdout  # the summary shows the defaults' unset depth as "-", as other unset values
+    assert re.search(r"; difference [-+]\d\.\d{4} \(lower is better\)\n", proc.stdout)  # which sign is better
     exp = tmp_path / "arch"
     trials = pd.read_parquet(exp / "trials.parquet")
     assert list(trials["status"]) == ["completed"] * 3

@@ -231,7 +231,8 @@ def comparison_line(trials: pd.DataFrame, space: SearchSpace) -> str:
             parts.append(f"recommended defaults (#{d['optuna_number']}, {d['status']}): {space.metric} "
                          f"{_metric(d[column])}")
         if best is not None and d["status"] == "completed":
-            parts.append(f"difference {best[column] - d[column]:+.4f}")
+            parts.append(f"difference {best[column] - d[column]:+.4f}" + (" (lower is better)" if space.mode == "min"
+                                                                          else ""))
     return "; ".join(parts)
 
 
