@@ -251,3 +251,12 @@ def test_a_gpu_this_machine_lacks_is_one_line_before_anything_else(command, tmp_
     assert out == "" and err.strip() == "error: device 'cuda' was asked for, but no CUDA GPU is available (use " \
         "--device cpu)"
     assert not (tmp_path / "out").exists()
+
+
+def test_ray_address_is_not_announced_before_a_refusal(tmp_path, monkeypatch, capsys):
+    """With RAY_ADDRESS set, "joining the Ray cluster at RAY_ADDRESS=..." came before the line refusing the
+    command (and before a finished search's summary, which joins nothing)."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    code = main(["search", "--extend", str(tmp_path), "--trials", "0"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and "is not a vitsearch experiment folder" in captured.err

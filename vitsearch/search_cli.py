@@ -180,10 +180,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UserError("give exactly one of --space NAME (a new search), --resume EXPERIMENT_DIR or "
                         "--extend EXPERIMENT_DIR")
     continued = "--resume" if args.resume else "--extend" if args.extend else None
-    if not args.address and os.environ.get("RAY_ADDRESS"):  # as ray.init takes it (`ray job submit` sets it)
-        args.address = os.environ["RAY_ADDRESS"]  # it started a Ray instance of its own beside the cluster
-        console.print(f"joining the Ray cluster at RAY_ADDRESS={args.address} (unset RAY_ADDRESS for a Ray instance "
-                      "of this machine alone)", highlight=False, soft_wrap=True)
+    from_env = not args.address and bool(os.environ.get("RAY_ADDRESS"))  # as ray.init takes it (`ray job submit`
+    if from_env:  # sets it); it started a Ray instance of its own beside the cluster
+        args.address = os.environ["RAY_ADDRESS"]
     if continued and args.data:  # it was ignored: the trials went on with the experiment's data
         raise UserError(f"--data goes with --space (a new search); {continued} continues on the experiment's "
                         "own data (its space.yaml)")
@@ -237,6 +236,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from .search import SEARCH_STARTED, stop_exit_code, stop_on_sigterm
 
+    if from_env:  # (said once the command is known to go on, not before a line that refuses it)
+        console.print(f"joining the Ray cluster at RAY_ADDRESS={args.address} (unset RAY_ADDRESS for a Ray instance "
+                      "of this machine alone)", highlight=False, soft_wrap=True)
     if not args.space:  # a new search locks its folder once it has claimed it
         lock_experiment(exp_dir)
     stop_on_sigterm()  # from here `kill PID` stops the search as Ctrl-C does
