@@ -366,9 +366,17 @@ def test_relative_paths_are_stored_absolute_so_the_outputs_work_from_any_folder(
     assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == sorted([run["storage_dir"], other])
     # The storage moved elsewhere: a resume pointed at a folder without it says where the search ran
     (tmp_path / "shared").rename(tmp_path / "moved")
+    finished = (exp / "run.json").read_text()  # as a search stopped before its end has it: no "finished"
+    (exp / "run.json").write_text(json.dumps({k: v for k, v in json.loads(finished).items() if k != "finished"}))
     proc = search("--resume", "out/e", "--storage", "elsewhere", cwd=tmp_path)
     assert proc.returncode == 2 and f"the search ran with --storage {tmp_path / 'shared'}: leave --storage out to " \
         "resume it there, or give the folder it was moved to" in proc.stderr, proc.stderr[-3000:]
+    (exp / "run.json").write_text(finished)
+    # ... which only a search that has not finished needs: a finished one shows its summary, whatever --storage
+    # (it said that Ray's state was missing)
+    for given in ([], ["--storage", "elsewhere"]):
+        proc = search("--resume", "out/e", *given, cwd=tmp_path)
+        assert proc.returncode == 0 and "the search has finished: nothing to resume" in proc.stdout, proc.stderr
     # ... and an extension run where it went keeps it in run.json, for the next --resume or --extend
     proc = search("--extend", "out/e", "--trials", "1", "--storage", "moved", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

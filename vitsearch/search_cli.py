@@ -202,6 +202,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             # the last run was an extension: resuming continues its trials, not the space's num_samples
             space = replace(space, num_samples=run["extension_trials"])
         ray_root = storage_root(storage, run) or str(exp_dir.resolve())
+        if args.resume and run.get("finished") == ray_dir and all((exp_dir / f).is_file() for f in REPORT_FILES):
+            return _show_finished(space, exp_dir, run)  # (needs none of Ray's state, wherever it was moved)
         if args.resume and "://" not in ray_root and not (Path(ray_root) / ray_dir).is_dir():
             other = args.storage and args.storage != run.get("storage")  # (a moved --storage is found where it went)
             raise UserError(f"--resume {args.resume!r}: Ray's experiment state ({ray_root}/{ray_dir}) is missing" + (
@@ -212,8 +214,6 @@ def cmd_search(args: argparse.Namespace) -> int:
                 raise UserError("--extend needs --trials N with N >= 1 (how many trials to add)")
             space = replace(space, num_samples=args.trials)
             ray_dir = f"{RAY_DIR}-extend-{run.get('extensions', 0) + 1}"
-        elif run.get("finished") == ray_dir and all((exp_dir / f).is_file() for f in REPORT_FILES):
-            return _show_finished(space, exp_dir, run)
         elif (broken := cut_short_state(ray_root, ray_dir)) is not None:
             # Tune would restore an empty run and start the search over, rerunning what is done
             raise UserError(f"--resume {args.resume!r}: Ray's saved state was cut short ({broken} is not complete: "
