@@ -171,6 +171,12 @@ GENERATED = {
                                               "is not a vitsearch experiment"),
     "resume a train run as a search": (lambda t: ["search", "--resume", str(_truncated_checkpoint(t))],
                                        "is not a vitsearch experiment"),
+    # a train run given where a search's folder goes said only "not a finished vitsearch experiment"
+    "report of a train run": (lambda t: ["report", str(_truncated_checkpoint(t))],
+                              "/run' is a `train` run (config.yaml, checkpoint.pt), not a search's experiment folder; "
+                              "its epochs are in its epochs.parquet"),
+    "reproduce --from a train run": (lambda t: ["reproduce", "--from", str(_truncated_checkpoint(t))],
+                                     "/run' is a `train` run (config.yaml, checkpoint.pt), not a search's"),
     "unknown space name": (lambda t: ["search", "--space", "no_such_space"], "not found"),
     "--set without =": (lambda t: ["train", "--set", "lr"], "must have the form key=value"),
     "reproduce --resume of a folder without one": (lambda t: ["reproduce", "--resume", str(t)],
@@ -221,7 +227,8 @@ def test_generated_case(name, tmp_path, capsys):
     build, message = GENERATED[name]
     before = sorted(p.name for p in tmp_path.rglob("*"))
     args = build(tmp_path)
-    continued = {"--resume", "--extend", "--from", "--out"} & set(args)  # (--out goes with new work alone)
+    # (--out goes with new work alone; `report` takes none)
+    continued = {"--resume", "--extend", "--from", "--out"} & set(args) or args[0] == "report"
     err = run_cli([*args, *([] if continued else ["--out", str(tmp_path / "out")])], capsys)
     assert message in err
     assert not (tmp_path / "out").exists()

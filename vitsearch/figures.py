@@ -56,6 +56,12 @@ def unfinished(exp_dir: Path, missing: str) -> str:
             address = None
         return (f"{str(exp_dir)!r} has no {missing}: its search stopped before writing its reports; continue it "
                 f"with: {command()} search --resume {shell(exp_dir)}{on_cluster(address)}")
+    if (exp_dir / "config.yaml").is_file() and (exp_dir / "checkpoint.pt").is_file():  # what `train` writes
+        return (f"{str(exp_dir)!r} is a `train` run (config.yaml, checkpoint.pt), not a search's experiment folder; "
+                "its epochs are in its epochs.parquet")
+    if (exp_dir / "reproduce.parquet").is_file() or (exp_dir / "reproduce.partial.json").is_file():
+        return (f"{str(exp_dir)!r} is a reproduce of the recommended defaults, not a search's experiment folder; "
+                "its runs are in its reproduce.parquet")
     return f"{str(exp_dir)!r} is not a finished vitsearch experiment (no {missing} in it)"
 
 
