@@ -180,8 +180,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UserError("give exactly one of --space NAME (a new search), --resume EXPERIMENT_DIR or "
                         "--extend EXPERIMENT_DIR")
     continued = "--resume" if args.resume else "--extend" if args.extend else None
-    from_env = not args.address and bool(os.environ.get("RAY_ADDRESS"))  # as ray.init takes it (`ray job submit`
-    if from_env:  # sets it); it started a Ray instance of its own beside the cluster
+    # RAY_ADDRESS as ray.init takes it (`ray job submit` sets it): the search started a Ray instance of its own
+    from_env = not args.address and bool(os.environ.get("RAY_ADDRESS"))
+    if from_env:
         args.address = os.environ["RAY_ADDRESS"]
     if continued and args.data:  # it was ignored: the trials went on with the experiment's data
         raise UserError(f"--data goes with --space (a new search); {continued} continues on the experiment's "
@@ -358,7 +359,7 @@ def load_space_arg(name: str, data: str | None):
 def _existing(exp_dir: Path, flag: str):
     """An experiment folder given to --resume/--extend: its space and runtime flags."""
     from .config import read_yaml
-    from .search import RUN_FILE, SPACE_FILE
+    from .search import RAY_DIR, RUN_FILE, SPACE_FILE
     from .space import parse_space
 
     if not (exp_dir / SPACE_FILE).is_file() or not (exp_dir / RUN_FILE).is_file():
@@ -370,8 +371,6 @@ def _existing(exp_dir: Path, flag: str):
         from .figures import unfinished
 
         raise UserError(f"--extend {unfinished(exp_dir, 'trials.parquet')}")  # still running, or stopped: --resume
-    from .search import RAY_DIR
-
     if flag == "--extend" and "finished" in run and run["finished"] != run.get("ray_dir", RAY_DIR):
         # an extension that was stopped: a new one went on beside it, and its finished trials never reached
         # the reports (its trials that were running stayed RUNNING in the study)
