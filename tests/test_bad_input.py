@@ -106,6 +106,13 @@ def _empty_class(tmp: Path) -> Path:
     return root
 
 
+def _split_folder(tmp: Path) -> Path:
+    """An image folder already split: img/train/{a,b} and img/val/{a,b}."""
+    for split in ("train", "val"):
+        _image_folder(tmp / "img" / split, (".hidden", b""))
+    return tmp / "img"
+
+
 def _folder_with(tmp: Path, name: str, content: bytes) -> list[str]:
     return ["train", "--set", f"data=imagefolder:{_image_folder(tmp / 'img', (name, content))}"]
 
@@ -166,6 +173,11 @@ GENERATED = {
     "an empty class folder": (lambda t: ["search", "--space", "quickstart", "--data",  # it was an 11th class
                                          f"imagefolder:{_empty_class(t)}"],
                               "/img/c' holds no images (1 of 3 class folders are empty); remove it or add its images"),
+    # train/ and val/ were read as 2 classes (or: "needs >= 2 class sub-folders ...; found 2 class folder(s)")
+    "a folder split into train and val": (lambda t: ["search", "--space", "quickstart", "--data",
+                                                     f"imagefolder:{_split_folder(t)}"],
+                                          "/img' holds split folders (train, val) with class folders in them, not "
+                                          "one folder per class; use imagefolder:"),
     "truncated checkpoint": (lambda t: ["train", "--resume", str(_truncated_checkpoint(t))], "cannot be read ("),
     "resume a folder that is no experiment": (lambda t: ["search", "--resume", str(t)],
                                               "is not a vitsearch experiment"),

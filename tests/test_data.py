@@ -130,6 +130,31 @@ def test_non_image_file_in_image_folder(image_folder, tmp_path):
         load_data(micro_config(data=f"imagefolder:{root}"))
 
 
+def test_a_class_folders_sub_folders_are_read_as_torchvisions_imagefolder_reads_them(image_folder, tmp_path):
+    """`cat/indoor/*.jpg` belongs to class cat (its images were skipped without a word); a link back up the
+    tree is read once; a folder split into train/ and val/ is refused, naming the folder to give."""
+    import os
+    import shutil
+
+    from torchvision.datasets import ImageFolder
+    root = tmp_path / "nested"
+    shutil.copytree(image_folder, root)
+    for i, path in enumerate(sorted((root / "class_3").iterdir())):
+        (root / "class_3" / ("indoor" if i % 2 else "outdoor")).mkdir(exist_ok=True)
+        path.rename(root / "class_3" / ("indoor" if i % 2 else "outdoor") / path.name)
+    os.symlink("..", root / "class_4" / "loop")  # would list every class again, and again
+    data = load_data(micro_config(data=f"imagefolder:{root}", image_size=None, val_fraction=0.25))
+    reference = ImageFolder(str(image_folder))
+    assert data.classes == reference.classes and len(data.train_y) + len(data.val_y) == len(reference) == 120
+    assert int((torch.cat([data.train_y, data.val_y]) == 3).sum()) == reference.targets.count(3) > 0
+    split = tmp_path / "split"
+    shutil.copytree(image_folder, split / "train")
+    shutil.copytree(image_folder, split / "val")
+    with pytest.raises(DataError, match=f"holds split folders \\(train, val\\) .* use imagefolder:{split / 'train'} "):
+        load_data(micro_config(data=f"imagefolder:{split}"))
+    assert load_data(micro_config(data=f"imagefolder:{split / 'train'}")).num_classes == 10
+
+
 def test_a_streamed_image_folder_trains_exactly_like_the_in_memory_one(image_folder):
     """loader: stream reads the files per batch in 2 worker processes; decoding, order, augmentation
     and so every number of the run are those of the in-memory path."""

@@ -282,8 +282,8 @@ def _image_folder(root: Path, image_size: int | None, loader: str = "memory", pa
         raise DataError(f"image folder {str(root)!r} does not exist; point imagefolder: at a folder "
                         "holding one sub-folder of images per class")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir())
-             if f.is_file() and not f.name.startswith(".") and f.name.lower() not in OS_FILES]
+    _refuse_split_layout(root, classes)
+    files = [(f, i) for i, c in enumerate(classes) for f in _class_files(root / c)]
     if len(classes) < 2 or not files:
         raise DataError(f"image folder {str(root)!r} needs >= 2 class sub-folders holding images; "
                         f"found {len(classes)} class folder(s) and {len(files)} file(s)")
@@ -307,6 +307,39 @@ def _image_folder(root: Path, image_size: int | None, loader: str = "memory", pa
         pictures = [_open(path) for path, _ in files]
         gray, size = _mode_and_size(pictures, image_size, patch_size)
     return torch.stack([_to_tensor(p, gray, size) for p in pictures]), labels, classes
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name.lower() not in OS_FILES
+
+
+def _class_files(folder: Path) -> list[Path]:
+    """A class folder's files, its sub-folders' included (as torchvision's ImageFolder reads them: a class
+    kept as `cat/indoor/*.jpg` and `cat/outdoor/*.jpg`), hidden ones skipped, in path order."""
+    found, seen = [], set()
+    for here, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        seen.add(real)
+        # a link to a folder read already, or up the tree (a loop), is skipped
+        targets = {d: os.path.realpath(os.path.join(here, d)) for d in dirs if _visible(d)}
+        dirs[:] = sorted(d for d, t in targets.items() if t not in seen and not (real + os.sep).startswith(t + os.sep))
+        found += [Path(here) / n for n in sorted(names) if _visible(n) and (Path(here) / n).is_file()]
+    return found
+
+
+SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing", "eval"}
+
+
+def _refuse_split_layout(root: Path, classes: list[str]) -> None:
+    """A folder already split for training (`train/`, `val/`, each holding class folders) read as one image
+    folder would train a classifier of "train" against "val": refused, naming the folder to give."""
+    splits = [c for c in classes if c.lower() in SPLIT_NAMES]
+    nested = [c for c in splits if any(p.is_dir() and _visible(p.name) for p in (root / c).iterdir())]
+    if nested:
+        train = next((c for c in nested if c.lower() in ("train", "training")), nested[0])
+        raise DataError(f"image folder {str(root)!r} holds split folders ({', '.join(splits)}) with class folders "
+                        f"in them, not one folder per class; use imagefolder:{root / train} (vitsearch holds out "
+                        "val_fraction of it for validation)")
 
 
 def _mode_and_size(pictures: list, image_size: int | None, patch_size: int | None) -> tuple[bool, int]:
