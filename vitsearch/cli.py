@@ -199,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         write_parquet,
         write_yaml,
     )
-    from .train import CHECKPOINT_NAME, resolve_device, train
+    from .train import CHECKPOINT_NAME, half_on_cpu_note, resolve_device, train
 
     resolve_device(args.device)  # a GPU this machine does not have: one line before anything loads or prints
     done = None  # a resumed run's epochs so far
@@ -259,6 +259,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                      if cfg.lr_scaling != "none" else f"lr {cfg.lr:.3g} (not scaled by the batch)")
                   + (f", {cfg.distill_mode} distillation (weight {cfg.distill_share:g}) from {cfg.teacher}"
                      if cfg.teacher else ""), highlight=False)
+    if note := half_on_cpu_note(cfg.precision, resolve_device(args.device)):
+        console.print(note, highlight=False)
     rows: list[dict] = done.to_dict("records") if done is not None else []
 
     started, first_epoch = time.time(), (rows[-1]["epoch"] if rows else 0) + 1

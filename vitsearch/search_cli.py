@@ -298,7 +298,8 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
         space, packing = _packing(space, data, device, run.get("packing"))
         expected_epochs = _print_plan(space, data, device,
                                       early.result() if early else _Probe(space, data, device).result(),
-                                      "\n".join(n for n in (left_out, waits) if n) or None)
+                                      "\n".join(n for n in (left_out, waits, _half_on_cpu(space, device, args))
+                                                if n) or None)
     except BaseException:  # Ray cannot start, or Ctrl-C or SIGTERM before the plan
         if early is not None:
             early.cancel()
@@ -493,6 +494,19 @@ def _print_header(space, data) -> None:
                   f"ASHA grace {space.grace_period} / factor {space.reduction_factor}, metric {space.metric} "
                   f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val",
                   highlight=False, soft_wrap=True)
+
+
+def _half_on_cpu(space, device: str, args) -> str | None:
+    """The note for a fixed or searched half precision whose trials run on this machine's CPU (on a cluster
+    they may run where the GPUs are)."""
+    from .train import half_on_cpu_note, resolve_device
+
+    if args.address:
+        return None
+    dist = space.search.get("precision")
+    asked = [c for c in dist.choices if c in ("fp16", "bf16")] if dist is not None and dist.kind == "choice" \
+        else [space.trial_config({}).precision]
+    return next((n for p in asked if (n := half_on_cpu_note(p, resolve_device(device)))), None)
 
 
 def _print_plan(space, data, device: str, probes: list[tuple[int, float]], note: str | None = None) -> float:

@@ -64,6 +64,15 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def half_on_cpu_note(precision: str, device: torch.device) -> str | None:
+    """A line for `precision: fp16` or `bf16` on a CPU, where autocast emulates them: the run works, but at
+    a fraction of fp32's speed (micro ViT, digits, 2-core CPU: fp16 66, bf16 389, fp32 723 images/s)."""
+    if device.type != "cpu" or precision not in ("fp16", "bf16"):
+        return None
+    return (f"note: precision {precision} on a CPU is emulated, {'~10x' if precision == 'fp16' else '~2x'} slower "
+            "than fp32 (it pays on a GPU); precision auto uses fp32 on a CPU")
+
+
 def seed_everything(seed: int) -> None:
     """Model init, dropout/drop-path, shuffling, RandAugment (torch), Mixup (NumPy), erasing (random)."""
     random.seed(seed)
