@@ -155,6 +155,23 @@ def test_a_class_folders_sub_folders_are_read_as_torchvisions_imagefolder_reads_
     assert load_data(micro_config(data=f"imagefolder:{split / 'train'}")).num_classes == 10
 
 
+def test_16_bit_grayscale_images_are_scaled_to_8_bits_not_clipped(tmp_path):
+    """16-bit PNGs (microscopy, medical scans) read as their 8-bit copies: Pillow's conversion clipped every
+    value above 255 of 65535 to white, so most images were blank."""
+    from conftest import digit_images
+    from PIL import Image
+
+    images, labels = digit_images(40, 16)
+    for depth in (8, 16):
+        for i, (img, label) in enumerate(zip(images, labels)):
+            (tmp_path / str(depth) / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.astype(np.uint16) * 257 if depth == 16 else img).save(
+                tmp_path / str(depth) / str(label) / f"{i}.png")
+    assert Image.open(tmp_path / "16" / str(labels[0]) / "0.png").mode.startswith("I")
+    eight, sixteen = (load_data(micro_config(data=f"imagefolder:{tmp_path / d}", image_size=None)) for d in ("8", "16"))
+    assert sixteen.channels == 1 and torch.equal(sixteen.train_x, eight.train_x) and int(eight.train_x.max()) == 255
+
+
 def test_a_streamed_image_folder_trains_exactly_like_the_in_memory_one(image_folder):
     """loader: stream reads the files per batch in 2 worker processes; decoding, order, augmentation
     and so every number of the run are those of the in-memory path."""

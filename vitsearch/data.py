@@ -345,7 +345,7 @@ def _refuse_split_layout(root: Path, classes: list[str]) -> None:
 def _mode_and_size(pictures: list, image_size: int | None, patch_size: int | None) -> tuple[bool, int]:
     """Grayscale when every picture is; `image_size`, or the median shorter side fitted to a patch grid
     (`config.folder_image_size`)."""
-    gray = all(p.mode in ("1", "L", "I;16", "I") for p in pictures)
+    gray = all(p.mode in ("1", "L", "I") or p.mode.startswith("I;16") for p in pictures)
     return gray, image_size or folder_image_size(int(np.median([min(p.size) for p in pictures])), patch_size)
 
 
@@ -369,8 +369,19 @@ def _read_image(path: Path, gray: bool, size: int) -> torch.Tensor:
 
 def _to_tensor(picture, gray: bool, size: int) -> torch.Tensor:
     """(C, size, size) uint8: shorter side resized, centre-cropped; in memory and streamed alike."""
-    array = np.asarray(_square(picture.convert("L" if gray else "RGB"), size))
+    array = np.asarray(_square(_eight_bit(picture).convert("L" if gray else "RGB"), size))
     return torch.from_numpy(array[None].copy() if gray else array.transpose(2, 0, 1).copy())
+
+
+def _eight_bit(picture):
+    """A 16-bit grayscale picture (`I;16`, or `I` as Pillow opens some 16-bit PNGs) scaled to 8 bits, 65535 to
+    255: Pillow's own conversion clips at 255, which turned every pixel above 255 of 65535 white."""
+    from PIL import Image
+
+    if picture.mode == "I" or picture.mode.startswith("I;16"):
+        wide = np.asarray(picture).astype(np.int64)
+        return Image.fromarray(((np.clip(wide, 0, 65535) + 128) // 257).astype(np.uint8), "L")
+    return picture
 
 
 def _square(img, size: int):
