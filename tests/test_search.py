@@ -1015,10 +1015,12 @@ def test_batch_sizes_larger_than_the_data_are_not_sampled(tmp_path):
     """A space's batch sizes that the data cannot fill (vit_tiny's 512 and 1024 on a folder of a few hundred
     images) are left out of the study, with a line in the plan; each such trial used to fail at once."""
     space = {**TINY, "num_samples": 3, "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
-             "search": {"lr": {"loguniform": [1e-3, 3e-3]}, "batch_size": {"choice": [16, 32, 1000]}}}
+             "search": {"lr": {"loguniform": [1e-3, 3e-3]}, "batch_size": {"choice": [16, 32, 1000]}},
+             "resources": {"cpu": 0.5, "gpu": 0}}
     (tmp_path / "big.yaml").write_text(yaml.safe_dump(space))
     proc = search("--space", str(tmp_path / "big.yaml"), "--out", str(tmp_path), "--name", "big")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "training images/s per trial (1 CPU thread(s)," in proc.stdout  # half a CPU trains on 1, not "0"
     assert ("batch_size 1000 left out of the search: more than the 600 training images of 'digits'\n"
             in proc.stdout), proc.stdout[:1500]
     trials = pd.read_parquet(tmp_path / "big" / "trials.parquet")

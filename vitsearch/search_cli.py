@@ -523,7 +523,7 @@ def _print_plan(space, data, device: str, probes: list[tuple[int, float]], note:
     everything = math.ceil(space.num_samples / slots) * space.max_epochs * epoch_s  # no trial stopped early
     speeds = " and ".join(f"{rate:,.0f} at batch {batch}" for batch, rate in probes) if len(probes) > 1 \
         else f"{probes[0][1]:,.0f}"
-    console.print(f"probe: {speeds} training images/s per trial ({int(space.cpu)} CPU thread(s), "
+    console.print(f"probe: {speeds} training images/s per trial ({max(1, int(space.cpu))} CPU thread(s), "
                   f"device {device}); ~{epochs:,.0f} trial-epochs expected with ASHA, {slots} at a time -> "
                   f"estimated {duration(epoch_times * epoch_s)} (all {space.num_samples * space.max_epochs:,} "
                   f"trial-epochs: {duration(everything)})", highlight=False, soft_wrap=True)
