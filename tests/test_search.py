@@ -1064,6 +1064,38 @@ def test_in_a_log_the_progress_comes_at_least_every_minute_while_results_arrive(
     assert re.search(r"5 trial-epochs, 360\ds elapsed, ~19\.\d h left$", capsys.readouterr().out.strip())
 
 
+def test_the_time_left_follows_the_trials_once_they_run_longer_than_the_plan_expected(capsys):
+    """The plan's ASHA simulation expected 100 trial-epochs of 16 trials; the first 4 trials to end ran 20
+    epochs each. The time left counts the other 12 at 20 epochs, not the 20 epochs the plan had left."""
+    from vitsearch import search_cli
+    from vitsearch.space import load_space
+
+    class Trial:
+        def __init__(self, trial_id, status):
+            self.trial_id, self.status = trial_id, status
+
+    view = search_cli.LiveView(load_space("quickstart"), 100.0, slots=2)
+    view.start -= 80  # 80 s for 80 trial-epochs: 1 s each
+    trials = [Trial(name, "RUNNING") for name in "abcde"]
+    for trial in trials[:4]:
+        view.update(trials, trial, {"epoch": 20, "val_acc": 0.9})
+        view.update(trials, trial, None, status="TERMINATED")
+        trial.status = "TERMINATED"
+    view.update(trials, trials[4], {"epoch": 5, "val_acc": 0.5})  # 15 more of its own, 11 trials not started
+    view.last_line -= search_cli.LOG_EVERY_S
+    view.update(trials, trials[4], {"epoch": 5, "val_acc": 0.5})
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert re.fullmatch(r"4/16 trials finished, 85 trial-epochs, 8\ds elapsed, ~4 min left", line), line  # was ~14 s
+    # before a round of trials has ended, the plan's figure: 1 trial of 20 epochs says little
+    early = search_cli.LiveView(load_space("quickstart"), 100.0, slots=2)
+    early.start -= 20
+    trials = [Trial("f", "RUNNING"), Trial("g", "RUNNING")]
+    early.update(trials, trials[0], {"epoch": 20, "val_acc": 0.9})
+    early.update(trials, trials[0], None, status="TERMINATED")
+    assert re.search(r"1/16 trials finished, 20 trial-epochs, 2\ds elapsed, ~[78]\d s left$",
+                     capsys.readouterr().out.strip())
+
+
 def test_the_live_table_shows_the_statuses_of_trials_parquet(capsys):
     """On a terminal the live table names an ended trial as trials.parquet will (not Tune's TERMINATED)."""
     from rich.console import Console

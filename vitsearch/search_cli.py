@@ -128,6 +128,14 @@ class LiveView:
         finished = sum(r["status"] in ("TERMINATED", "ERROR") for r in self.rows.values())
         elapsed = time.time() - self.start
         remaining = self.expected_epochs - epochs_done
+        if finished >= self.slots:
+            # ASHA may stop fewer trials than the plan's simulation expected (TPE's later trials all beating a
+            # rung's median, as on a 200-trial search: "~33 s left" with half its trials to go). Once a round
+            # of trials has ended, the rest are expected to run as many epochs as they did, on average.
+            per_trial = sum(r["epoch"] for r in self.rows.values() if r["status"] in ("TERMINATED", "ERROR")) / finished
+            observed = sum(max(0.0, per_trial - r["epoch"]) for r in self.rows.values()
+                           if r["status"] not in ("TERMINATED", "ERROR"))
+            remaining = max(remaining, observed + max(0, self.space.num_samples - len(self.rows)) * per_trial)
         if finished >= self.space.num_samples:
             eta = "done"
         elif not epochs_done:
