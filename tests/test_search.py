@@ -390,6 +390,15 @@ def test_relative_paths_are_stored_absolute_so_the_outputs_work_from_any_folder(
                              timeout=300, cwd=ROOT)
     assert trained.returncode == 0, trained.stderr
     assert yaml.safe_load((tmp_path / "runs" / "r" / "config.yaml").read_text())["data"] == expected
+    # The data moved, and space.yaml was given its new path: the one edit of space.yaml a search takes (the
+    # data's fingerprint is checked instead)
+    (tmp_path / "pics").rename(tmp_path / "pics2")
+    original = (exp / "space.yaml").read_text()
+    (exp / "space.yaml").write_text(original.replace(str(tmp_path / "pics"), str(tmp_path / "pics2")))
+    proc = search("--resume", str(exp))
+    assert proc.returncode == 0 and "the search has finished: nothing to resume" in proc.stdout, proc.stderr
+    (tmp_path / "pics2").rename(tmp_path / "pics")
+    (exp / "space.yaml").write_text(original)
     # An image added since: an extension (or resume) would train on another split; one line, nothing changed
     shutil.copy(next((tmp_path / "pics" / "class_0").iterdir()), tmp_path / "pics" / "class_0" / "added.png")
     written = {f.name: f.read_bytes() for f in exp.iterdir() if f.is_file() and f.name != ".lock"}
@@ -1027,6 +1036,40 @@ def test_batch_sizes_larger_than_the_data_are_not_sampled(tmp_path):
     assert list(trials["status"]) == ["completed"] * 3 and set(trials["batch_size"][1:]) <= {16, 32}
     study = optuna.load_study(study_name="big", storage=f"sqlite:///{tmp_path / 'big' / 'study.db'}")
     assert all(t.distributions["batch_size"].choices == (16, 32) for t in study.trials[1:])
+
+
+def test_an_experiment_whose_space_yaml_was_edited_is_refused(tiny_search, tmp_path):
+    """An edited space.yaml (num_samples 12 -> 14) made a stopped search's --resume run 12 trials, say
+    "interrupted: 12 of 14 trials finished" and write no reports. --resume, --extend, report and
+    reproduce --from now refuse it (data that moved may be given its new path: the relative-paths test)."""
+    import shutil
+
+    exp = tmp_path / "exp"
+    shutil.copytree(tiny_search[0], exp)
+    original = (exp / "space.yaml").read_text()
+    edited = yaml.safe_load(original)
+    edited["num_samples"] += 2
+    (exp / "space.yaml").write_text(yaml.safe_dump(edited))
+    before = {p.name: p.stat().st_mtime_ns for p in exp.iterdir()}
+    for argv in (["search", "--resume", str(exp)], ["search", "--extend", str(exp), "--trials", "2"],
+                 ["report", str(exp)], ["reproduce", "--from", str(exp)]):
+        proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *argv], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (argv, proc.stderr)
+        assert (f"'{exp}': its space.yaml was edited since the search started (num_samples is "
+                f"{edited['num_samples']} now and was {edited['num_samples'] - 2}), but its trials were drawn from "
+                "the space as it was; restore the file") in proc.stderr, proc.stderr
+        assert {p.name: p.stat().st_mtime_ns for p in exp.iterdir()} == before
+    edited = yaml.safe_load(original)
+    edited["search"]["lr"] = {"loguniform": [1.0e-5, 1.0e-4]}
+    (exp / "space.yaml").write_text(yaml.safe_dump(edited))
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(exp)], capture_output=True, text=True,
+                          timeout=120)
+    assert "(search.lr.loguniform is [1e-05, 0.0001] now and was [" in proc.stderr, proc.stderr
+    (exp / "space.yaml").write_text(original)
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(exp)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_the_plan_probes_the_largest_and_the_smallest_batch(tiny_search):

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import TrainConfig, read_yaml
+from .config import TrainConfig
 from .errors import UserError
 from .files import write_bytes
 from .report import STATUSES, best_trial
-from .space import SearchSpace, parse_space
+from .space import SearchSpace, experiment_space
 
 STATUS_COLORS = {"completed": "#1b7837", "stopped_early": "#9e9e9e", "diverged": "#d73027", "failed": "#000000",
                  "unfinished": "#fdae61"}
@@ -35,7 +35,7 @@ def load_experiment(exp_dir: Path) -> tuple[SearchSpace, pd.DataFrame, pd.DataFr
     for name in ("space.yaml", "trials.parquet", "epochs.parquet"):
         if not (exp_dir / name).is_file():
             raise UserError(unfinished(exp_dir, name))
-    space = parse_space(read_yaml(exp_dir / "space.yaml", "search space"), origin=str(exp_dir / "space.yaml"))
+    space = experiment_space(exp_dir, "report")
     return space, pd.read_parquet(exp_dir / "trials.parquet"), pd.read_parquet(exp_dir / "epochs.parquet")
 
 

@@ -142,9 +142,9 @@ def difference_line(runs: pd.DataFrame, metric: str = "val_acc") -> str:
 def defaults_for(exp_dir: Path) -> tuple[TrainConfig, TrainConfig, str, dict[str, int]]:
     """The experiment's recommended-defaults trial config, its best config, the metric the search ranked
     its trials by (which the reproduction compares), and the Optuna numbers of the two trials."""
-    from .config import load_config, read_yaml
+    from .config import load_config
     from .errors import UserError
-    from .space import parse_space
+    from .space import experiment_space
 
     if not (exp_dir / "space.yaml").is_file() or not (exp_dir / "trials.parquet").is_file():
         from .figures import unfinished
@@ -155,7 +155,7 @@ def defaults_for(exp_dir: Path) -> tuple[TrainConfig, TrainConfig, str, dict[str
                         "best config (best_config.yaml) to reproduce; --extend it with more trials")
     from .report import best_trial
 
-    space = parse_space(read_yaml(exp_dir / "space.yaml", "search space"), origin=str(exp_dir / "space.yaml"))
+    space = experiment_space(exp_dir, "--from")
     trials = pd.read_parquet(exp_dir / "trials.parquet")
     best, defaults = best_trial(trials, space), trials[trials["is_defaults"]]
     numbers = {name: int(row["optuna_number"]) for name, row in (

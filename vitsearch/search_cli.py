@@ -274,6 +274,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, run: dict, args) -> int:
+    from .config import read_yaml
     from .data import load_data
     from .files import check_folder, claim_folder, lock_experiment, write_bytes, write_yaml
     from .search import RUN_FILE, SPACE_FILE, check_address, check_resources, check_storage, init_ray, storage_root
@@ -325,9 +326,13 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
             run = {**run, "storage_dir": f"{exp_dir.name}-{uuid.uuid4().hex[:8]}"}
         extensions = run.get("extensions", 0) + (1 if args.extend else 0)
         extension = {"extension_trials": space.num_samples} if args.extend else {}
+        # the space as written, which a --resume, --extend, report or reproduce --from checks space.yaml against
+        recorded = run.get("space") if args.extend else \
+            json.loads(json.dumps(read_yaml(exp_dir / SPACE_FILE, "search space"), default=str))
         write_bytes(json.dumps({**run, "device": device, "storage": storage, "address": args.address,
                                 "ray_dir": ray_dir, "extensions": extensions, "packing": packing,
-                                "data": run.get("data", fingerprint), **extension}).encode(),
+                                "data": run.get("data", fingerprint), **extension,
+                                **({"space": recorded} if recorded is not None else {})}).encode(),
                     exp_dir / RUN_FILE)
     else:  # a resume: where it goes on now (a moved --storage, another head) is where the next one goes on
         where = {"storage": storage, "address": args.address or run.get("address")}
@@ -367,14 +372,13 @@ def load_space_arg(name: str, data: str | None):
 
 def _existing(exp_dir: Path, flag: str):
     """An experiment folder given to --resume/--extend: its space and runtime flags."""
-    from .config import read_yaml
     from .search import RAY_DIR, RUN_FILE, SPACE_FILE
-    from .space import parse_space
+    from .space import experiment_space
 
     if not (exp_dir / SPACE_FILE).is_file() or not (exp_dir / RUN_FILE).is_file():
         raise UserError(f"{flag} {str(exp_dir)!r} is not a vitsearch experiment folder "
                         f"(no {SPACE_FILE} and {RUN_FILE} in it)")
-    space = parse_space(read_yaml(exp_dir / SPACE_FILE, "search space"), origin=str(exp_dir / SPACE_FILE))
+    space = experiment_space(exp_dir, flag)
     run = json.loads((exp_dir / RUN_FILE).read_text())
     if flag == "--extend" and not (exp_dir / "trials.parquet").is_file():
         from .figures import unfinished

@@ -339,3 +339,42 @@ def _distribution(key: str, spec: Any, fail) -> Distribution:
     if kind in ("loguniform", "uniform"):
         low, high = float(low), float(high)
     return Distribution(kind, low, high)
+
+
+def experiment_space(exp_dir: Path, flag: str) -> SearchSpace:
+    """An experiment folder's space.yaml, refused where it was edited since its search started (run.json
+    keeps the space as written then): its trials were drawn from that space, Tune's saved state and the
+    study hold it, and a resume of an edited file ran with a mix of both (12 trials reported as "12 of 14
+    finished; interrupted", and no reports)."""
+    import json
+
+    path = exp_dir / "space.yaml"
+    raw = read_yaml(path, "search space")
+    try:
+        recorded = json.loads((exp_dir / "run.json").read_text()).get("space")
+    except (OSError, ValueError, AttributeError):
+        recorded = None  # (a search started before the space was recorded: nothing to compare)
+    now = json.loads(json.dumps(raw, default=str))
+    for doc in (recorded, now):  # data that moved may be given its new path (its fingerprint is checked)
+        if isinstance(doc, dict) and isinstance(doc.get("fixed"), dict):
+            doc["fixed"].pop("data", None)
+    if recorded is not None and (change := _first_change(recorded, now)):
+        raise ConfigError(f"{flag} {str(exp_dir)!r}: its space.yaml was edited since the search started ({change}), "
+                          "but its trials were drawn from the space as it was; restore the file (more trials: "
+                          "--extend with --trials N), or copy the edited one elsewhere and start a new search with "
+                          "--space COPY")
+    return parse_space(raw, origin=str(path))
+
+
+def _first_change(before: Any, now: Any, where: str = "") -> str | None:
+    """The first key (dotted) whose value differs between two parsed YAML documents, as a phrase."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        for key in [*before, *(k for k in now if k not in before)]:
+            if key not in now or key not in before:
+                return f"{where}{key} {'removed' if key not in now else 'added'}"
+            if (change := _first_change(before[key], now[key], f"{where}{key}.")) is not None:
+                return change
+        return None
+    if before != now:
+        return f"{where.rstrip('.') or 'the space'} is {now!r} now and was {before!r}"
+    return None
