@@ -1072,6 +1072,24 @@ def test_an_experiment_whose_space_yaml_was_edited_is_refused(tiny_search, tmp_p
     assert proc.returncode == 0, proc.stderr
 
 
+def test_a_search_folder_given_as_init_from_or_teacher_names_its_best_trials_weights(tiny_search, tmp_path):
+    """It said only "no such file or run folder"; the path it names now trains."""
+    exp = tiny_search[0]
+    best = pd.read_parquet(exp / "trials.parquet").query("status == 'completed'")
+    weights = exp / "checkpoints" / str(best.loc[best["final_val_acc"].idxmax(), "trial_id"]) / "checkpoint.pt"
+    base = [sys.executable, str(ROOT / "main.py"), "train", "--config", str(exp / "best_config.yaml"), "--out",
+            str(tmp_path), "--set", "epochs=1"]
+    for key in ("init_from", "teacher"):
+        proc = subprocess.run([*base, f"{key}={exp}"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and proc.stderr == (
+            f"error: invalid value for '{key}': '{exp}' (a search's experiment folder, not a `train` run: its best "
+            f"trial's weights are {weights})\n"), proc.stderr
+    assert not list(tmp_path.iterdir())
+    proc = subprocess.run([*base, f"init_from={weights}", "freeze_blocks=2"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_the_plan_probes_the_largest_and_the_smallest_batch(tiny_search):
     exp, proc = tiny_search
     assert re.search(r"probe: [\d,]+ at batch 64 and [\d,]+ at batch 32 training images/s per trial "

