@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -515,3 +516,42 @@ def test_a_full_device_stops_the_search_in_one_line_and_it_resumes_once_there_is
         assert len(study.trials) == TINY["num_samples"]
     finally:  # lazily: Ray's processes of the resumed search may still hold files there for a while
         subprocess.run(["umount", "-l", str(device)], capture_output=True)
+
+
+def test_a_data_file_no_trial_can_read_stops_the_search_and_it_resumes_once_the_file_is_back(tmp_path):
+    """A streamed folder's file that a trial cannot read (removed or broken since the load, or missing on a
+    node) failed every trial in turn, each recorded as failed for good (12 of 12 in the case found), and the
+    search "finished". Now the first trial to meet it stops the search with one line, and a resume runs the
+    rest once the file is back. 600 small PNGs: the load opens every 2nd file only, so the broken 2nd one is
+    first met by a trial."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(600):
+        folder = tmp_path / "img" / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"{i:03}.png")
+    victim = tmp_path / "img" / "c0" / "002.png"
+    good = victim.read_bytes()
+    victim.write_bytes(good[:20])  # cut short, as a copy that stopped
+    space = {**TINY, "num_samples": 4, "retries": 1, "scheduler": {"max_epochs": 2, "grace_period": 1},
+             "fixed": {**TINY["fixed"], "data": f"imagefolder:{tmp_path / 'img'}", "loader": "stream",
+                       "data_subset": None, "loader_workers": 0, "batch_size": 32},  # (512 > the 480 images)
+             "search": {"lr": {"loguniform": [1e-3, 3e-3]}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--space", str(tmp_path / "s.yaml"),
+                           "--out", str(tmp_path), "--name", "exp"], capture_output=True, text=True, timeout=600)
+    exp = tmp_path / "exp"
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr.startswith(f"error: a trial could not read the data (cannot read image '{victim}': ") \
+        and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().endswith(f"then continue with: python main.py search --resume {exp}"), proc.stderr
+    assert not (exp / "trials.parquet").exists()
+    victim.write_bytes(good)
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "search", "--resume", str(exp)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert len(trials) == 4 and not (trials["status"] == "failed").any(), trials
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{exp / 'study.db'}")
+    assert sorted(t.state.name for t in study.trials if t.state.name in ("FAIL", "RUNNING")) == []

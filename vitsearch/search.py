@@ -187,6 +187,10 @@ def _trial(config: dict[str, Any], data=None, base: dict[str, Any] | None = None
         except NonFiniteLossError as exc:
             tune.report({"epoch": exc.epoch, metric: worst, "diverged": 1, "failed": 0, "reason": str(exc)})
         except UserError as exc:  # a config the data cannot take (e.g. batch > training images): no retry helps
+            if unreadable_data(str(exc)) is not None:
+                # a streamed file that went (or is missing on this node): every trial would fail on it, so this
+                # one errors (resumed with the search) and the driver stops the search (stop_on_unreadable_data)
+                raise
             tune.report({"epoch": 0, metric: worst, "diverged": 0, "failed": 1, "reason": str(exc)})
 
 
@@ -497,6 +501,8 @@ def _callbacks(exp_dir: Path, live, checkpoint_root: str, max_epochs: int):
             line = disk_full(text)
             if line is not None:
                 stop_on_full_device(line)
+            elif (line := unreadable_data(text)) is not None:
+                stop_on_unreadable_data(line)
 
         def on_experiment_end(self, trials, **info):
             if self.file is not None:
@@ -518,13 +524,14 @@ class _NoMetricsFilesWarning(logging.Filter):
 
 
 class _FullDeviceNoise(logging.Filter):
-    """Tune's tracebacks of a trial, or of its own state, that a full device stopped: the search says it in one
-    line (`DISK_FULL`), and these lines would bury it."""
+    """Tune's tracebacks of a trial, or of its own state, that a full device stopped, and of trials that could
+    not read the data (Ray's "unhandled error" of a second one, failing as the search stopped): the search says
+    it in one line (`DISK_FULL`, `DATA_UNREADABLE`), and these lines would bury it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info and record.exc_info[1] else "")
-        return not (any(t in text for t in FULL_DEVICE_TEXTS)
-                    or DISK_FULL and text.startswith("Trials did not complete"))
+        return not (any(t in text for t in (*FULL_DEVICE_TEXTS, UNREADABLE_TEXT))
+                    or (DISK_FULL or DATA_UNREADABLE) and text.startswith("Trials did not complete"))
 
 
 def init_ray(address: str | None, verbose: bool, address_checked: bool = False) -> None:
@@ -543,7 +550,8 @@ def init_ray(address: str | None, verbose: bool, address_checked: bool = False) 
     analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
     if not any(isinstance(f, _NoMetricsFilesWarning) for f in analysis.filters):
         analysis.addFilter(_NoMetricsFilesWarning())
-    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.execution.experiment_state"):
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.execution.experiment_state",
+                 "ray._private.worker"):
         tune_logger = logging.getLogger(name)
         if not verbose and not any(isinstance(f, _FullDeviceNoise) for f in tune_logger.filters):
             tune_logger.addFilter(_FullDeviceNoise())
@@ -1028,6 +1036,26 @@ def stop_on_full_device(line: str) -> None:
     (and be recorded as failed), so the search stops as on Ctrl-C, resumable once there is space."""
     if not DISK_FULL:
         DISK_FULL.append(line)
+        stop_as_on_ctrl_c(signal.SIGINT)
+
+
+DATA_UNREADABLE: list[str] = []  # the data file a trial could not read, which stopped this process's search
+UNREADABLE_TEXT = "cannot read image "  # data.py's error for an image file it cannot open
+
+
+def unreadable_data(text: str) -> str | None:
+    """The line of a trial's error (its traceback, or the error itself) that says it could not read one of
+    the data's files (a streamed image folder's file removed, or missing on the trial's node), at most 300
+    characters; else None."""
+    line = next((line for line in text.splitlines() if UNREADABLE_TEXT in line), None)
+    return None if line is None else line[line.index(UNREADABLE_TEXT):][:300]
+
+
+def stop_on_unreadable_data(line: str) -> None:
+    """A trial could not read a file of the data: every other trial would fail on it the same way (12 of 12
+    failed, each recorded as failed for good), so the search stops as on Ctrl-C, resumable once it is back."""
+    if not DATA_UNREADABLE and not DISK_FULL:
+        DATA_UNREADABLE.append(line)
         stop_as_on_ctrl_c(signal.SIGINT)
 
 

@@ -567,6 +567,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
     from .figures import write_html_report
     from .report import TrialOutcome, comparison_line, error_line, summary_table, write_reports
     from .search import (
+        DATA_UNREADABLE,
         DISK_FULL,
         RAY_DIR,
         SEARCH_STARTED,
@@ -609,6 +610,15 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
                              f", and Ray's saved state was cut short ({escape(broken)}): it cannot be resumed. Its "
                              f"trials are in study.db and epochs.jsonl; free some space and search again"),
                           highlight=False, soft_wrap=True)
+        return 1
+    if DATA_UNREADABLE:  # a trial could not read a file of the data: every other one would fail on it too
+        ray.shutdown()
+        _add_run_time(exp_dir, time.time() - t0)
+        err_console.print(f"error: a trial could not read the data ({escape(DATA_UNREADABLE[0])}): the search stopped, "
+                          "since every trial would fail on it; the finished trials and epochs are kept. Put the file "
+                          "back (on a cluster: a streamed folder must be readable at the same path on every node), "
+                          f"then continue with: {command()} search --resume {escape(shell(exp_dir))}"
+                          f"{on_cluster(args.address)}", highlight=False, soft_wrap=True)
         return 1
     ended = ended_trials(results, exp_dir)
     if ended < max(len(results), space.num_samples):
