@@ -962,26 +962,43 @@ def test_a_config_the_data_cannot_take_fails_once_and_says_why(tmp_path):
 
 
 def test_a_search_whose_every_trial_fails_still_writes_its_reports(tmp_path):
-    """Nothing scored (every trial's batch is TrainConfig's 512, on 300 images): the reports and the
-    summary are still written, and say why, instead of a traceback from the figures. The exit code is 1
-    (it was 0: `search ... && train --config .../best_config.yaml` in a script went on to a missing file)."""
+    """Nothing scored (a fixed lr of 1e6: every trial diverges, the recommended defaults' too): the reports and
+    the summary are still written, and say why, instead of a traceback from the figures. The exit code is 1
+    (it was 0: `search ... && train --config .../best_config.yaml` in a script went on to a missing file).
+    The throughput probe of such a config raised out of the search with a traceback; it measures on."""
     space = {**TINY, "num_samples": 2, "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
-             "fixed": {**TINY["fixed"], "data_subset": 300}, "search": {"lr": {"loguniform": [1e-4, 1e-2]}}}
+             "fixed": {**TINY["fixed"], "batch_size": 64, "lr": 1e6},
+             "search": {"weight_decay": {"loguniform": [0.01, 0.1]}}}
     (tmp_path / "none.yaml").write_text(yaml.safe_dump(space))
     proc = search("--space", str(tmp_path / "none.yaml"), "--out", str(tmp_path), "--name", "none")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == ("error: every trial failed (2 trials): the search found nothing; "
-                                                    "each one's reason is in trials.parquet and report.html")
-    assert ("batch_size is TrainConfig's 512 in every trial (the space neither fixes nor searches it), more than "
-            "the 300 training images of 'digits': every trial will fail") in " ".join(proc.stdout.split())
+    assert proc.stderr.strip().splitlines()[-1] == ("error: every trial diverged (2 trials): the search found "
+                                                    "nothing; each one's reason is in trials.parquet and report.html")
     exp = tmp_path / "none"
-    assert list(pd.read_parquet(exp / "trials.parquet")["status"]) == ["failed", "failed"]
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert list(trials["status"]) == ["diverged", "diverged"]
+    assert all(r.startswith("non-finite loss in epoch 1") for r in trials["reason"])
     assert not (exp / "best_config.yaml").exists()
     page = (exp / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 5  # no attention maps: no trial reached the full budget
-    assert "<td>failed</td><td>invalid value for &#x27;batch_size&#x27;: 512" in page
+    assert "<td>diverged</td><td>non-finite loss in epoch 1" in page
     assert "<td>#0, #1</td>" in page
-    assert "2 failed; recommended defaults (#0) failed: invalid value" in " ".join(proc.stdout.split())
+    assert "2 diverged; recommended defaults (#0) diverged: non-finite loss" in " ".join(proc.stdout.split())
+
+
+def test_a_space_whose_every_trial_would_run_a_batch_larger_than_the_data_is_refused(tmp_path):
+    """The space neither fixes nor searches batch_size, and TrainConfig's 512 is more than the 300 training
+    images: every trial would fail. The plan said so in a note, then ran them all (and wrote an experiment
+    of failures, exit code 1); a fixed batch that large was already refused."""
+    space = {**TINY, "num_samples": 2, "fixed": {**TINY["fixed"], "data_subset": 300},
+             "search": {"lr": {"loguniform": [1e-4, 1e-2]}}}
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(space))
+    proc = search("--space", str(tmp_path / "big.yaml"), "--out", str(tmp_path), "--name", "big")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip() == (
+        f"error: {tmp_path / 'big.yaml'}: batch_size is TrainConfig's 512 in every trial (the space neither fixes "
+        "nor searches it), more than the 300 training images of 'digits'; fix it (fixed: batch_size: N) or search it")
+    assert not (tmp_path / "big").exists()
 
 
 def test_architecture_knobs_can_be_searched_and_reproduced_by_the_searchs_metric(tmp_path):

@@ -100,6 +100,8 @@ def test_batch_sizes_larger_than_the_data_are_left_out_of_the_search(changes, ke
      "search.batch_size: every choice of [512, 1024] is more than the 300 training images of 'digits'"),
     ({"search__batch_size": {"int": [400, 800]}}, "search.batch_size: its low 400 is more than the 300"),
     ({"search__batch_size": ..., "fixed__batch_size": 301}, "fixed.batch_size is 301, more than the 300"),
+    ({"search__batch_size": ...}, "batch_size is TrainConfig's 512 in every trial (the space neither fixes nor "
+                                  "searches it), more than the 300 training images of 'digits'; fix it"),
 ])
 def test_a_batch_size_the_data_cannot_fill_is_a_space_error(changes, message):
     with pytest.raises(SpaceError, match=re.escape(message)):

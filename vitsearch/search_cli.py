@@ -661,8 +661,10 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
                       (", best_config.yaml" if (exp_dir / "best_config.yaml").is_file() else "") +
                       f"; Optuna study: {study_storage(exp_dir)} (name {study.study_name!r})", highlight=False,
                       soft_wrap=True)
-        if (trials["status"] == "failed").all():  # nothing trained to the end or stopped: a script must see it
-            err_console.print(f"error: every trial failed ({count(len(trials), 'trial')}): the search found nothing; "
+        ended = set(trials["status"])
+        if len(trials) and ended <= {"failed", "diverged"}:  # nothing trained to the end: a script must see it
+            how = " or ".join(sorted(ended, reverse=True))  # (all diverged exited 0, with no best_config.yaml)
+            err_console.print(f"error: every trial {how} ({count(len(trials), 'trial')}): the search found nothing; "
                               "each one's reason is in trials.parquet and report.html", highlight=False, soft_wrap=True)
             code = 1
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C during the reports: every trial is done and recorded

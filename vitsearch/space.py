@@ -142,9 +142,11 @@ class SearchSpace:
             raise SpaceError(f"{origin}: fixed.batch_size is {self.fixed['batch_size']}, more than {where}")
         dist, default = self.search.get("batch_size"), TrainConfig().batch_size
         if dist is None:  # every trial trains at the fixed batch or TrainConfig's
-            return self, (None if "batch_size" in self.fixed or default <= n else
-                          f"batch_size is TrainConfig's {default} in every trial (the space neither fixes nor "
-                          f"searches it), more than {where}: every trial will fail")
+            if "batch_size" not in self.fixed and default > n:  # every trial would fail (it was only a note)
+                raise SpaceError(f"{origin}: batch_size is TrainConfig's {default} in every trial (the space neither "
+                                 f"fixes nor searches it), more than {where}; fix it (fixed: batch_size: N) or "
+                                 "search it")
+            return self, None
         if dist.kind == "choice":
             kept = tuple(c for c in dist.choices if c <= n)
             if not kept:

@@ -244,7 +244,11 @@ class _BatchPlan:
         return len(self.batches)
 
 
-def train_one_epoch(run: Trainer, feed: Feed, batch_size: int, epoch: int, steps: int) -> dict[str, float]:
+def train_one_epoch(run: Trainer, feed: Feed, batch_size: int, epoch: int, steps: int,
+                    finite: bool = True) -> dict[str, float]:
+    """One epoch of `steps` optimizer steps. A non-finite loss raises NonFiniteLossError, unless `finite` is
+    false (the throughput probes: a config that diverges, e.g. a fixed lr of 1e6, still has a speed, and its
+    probe raised out of the search with a traceback)."""
     model, optimizer, scaler = run.model, run.optimizer, run.scaler
     model.train()
     dev = feed.dev
@@ -274,7 +278,7 @@ def train_one_epoch(run: Trainer, feed: Feed, batch_size: int, epoch: int, steps
             step = first_step + i
             run.scheduler.step_update(step)
             if step - checked >= CHECK_EVERY_STEPS or i == steps - 1:
-                if not torch.isfinite(loss_sum):  # host-device sync, once per CHECK_EVERY_STEPS steps
+                if finite and not torch.isfinite(loss_sum):  # host-device sync, once per CHECK_EVERY_STEPS steps
                     raise NonFiniteLossError(epoch, checked + 1, step)
                 checked = step
     return {"loss": loss_sum.item() / steps, "grad_norm": grad_sum.item() / steps,
@@ -554,7 +558,7 @@ def measure_window(cfg: TrainConfig, data: ImageData, device: str = "auto", *, s
     run = setup(cfg, data, dev, len(data.train_y) // batch, batch)
     n = min(len(data.train_y), batch * 4)
     feed = Feed(_head(data, n), dev)
-    train_one_epoch(run, feed, batch, 1, warmup_steps)
+    train_one_epoch(run, feed, batch, 1, warmup_steps, finite=False)
     _sync(dev)
     if ready is not None:
         ready()
@@ -562,7 +566,7 @@ def measure_window(cfg: TrainConfig, data: ImageData, device: str = "auto", *, s
         time.sleep(max(0.0, start_at - time.time()))
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < window_s:
-        done += train_one_epoch(run, feed, batch, 1, n // batch)["images"]  # ends with a sync
+        done += train_one_epoch(run, feed, batch, 1, n // batch, finite=False)["images"]  # ends with a sync
     elapsed = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else 0.0
     return done / elapsed, peak
@@ -581,7 +585,7 @@ def measure_throughput(cfg: TrainConfig, data: ImageData, device: str = "auto", 
     run = setup(cfg, data, dev, steps + 1, batch)
     n = min(len(data.train_y), batch * (steps + 1))
     feed = Feed(_head(data, n), dev)
-    train_one_epoch(run, feed, batch, 1, 1)
+    train_one_epoch(run, feed, batch, 1, 1, finite=False)
     _sync(dev)
     # On a CPU with one thread every operation runs on the calling thread, so its CPU time is the
     # trial's own compute, whatever else the process and the machine do meanwhile. The search probes
@@ -594,7 +598,7 @@ def measure_throughput(cfg: TrainConfig, data: ImageData, device: str = "auto", 
     for _ in range(max(1, n // batch - 1)):
         if stop is not None and stop():
             break
-        done += train_one_epoch(run, feed, batch, 1, 1)["images"]
+        done += train_one_epoch(run, feed, batch, 1, 1, finite=False)["images"]
         _sync(dev)
         if time.perf_counter() - t0 > max_seconds:
             break
