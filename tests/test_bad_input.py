@@ -231,6 +231,22 @@ GENERATED = {
                                                         "be at most 200"),
     "a train --name with a slash": (lambda t: ["train", "--set", "model=vit_micro", "--name", "a/b"],
                                     "--name 'a/b' must be a folder name inside --out"),
+    # a file where a folder goes said the path "does not exist"; tarfile's error was 4 lines; `data=imagefolder:`
+    # was read as a YAML mapping ("invalid value for 'data': {'imagefolder': None} (must be a str)")
+    "an archive given as an image folder": (lambda t: ["train", "--data", f"imagefolder:{_file(t / 'pics.tar.gz')}"],
+                                            "/pics.tar.gz' is a file, not a folder; extract the archive and point "
+                                            "imagefolder: at the folder of class folders it holds"),
+    "an IDX file given as the Fashion-MNIST folder": (
+        lambda t: ["train", "--set", f"data=fashion_mnist:{_file(t / 'train-images-idx3-ubyte.gz')}"],
+        "is a file; fashion_mnist:PATH takes the folder that holds train-images-idx3-ubyte[.gz] and "
+        "train-labels-idx1-ubyte[.gz]: fashion_mnist:/"),
+    "a file that is no CIFAR archive": (lambda t: ["train", "--data", f"cifar10:{_file(t / 'c.tar.gz')}"],
+                                        "/c.tar.gz': not a tar archive (plain, gzip, bzip2 or xz)"),
+    "imagefolder: without a path": (lambda t: ["train", "--set", "data=imagefolder:"],
+                                    "invalid value for 'data': 'imagefolder:' (must be digits, fashion_mnist[:PATH], "
+                                    "imagefolder:PATH"),
+    "train --data with --set data=": (lambda t: ["train", "--data", "digits", "--set", "data=fashion_mnist"],
+                                      "--data and --set data=... both give the data; give it once"),
 }
 
 

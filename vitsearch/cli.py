@@ -7,6 +7,7 @@ exit with code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", help="TrainConfig YAML (for example a search's best_config.yaml)")
     tr.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                     help="override config keys: --set lr=3e-4 epochs=50 (or --set lr=3e-4 --set epochs=50)")
+    tr.add_argument("--data", help="dataset spec, as for search and reproduce (the same as --set data=SPEC)")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     tr.add_argument("--out", help="parent folder of the run folder (default: results)")
     tr.add_argument("--name", help="run folder name (default: train-<time>)")
@@ -202,6 +204,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import CHECKPOINT_NAME, half_on_cpu_note, resolve_device, train
 
     resolve_device(args.device)  # a GPU this machine does not have: one line before anything loads or prints
+    if args.data is not None:  # `search --data` and `reproduce --data` have it; train said "unrecognized arguments"
+        if any(item.partition("=")[0].strip() == "data" for item in args.set):
+            raise UserError("--data and --set data=... both give the data; give it once")
+        args.set = [*args.set, "data=" + json.dumps(args.data)]  # a YAML string as given (a '#' in a path stays)
     done = None  # a resumed run's epochs so far
     if args.resume:
         for flag in ("name", "out"):  # --out was ignored: the run went on in RUN_DIR

@@ -418,7 +418,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not sep or not key:
             raise ConfigError(f"--set {item!r} must have the form key=value")
         try:
-            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
-            values[key.strip()] = raw
+            value = raw
+        if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
+            value = raw  # `data=imagefolder:` read as YAML is a mapping ({'imagefolder': None}); the text was meant
+        values[key.strip()] = value
     return TrainConfig.from_dict(values)

@@ -239,6 +239,10 @@ def _fashion_mnist(folder: Path):
     how = ("install it with `apt-get install dataset-fashion-mnist` (Debian) or download the four "
            "*-ubyte.gz files from github.com/zalandoresearch/fashion-mnist into a folder and use "
            "data: fashion_mnist:FOLDER")
+    if folder.is_file():  # (it said "does not exist")
+        raise DataError(f"Fashion-MNIST folder {str(folder)!r} is a file; fashion_mnist:PATH takes the folder that "
+                        f"holds train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]: "
+                        f"fashion_mnist:{folder.parent}")
     if not folder.is_dir():
         raise DataError(f"Fashion-MNIST folder {str(folder)!r} does not exist; {how}")
     images = _read_idx(_find(folder, "train-images-idx3-ubyte", how))
@@ -278,6 +282,12 @@ def _image_folder(root: Path, image_size: int | None, loader: str = "memory", pa
     """In memory: every image decoded now (an unreadable file is an error before training). Streamed
     (`loader: stream`, or `auto` when the decoded images would exceed STREAM_ABOVE_BYTES): a sample of
     up to SAMPLE files fixes the size and colour mode; the rest are read per batch while training."""
+    if root.is_file():  # (it said "does not exist"): an archive, most often, or one image
+        archive = "".join(root.suffixes[-2:]).lower() in (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz") \
+            or root.suffix.lower() in (".zip", ".tar", ".tgz")
+        raise DataError(f"image folder {str(root)!r} is a file, not a folder; " +
+                        ("extract the archive and point imagefolder: at the folder of class folders it holds"
+                         if archive else "point imagefolder: at a folder holding one sub-folder of images per class"))
     if not root.is_dir():
         raise DataError(f"image folder {str(root)!r} does not exist; point imagefolder: at a folder "
                         "holding one sub-folder of images per class")
@@ -456,7 +466,10 @@ def _cifar_members(path: Path, how: str) -> dict[str, bytes]:
             with tarfile.open(path) as tar:
                 return {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise DataError(f"cannot read CIFAR archive {str(path)!r}: {exc}") from None
+            # tarfile's error on a file of another kind lists each compression it tried, one per line
+            why = "not a tar archive (plain, gzip, bzip2 or xz)" if isinstance(exc, tarfile.ReadError) else \
+                " ".join(str(exc).split())
+            raise DataError(f"cannot read CIFAR archive {str(path)!r}: {why}") from None
     raise DataError(f"CIFAR path {str(path)!r} does not exist; {how}")
 
 
