@@ -250,6 +250,23 @@ GENERATED = {
 }
 
 
+def test_address_auto_without_a_cluster_is_one_line_before_the_data_loads(tmp_path, capsys, monkeypatch):
+    """`--address auto` with no cluster to find failed only in ray.init, after the data had loaded (minutes for a
+    large image folder). It is now found out first, as ray.init looks (RAY_ADDRESS, then this machine's Ray)."""
+    from ray._private.services import find_gcs_addresses
+
+    if find_gcs_addresses():
+        pytest.skip("a Ray instance runs on this machine: --address auto would join it")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    missing = tmp_path / "no-such-folder"  # the data: had it been loaded first, the error would name it
+    err = run_cli(["search", "--space", "quickstart", "--data", f"imagefolder:{missing}", "--address", "auto",
+                   "--out", str(tmp_path / "out")], capsys)
+    assert err == ("error: --address auto found no Ray cluster: RAY_ADDRESS is not set and no `ray start --head` "
+                   "runs on this machine; start the cluster, or give its head's address as HOST:PORT, or leave "
+                   "--address out for a Ray instance of this search's own")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name", sorted(GENERATED))
 def test_generated_case(name, tmp_path, capsys):
     build, message = GENERATED[name]

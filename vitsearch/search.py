@@ -644,8 +644,23 @@ def check_resources(space: SearchSpace, address: str | None) -> str | None:
 
 
 def check_address(address: str | None, verbose: bool) -> None:
-    """--address HOST:PORT names a Ray cluster that answers (in seconds; `ray.init` retries for minutes)."""
-    if address and address != "auto":
+    """--address HOST:PORT names a Ray cluster that answers (in seconds; `ray.init` retries for minutes); `auto`
+    finds one as ray.init does (RAY_ADDRESS, else the last `ray start` on this machine)."""
+    if address == "auto":  # (without a cluster it failed only after the data had loaded, in ray.init)
+        try:
+            from ray._private.services import canonicalize_bootstrap_address  # ray.init's own look-up (not public)
+        except ImportError:
+            return
+        try:
+            canonicalize_bootstrap_address("auto")
+        except ConnectionError:
+            raise UserError("--address auto found no Ray cluster: RAY_ADDRESS is not set and no `ray start --head` "
+                            "runs on this machine; start the cluster, or give its head's address as HOST:PORT, or "
+                            "leave --address out for a Ray instance of this search's own") from None
+        except ValueError as exc:  # RAY_ADDRESS holds something that is no address
+            raise UserError(f"--address auto: {exc} (from RAY_ADDRESS); it must be HOST:PORT") from None
+        return  # (the cluster found is left to ray.init, which joins it as `auto`, with its token where it wants one)
+    if address:
         _check_reachable(address)
         if not address.startswith("ray://"):
             _check_gcs(address, verbose)

@@ -286,6 +286,7 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
         resolve_device(device)
     if args.space:
         check_folder(args.out, "--out")
+    check_address(args.address, args.verbose)  # a cluster that does not answer: one line, before the data loads
     data = load_data(space.trial_config({}))  # once per search; every trial shares it through Ray's object store
     fingerprint = data.fingerprint()
     if run.get("data", fingerprint) != fingerprint:
@@ -295,7 +296,6 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
     # batch sizes larger than the data are not sampled
     space, left_out = space.fit_to_data(len(data.train_y), data.name, args.space or str(exp_dir / SPACE_FILE))
     _print_header(space, data)
-    check_address(args.address, args.verbose)  # a cluster that does not answer: one line, before the probe starts
     # On a CPU the throughput probe runs while Ray starts (mostly waiting on processes); on a GPU after
     # the packing probe, which needs Ray and the whole GPU.
     early = _Probe(space, data, device) if not _packs(space, device) else None
