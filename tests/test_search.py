@@ -967,7 +967,7 @@ def test_a_search_whose_every_trial_fails_still_writes_its_reports(tmp_path):
     (it was 0: `search ... && train --config .../best_config.yaml` in a script went on to a missing file).
     The throughput probe of such a config raised out of the search with a traceback; it measures on."""
     space = {**TINY, "num_samples": 2, "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
-             "fixed": {**TINY["fixed"], "batch_size": 64, "lr": 1e6},
+             "fixed": {**TINY["fixed"], "batch_size": 64, "lr": 1e6, "data_subset": 5000},
              "search": {"weight_decay": {"loguniform": [0.01, 0.1]}}}
     (tmp_path / "none.yaml").write_text(yaml.safe_dump(space))
     proc = search("--space", str(tmp_path / "none.yaml"), "--out", str(tmp_path), "--name", "none")
@@ -983,7 +983,10 @@ def test_a_search_whose_every_trial_fails_still_writes_its_reports(tmp_path):
     assert page.count("data:image/png;base64,") == 5  # no attention maps: no trial reached the full budget
     assert "<td>diverged</td><td>non-finite loss in epoch 1" in page
     assert "<td>#0, #1</td>" in page
-    assert "2 diverged; recommended defaults (#0) diverged: non-finite loss" in " ".join(proc.stdout.split())
+    out = " ".join(proc.stdout.split())
+    assert "2 diverged; recommended defaults (#0) diverged: non-finite loss" in out
+    # (and a data_subset larger than the data is said, as `train` says it)
+    assert "note: data_subset 5000 is more than the 1438 training images of 'digits': all of them are used" in out
 
 
 def test_a_space_whose_every_trial_would_run_a_batch_larger_than_the_data_is_refused(tmp_path):

@@ -190,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .config import TrainConfig, absolute_paths, auto_patch_size, changed_keys, load_config
-    from .data import load_data
+    from .data import load_data, subset_note
     from .files import (
         check_folder,
         check_name,
@@ -265,8 +265,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                      if cfg.lr_scaling != "none" else f"lr {cfg.lr:.3g} (not scaled by the batch)")
                   + (f", {cfg.distill_mode} distillation (weight {cfg.distill_share:g}) from {cfg.teacher}"
                      if cfg.teacher else ""), highlight=False)
-    if note := half_on_cpu_note(cfg.precision, resolve_device(args.device)):
-        console.print(note, highlight=False)
+    for note in (half_on_cpu_note(cfg.precision, resolve_device(args.device)), subset_note(cfg.data_subset, data)):
+        if note:
+            console.print(note, highlight=False)
     rows: list[dict] = done.to_dict("records") if done is not None else []
 
     started, first_epoch = time.time(), (rows[-1]["epoch"] if rows else 0) + 1

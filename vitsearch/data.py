@@ -216,6 +216,15 @@ def split(name: str, images: torch.Tensor, labels: torch.Tensor, classes: list[s
                      images[val_idx].contiguous(), labels[val_idx].contiguous(), classes)
 
 
+def subset_note(data_subset: int | None, data: ImageData) -> str | None:
+    """A line where `data_subset` asks for more training images than the split leaves (they are all used; the
+    count in the first line was the only sign)."""
+    if data_subset is None or data_subset <= len(data.train_y):
+        return None
+    return (f"note: data_subset {data_subset} is more than the {len(data.train_y)} training images of {data.name!r}: "
+            "all of them are used")
+
+
 def _digits():
     """scikit-learn's bundled digits. Its data file is read as `load_digits` reads it, without
     importing scikit-learn: that import is ~1 s of CPU on the critical path of every search's start."""
