@@ -155,21 +155,31 @@ def test_a_class_folders_sub_folders_are_read_as_torchvisions_imagefolder_reads_
     assert load_data(micro_config(data=f"imagefolder:{split / 'train'}")).num_classes == 10
 
 
-def test_16_bit_grayscale_images_are_scaled_to_8_bits_not_clipped(tmp_path):
+def test_16_bit_and_float_grayscale_images_are_scaled_to_8_bits_not_clipped(tmp_path):
     """16-bit PNGs (microscopy, medical scans) read as their 8-bit copies: Pillow's conversion clipped every
-    value above 255 of 65535 to white, so most images were blank."""
+    value above 255 of 65535 to white, so most images were blank. Float TIFFs of values in 0..1 read as their
+    8-bit copies too (Pillow made them 0 and 1 of 255: black), and float ones in 0..255 as they are. Grayscale
+    with an alpha channel (LA) is grayscale: it was read as 3 equal channels."""
     from conftest import digit_images
     from PIL import Image
 
     images, labels = digit_images(40, 16)
-    for depth in (8, 16):
+    kinds = {"8": (lambda img: img, "png"), "16": (lambda img: img.astype(np.uint16) * 257, "png"),
+             "float01": (lambda img: img.astype(np.float32) / 255, "tif"),
+             "float255": (lambda img: img.astype(np.float32), "tif"),
+             "gray_alpha": (lambda img: np.stack([img, np.full_like(img, 255)], -1), "png")}  # LA: 3 channels before
+    for kind, (make, suffix) in kinds.items():
         for i, (img, label) in enumerate(zip(images, labels)):
-            (tmp_path / str(depth) / str(label)).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img.astype(np.uint16) * 257 if depth == 16 else img).save(
-                tmp_path / str(depth) / str(label) / f"{i}.png")
+            (tmp_path / kind / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(make(img)).save(tmp_path / kind / str(label) / f"{i}.{suffix}")
     assert Image.open(tmp_path / "16" / str(labels[0]) / "0.png").mode.startswith("I")
-    eight, sixteen = (load_data(micro_config(data=f"imagefolder:{tmp_path / d}", image_size=None)) for d in ("8", "16"))
-    assert sixteen.channels == 1 and torch.equal(sixteen.train_x, eight.train_x) and int(eight.train_x.max()) == 255
+    assert Image.open(tmp_path / "float01" / str(labels[0]) / "0.tif").mode == "F"
+    loaded = {kind: load_data(micro_config(data=f"imagefolder:{tmp_path / kind}", image_size=None)) for kind in kinds}
+    eight = loaded["8"]
+    assert int(eight.train_x.max()) == 255
+    assert Image.open(tmp_path / "gray_alpha" / str(labels[0]) / "0.png").mode == "LA"
+    for kind in ("16", "float01", "float255", "gray_alpha"):
+        assert loaded[kind].channels == 1 and torch.equal(loaded[kind].train_x, eight.train_x), kind
 
 
 def test_a_streamed_image_folder_trains_exactly_like_the_in_memory_one(image_folder):

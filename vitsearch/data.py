@@ -364,7 +364,7 @@ def _refuse_split_layout(root: Path, classes: list[str]) -> None:
 def _mode_and_size(pictures: list, image_size: int | None, patch_size: int | None) -> tuple[bool, int]:
     """Grayscale when every picture is; `image_size`, or the median shorter side fitted to a patch grid
     (`config.folder_image_size`)."""
-    gray = all(p.mode in ("1", "L", "I") or p.mode.startswith("I;16") for p in pictures)
+    gray = all(p.mode in ("1", "L", "LA", "I", "F") or p.mode.startswith("I;16") for p in pictures)
     return gray, image_size or folder_image_size(int(np.median([min(p.size) for p in pictures])), patch_size)
 
 
@@ -394,12 +394,19 @@ def _to_tensor(picture, gray: bool, size: int) -> torch.Tensor:
 
 def _eight_bit(picture):
     """A 16-bit grayscale picture (`I;16`, or `I` as Pillow opens some 16-bit PNGs) scaled to 8 bits, 65535 to
-    255: Pillow's own conversion clips at 255, which turned every pixel above 255 of 65535 white."""
+    255: Pillow's own conversion clips at 255, which turned every pixel above 255 of 65535 white. A float one
+    (`F`) of values in 0..1 scaled to 0..255."""
     from PIL import Image
 
     if picture.mode == "I" or picture.mode.startswith("I;16"):
         wide = np.asarray(picture).astype(np.int64)
         return Image.fromarray(((np.clip(wide, 0, 65535) + 128) // 257).astype(np.uint8), "L")
+    if picture.mode == "F":  # 32-bit float (scientific TIFFs): values in 0..1 are scaled to 0..255 (Pillow's
+        # conversion made them 0 and 1 of 255: black images); other values are taken as 0..255, clipped
+        values = np.nan_to_num(np.asarray(picture, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if values.min() >= 0.0 and values.max() <= 1.0:
+            values = values * 255.0
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
     return picture
 
 
