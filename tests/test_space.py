@@ -59,6 +59,14 @@ BAD = [
     (variant(search__seed={"int": [0, 5]}), "data is loaded once per search"),
     (variant(search={}), "search: is empty"),
     (variant(resources={"cpu": -1}), "resources.cpu is -1, but must be a number >= 0"),
+    # widths and head counts no trial could build with (each such trial failed as its model was built)
+    (variant(fixed__num_heads=4, search__embed_dim={"choice": [30, 32]}),
+     "search.embed_dim: 30 builds no model with num_heads 4 and model 'vit_micro' (num_heads must divide "
+     "embed_dim): every trial with it would fail"),
+    (variant(search__embed_dim={"choice": [30, 34]}, search__num_heads={"choice": [4, 8]}),
+     "search.num_heads: 4 builds no model with embed_dim [30, 34] and model 'vit_micro'"),
+    (variant(fixed__model="vit_small", fixed__num_heads=5),
+     "fixed.num_heads: 5 builds no model with the model family's embed_dim and model 'vit_small'"),
 ]
 
 
@@ -68,6 +76,14 @@ def test_bad_spaces_are_rejected_with_the_rule(raw, message):
         parse_space(raw, origin="bad.yaml")
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_widths_and_head_counts_that_some_trials_can_build_are_kept():
+    """A searched width with a searched head count where some pairs fit (48/3, 32/4): kept, as are ranges."""
+    for search in ({"embed_dim": {"choice": [32, 48]}, "num_heads": {"choice": [3, 4]}},
+                   {"embed_dim": {"int": [30, 40]}, "num_heads": {"choice": [4, 7]}},
+                   {"num_heads": {"choice": [2, 8]}}):
+        assert parse_space(variant(search=search)).search.keys() == search.keys()
 
 
 def test_good_space_and_defaults_point():

@@ -34,6 +34,18 @@ MODEL_FAMILIES: dict[str, tuple[str, dict[str, int]]] = {
     "vit_base": ("vit_base_patch16_224", {}),  # ViT-B: width 768, depth 12, 12 heads
 }
 TIMM_VIT_NAME = re.compile(r"^vit_(tiny|small|base|large)_patch\d+_\d+$")
+VIT_WIDTH_HEADS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12), "large": (1024, 16)}  # timm's
+
+
+def width_and_heads(model: str, embed_dim: int | None, num_heads: int | None) -> tuple[int, int] | None:
+    """The width and head count a ViT config builds with (its own, else its family's); None for a model that
+    is no ViT."""
+    name, overrides = MODEL_FAMILIES.get(model, (model, {}))
+    found = TIMM_VIT_NAME.match(name)
+    if not found:
+        return None
+    width, heads = VIT_WIDTH_HEADS[found.group(1)]
+    return embed_dim or overrides.get("embed_dim", width), num_heads or overrides.get("num_heads", heads)
 
 DATA_SCHEMES = ("digits", "fashion_mnist", "imagefolder", "cifar10", "cifar100")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -32,12 +32,13 @@ trial, but a user attribute `outside_space.<key>`).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config import DATA_KEYS, TrainConfig, read_yaml
+from .config import DATA_KEYS, TrainConfig, read_yaml, width_and_heads
 from .errors import ConfigError, SpaceError
 from .files import MAX_NAME
 
@@ -276,6 +277,7 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
                 base.replace(**{key: bound})
             except ConfigError as exc:
                 fail(f"search.{key}: {exc}")
+    _check_heads(base, fixed, search, fail)
     name = raw.get("name", Path(origin).stem)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         fail(f"name {name!r} must be letters, digits, '-' and '_'")
@@ -283,6 +285,30 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
         fail(f"name {name[:20]}... is {len(name.encode())} bytes long, but must be at most {MAX_NAME}")
     return SearchSpace(name, metric, mode, num_samples, seed, max_epochs, grace, factor, float(cpu), float(gpu),
                        max_concurrent, retries, float(checkpoint_every_s), dict(fixed), search, dict(raw), gpu_auto)
+
+
+def _check_heads(base: TrainConfig, fixed: dict, search: dict[str, Distribution], fail) -> None:
+    """num_heads must divide embed_dim: a head count, width or model that builds with none of what the trials
+    can draw for the others is refused. Each trial with it failed as its model was built."""
+    keys = ("num_heads", "embed_dim", "model")
+    if any(k in search and search[k].kind != "choice" for k in keys):
+        return  # a range of widths or heads: some of it may fit, and the trials that do not fail with the reason
+    options = {k: search[k].choices if k in search else (getattr(base, k),) for k in keys}
+    built = [combo for combo in itertools.product(*options.values()) if
+             (shape := width_and_heads(combo[2], combo[1], combo[0])) is None or shape[0] % shape[1] == 0]
+
+    def said(key: str) -> str:
+        values = options[key]
+        if key in search:
+            return f"{key} {list(values)}"
+        return f"the model family's {key}" if values[0] is None else f"{key} {values[0]!r}"
+
+    for i, key in enumerate(keys):
+        for value in options[key]:
+            if value is not None and not any(combo[i] == value for combo in built):
+                where = f"search.{key}" if key in search else f"fixed.{key}" if key in fixed else key
+                fail(f"{where}: {value!r} builds no model with {' and '.join(said(k) for k in keys if k != key)} "
+                     "(num_heads must divide embed_dim): every trial with it would fail")
 
 
 def _gpus_available() -> float:
