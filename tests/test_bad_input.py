@@ -92,6 +92,18 @@ def _truncated_checkpoint(tmp: Path) -> Path:
     return run
 
 
+def _results(tmp: Path, names: tuple[str, ...]) -> Path:
+    """A results folder holding experiment folders (space.yaml and run.json), the last of `names` the latest."""
+    import os
+
+    for i, name in enumerate(names):
+        (tmp / "results" / name).mkdir(parents=True)
+        (tmp / "results" / name / "space.yaml").write_text("name: q\n")
+        (tmp / "results" / name / "run.json").write_text("{}")
+        os.utime(tmp / "results" / name / "run.json", (1e9 + i, 1e9 + i))
+    return tmp / "results"
+
+
 def _file(path: Path) -> Path:
     path.write_text("not a folder")
     return path
@@ -245,6 +257,13 @@ GENERATED = {
     "imagefolder: without a path": (lambda t: ["train", "--set", "data=imagefolder:"],
                                     "invalid value for 'data': 'imagefolder:' (must be digits, fashion_mnist[:PATH], "
                                     "imagefolder:PATH"),
+    # the results folder given for one of its experiments: the experiment to give is named
+    "report of the results folder": (lambda t: ["report", str(_results(t, ("q-1",)))],
+                                     "/results' is not a finished vitsearch experiment (no space.yaml in it); it "
+                                     "holds one experiment folder, '"),
+    "search --resume of the results folder": (lambda t: ["search", "--resume", str(_results(t, ("q-1", "q-2")))],
+                                              "(no space.yaml and run.json in it); it holds 2 experiment folders: "
+                                              "give one of them, such as the latest, '"),
     "train --data with --set data=": (lambda t: ["train", "--data", "digits", "--set", "data=fashion_mnist"],
                                       "--data and --set data=... both give the data; give it once"),
 }

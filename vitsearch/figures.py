@@ -62,7 +62,24 @@ def unfinished(exp_dir: Path, missing: str) -> str:
     if (exp_dir / "reproduce.parquet").is_file() or (exp_dir / "reproduce.partial.json").is_file():
         return (f"{str(exp_dir)!r} is a reproduce of the recommended defaults, not a search's experiment folder; "
                 "its runs are in its reproduce.parquet")
-    return f"{str(exp_dir)!r} is not a finished vitsearch experiment (no {missing} in it)"
+    return f"{str(exp_dir)!r} is not a finished vitsearch experiment (no {missing} in it)" + experiments_in(exp_dir)
+
+
+def experiments_in(folder: Path) -> str:
+    """Where `folder` holds experiment folders (the results folder given for one of its experiments): the
+    phrase naming the latest of them, else ''."""
+    from .cli import count
+
+    try:
+        found = [p for p in folder.iterdir() if (p / "space.yaml").is_file() and (p / "run.json").is_file()]
+    except OSError:
+        return ""
+    if not found:
+        return ""
+    latest = max(found, key=lambda p: (p / "run.json").stat().st_mtime)
+    if len(found) == 1:
+        return f"; it holds one experiment folder, {str(latest)!r}: give that"
+    return f"; it holds {count(len(found), 'experiment folder')}: give one of them, such as the latest, {str(latest)!r}"
 
 
 def write_html_report(exp_dir: Path) -> Path:
