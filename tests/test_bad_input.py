@@ -264,6 +264,9 @@ GENERATED = {
     "search --resume of the results folder": (lambda t: ["search", "--resume", str(_results(t, ("q-1", "q-2")))],
                                               "(no space.yaml and run.json in it); it holds 2 experiment folders: "
                                               "give one of them, such as the latest, '"),
+    "train --resume of the results folder": (lambda t: ["train", "--resume", str(_truncated_checkpoint(t).parent)],
+                                             "is not a train run folder (no checkpoint.pt in it); it holds one train "
+                                             "run folder, '"),
     "train --data with --set data=": (lambda t: ["train", "--data", "digits", "--set", "data=fashion_mnist"],
                                       "--data and --set data=... both give the data; give it once"),
 }

@@ -65,21 +65,22 @@ def unfinished(exp_dir: Path, missing: str) -> str:
     return f"{str(exp_dir)!r} is not a finished vitsearch experiment (no {missing} in it)" + experiments_in(exp_dir)
 
 
-def experiments_in(folder: Path) -> str:
-    """Where `folder` holds experiment folders (the results folder given for one of its experiments): the
-    phrase naming the latest of them, else ''."""
+def experiments_in(folder: Path, files: tuple[str, str] = ("space.yaml", "run.json"),
+                   kind: str = "experiment folder") -> str:
+    """Where `folder` holds experiment folders (the results folder given for one of its experiments), or with
+    `files` ("config.yaml", "checkpoint.pt") train run folders: the phrase naming the latest of them, else ''."""
     from .cli import count
 
     try:
-        found = [p for p in folder.iterdir() if (p / "space.yaml").is_file() and (p / "run.json").is_file()]
+        found = [p for p in folder.iterdir() if all((p / name).is_file() for name in files)]
     except OSError:
         return ""
     if not found:
         return ""
-    latest = max(found, key=lambda p: (p / "run.json").stat().st_mtime)
+    latest = max(found, key=lambda p: (p / files[-1]).stat().st_mtime)
     if len(found) == 1:
-        return f"; it holds one experiment folder, {str(latest)!r}: give that"
-    return f"; it holds {count(len(found), 'experiment folder')}: give one of them, such as the latest, {str(latest)!r}"
+        return f"; it holds one {kind}, {str(latest)!r}: give that"
+    return f"; it holds {count(len(found), kind)}: give one of them, such as the latest, {str(latest)!r}"
 
 
 def write_html_report(exp_dir: Path) -> Path:
