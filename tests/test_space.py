@@ -131,6 +131,17 @@ def test_shipped_spaces_load_by_name():
     assert load_space("vit_small").fixed["model"] == "vit_small"
 
 
+def test_a_space_file_is_found_without_its_suffix(tmp_path, monkeypatch):
+    """`--space mine` for ./mine.yaml (or ./mine.yml) was "not found"; a shipped name still means the shipped space."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yml").write_text(yaml.safe_dump({**GOOD, "num_samples": 3}))
+    (tmp_path / "quickstart.yaml").write_text(yaml.safe_dump(GOOD))
+    assert load_space("mine").num_samples == 3
+    assert load_space("quickstart").name == "quickstart"  # the shipped one, not ./quickstart.yaml
+    with pytest.raises(SpaceError, match="search space 'nothing' not found"):
+        load_space("nothing")
+
+
 @pytest.mark.parametrize("content, message", [
     ("name: t\nsearch: {lr: {loguniform: [1e-4, 1e-2]}\n", "is not valid YAML at line"),
     ("- a list\n", "must be a mapping"),

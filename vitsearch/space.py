@@ -174,11 +174,13 @@ class SearchSpace:
 
 
 def resolve_space_path(name: str) -> Path:
-    """`--space` takes a path, or a name found in search_spaces/ (with or without .yaml)."""
+    """`--space` takes a path, or a name found in search_spaces/ (with or without .yaml), or a path without its
+    .yaml or .yml."""
     path = Path(name)
     if path.is_file():
         return path
-    for candidate in (SPACES_DIR / name, SPACES_DIR / f"{name}.yaml"):
+    # a shipped space by name first; then `--space my_space` for ./my_space.yaml or .yml (it was "not found")
+    for candidate in (SPACES_DIR / name, SPACES_DIR / f"{name}.yaml", Path(f"{name}.yaml"), Path(f"{name}.yml")):
         if candidate.is_file():
             return candidate
     available = ", ".join(sorted(p.name for p in SPACES_DIR.glob("*.yaml")))
