@@ -1135,10 +1135,12 @@ def test_in_a_log_the_progress_comes_at_least_every_minute_while_results_arrive(
     view.update(trials, trials[1], {"epoch": 2, "val_acc": 0.3})
     lines = capsys.readouterr().out.splitlines()  # the first result after a minute, not the next one
     assert len(lines) == 1 and lines[0].startswith("0/16 trials finished, 2 trial-epochs, 0s elapsed"), lines
-    view.expected_epochs = 3.0  # more trial-epochs than the plan expected: no "~0s left" while trials run
+    # more trial-epochs than the plan expected: no "~0s left" while trials run; each trains on at least to the
+    # next ASHA rung (epoch 6: 4 epochs each, 8 s at the 2 s a trial-epoch has taken)
+    view.expected_epochs, view.start = 3.0, view.start - 8
     view.last_line -= search_cli.LOG_EVERY_S
     view.update(trials, trials[0], {"epoch": 2, "val_acc": 0.2})
-    assert capsys.readouterr().out.strip().endswith("4 trial-epochs, 0s elapsed, past the estimate")
+    assert capsys.readouterr().out.strip().endswith("4 trial-epochs, 8s elapsed, ~16 s left")
     view.expected_epochs, view.start = 100.0, view.start - 3600  # an hour in: the time left in hours, not seconds
     view.last_line -= search_cli.LOG_EVERY_S
     view.update(trials, trials[1], {"epoch": 3, "val_acc": 0.3})
@@ -1175,6 +1177,20 @@ def test_the_time_left_follows_the_trials_once_they_run_longer_than_the_plan_exp
     early.update(trials, trials[0], None, status="TERMINATED")
     assert re.search(r"1/16 trials finished, 20 trial-epochs, 2\ds elapsed, ~[78]\d s left$",
                      capsys.readouterr().out.strip())
+    # at the end: the last trial runs on alone past the others' mean (6 epochs), at epoch 8; ASHA stops it at
+    # epoch 18 at the soonest (rungs 2, 6, 18): 10 epochs, each taking both slots' share of the time
+    late = search_cli.LiveView(load_space("quickstart"), 100.0, slots=2)
+    late.start -= 49  # 98 trial-epochs in 49 s: 0.5 s each, 1 s of a trial's own
+    trials = [Trial(f"t{i}", "RUNNING") for i in range(16)]
+    for trial in trials[:15]:
+        late.update(trials, trial, {"epoch": 6, "val_acc": 0.9})
+        late.update(trials, trial, None, status="TERMINATED")
+        trial.status = "TERMINATED"
+    late.update(trials, trials[15], {"epoch": 7, "val_acc": 0.9})
+    late.last_line -= search_cli.LOG_EVERY_S
+    late.update(trials, trials[15], {"epoch": 8, "val_acc": 0.9})
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert re.fullmatch(r"15/16 trials finished, 98 trial-epochs, 49s elapsed, ~10 s left", line), line  # was ~1 s
 
 
 def test_the_live_table_shows_the_statuses_of_trials_parquet(capsys):

@@ -136,16 +136,28 @@ class LiveView:
             observed = sum(max(0.0, per_trial - r["epoch"]) for r in self.rows.values()
                            if r["status"] not in ("TERMINATED", "ERROR"))
             remaining = max(remaining, observed + max(0, self.space.num_samples - len(self.rows)) * per_trial)
+        # ASHA stops a trial only at a rung: a running one trains at least to its next. At the end, when one
+        # trial runs on alone, its epochs take the slots' share of the time each (it said "~1 s left" of 13).
+        floors = [self._next_rung(r["epoch"]) - r["epoch"] for r in self.rows.values() if r["status"] == "RUNNING"]
+        remaining = max(remaining, sum(floors))
         if finished >= self.space.num_samples:
             eta = "done"
         elif not epochs_done:
             eta = "estimating"
         elif remaining > 0:
-            eta = f"~{duration(remaining * elapsed / epochs_done)} left"  # (hours in seconds were hard to read)
+            seconds = max(remaining, max(floors, default=0) * min(self.slots, len(self.rows))) * elapsed / epochs_done
+            eta = f"~{duration(seconds)} left"  # (hours in seconds were hard to read)
         else:  # ASHA let more trials go on than the plan's simulation expected
             eta = "past the estimate"
         return (f"{finished}/{self.space.num_samples} trials finished, {epochs_done} trial-epochs, "
                 f"{elapsed:.0f}s elapsed, {eta}")
+
+    def _next_rung(self, epoch: int) -> int:
+        """The epoch of the next ASHA rung after `epoch` (grace period x reduction factor^k), or the budget."""
+        rung = self.space.grace_period
+        while rung <= epoch:
+            rung *= self.space.reduction_factor
+        return min(rung, self.space.max_epochs)
 
     def render(self):
         head = Text(self._progress())
