@@ -215,10 +215,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise UserError(f"--{flag} goes with a new run; --resume continues in RUN_DIR")
         run_dir = Path(args.resume)
         if not (run_dir / CHECKPOINT_NAME).is_file():
-            from .figures import experiments_in
+            from .files import folders_in
 
             raise UserError(f"--resume {args.resume!r} is not a train run folder (no {CHECKPOINT_NAME} in it)"
-                            + experiments_in(run_dir, ("config.yaml", CHECKPOINT_NAME), "train run folder"))
+                            + folders_in(run_dir, ("config.yaml", CHECKPOINT_NAME), "train run folder"))
         cfg = load_config(args.config or run_dir / "config.yaml", args.set)
         if args.config or args.set:  # a run goes on only with its own config (its schedule, its checkpoint)
             own = load_config(run_dir / "config.yaml").to_dict()

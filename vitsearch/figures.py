@@ -43,7 +43,7 @@ def unfinished(exp_dir: Path, missing: str) -> str:
     """Why `exp_dir` has no `missing` report file yet: a search still running in it, one stopped before
     its reports (`kill -9`, a lost machine), or a folder that is no experiment."""
     from .cli import command, on_cluster, shell
-    from .files import search_running
+    from .files import folders_in, search_running
 
     if (exp_dir / "space.yaml").is_file() and (exp_dir / "run.json").is_file():
         pid = search_running(exp_dir)
@@ -62,25 +62,7 @@ def unfinished(exp_dir: Path, missing: str) -> str:
     if (exp_dir / "reproduce.parquet").is_file() or (exp_dir / "reproduce.partial.json").is_file():
         return (f"{str(exp_dir)!r} is a reproduce of the recommended defaults, not a search's experiment folder; "
                 "its runs are in its reproduce.parquet")
-    return f"{str(exp_dir)!r} is not a finished vitsearch experiment (no {missing} in it)" + experiments_in(exp_dir)
-
-
-def experiments_in(folder: Path, files: tuple[str, str] = ("space.yaml", "run.json"),
-                   kind: str = "experiment folder") -> str:
-    """Where `folder` holds experiment folders (the results folder given for one of its experiments), or with
-    `files` ("config.yaml", "checkpoint.pt") train run folders: the phrase naming the latest of them, else ''."""
-    from .cli import count
-
-    try:
-        found = [p for p in folder.iterdir() if all((p / name).is_file() for name in files)]
-    except OSError:
-        return ""
-    if not found:
-        return ""
-    latest = max(found, key=lambda p: (p / files[-1]).stat().st_mtime)
-    if len(found) == 1:
-        return f"; it holds one {kind}, {str(latest)!r}: give that"
-    return f"; it holds {count(len(found), kind)}: give one of them, such as the latest, {str(latest)!r}"
+    return f"{str(exp_dir)!r} is not a finished vitsearch experiment (no {missing} in it)" + folders_in(exp_dir)
 
 
 def write_html_report(exp_dir: Path) -> Path:

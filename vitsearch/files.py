@@ -170,3 +170,22 @@ def write_yaml(data: Any, path: str | Path, header: str = "", exclusive: bool = 
 
 def write_bytes(data: bytes, path: str | Path, exclusive: bool = False) -> None:
     _atomic(Path(path), lambda tmp: tmp.write_bytes(data), exclusive)
+
+
+def folders_in(folder: Path, files: tuple[str, str] = ("space.yaml", "run.json"),
+                   kind: str = "experiment folder") -> str:
+    """Where `folder` holds experiment folders (the results folder given for one of its experiments), or with
+    `files` ("config.yaml", "checkpoint.pt") train run folders: the phrase that names the latest of them for an
+    error line, else ''."""
+    from .cli import count
+
+    try:
+        found = [p for p in folder.iterdir() if all((p / name).is_file() for name in files)]
+    except OSError:
+        return ""
+    if not found:
+        return ""
+    latest = max(found, key=lambda p: (p / files[-1]).stat().st_mtime)
+    if len(found) == 1:
+        return f"; it holds one {kind}, {str(latest)!r}: give that"
+    return f"; it holds {count(len(found), kind)}: give one of them, such as the latest, {str(latest)!r}"

@@ -388,10 +388,10 @@ def _existing(exp_dir: Path, flag: str):
     from .space import experiment_space
 
     if not (exp_dir / SPACE_FILE).is_file() or not (exp_dir / RUN_FILE).is_file():
-        from .figures import experiments_in
+        from .files import folders_in
 
         raise UserError(f"{flag} {str(exp_dir)!r} is not a vitsearch experiment folder "
-                        f"(no {SPACE_FILE} and {RUN_FILE} in it)" + experiments_in(exp_dir))
+                        f"(no {SPACE_FILE} and {RUN_FILE} in it)" + folders_in(exp_dir))
     space = experiment_space(exp_dir, flag)
     run = json.loads((exp_dir / RUN_FILE).read_text())
     if flag == "--extend" and not (exp_dir / "trials.parquet").is_file():
