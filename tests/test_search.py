@@ -457,24 +457,51 @@ def test_html_report_shows_the_parquet_numbers(tiny_search, tmp_path):
     assert (exp / "report.html").read_text().count("data:image/png;base64,") == 6
 
 
-def test_one_completed_trial_gives_no_importance_estimate(tiny_search, tmp_path):
+def test_the_importance_estimate_says_how_many_completed_trials_it_rests_on(tiny_search, tmp_path):
     """Optuna's evaluator, given one completed trial, warns and calls every knob equally important; the
-    report says there is no estimate instead, and prints no warning."""
+    report says there is no estimate instead, and prints no warning. Given no more completed trials than
+    knobs, its forest ranks them by chance (2 trials over 3 knobs: 0.50 / 0.50 / 0): the report says so."""
     import shutil
 
     exp, _ = tiny_search
     assert "<th>knob</th><th>importance</th>" in (exp / "report.html").read_text()
     copy = tmp_path / exp.name
     shutil.copytree(exp, copy, ignore=shutil.ignore_patterns("ray", "checkpoints"))
-    (copy / "study.db").unlink()
-    study = optuna.create_study(study_name=exp.name, storage=f"sqlite:///{copy / 'study.db'}", direction="maximize")
-    trial = study.ask({k: optuna.distributions.FloatDistribution(1e-4, 1.0) for k in ("lr", "weight_decay")})
-    study.tell(trial, 0.5)
+    knobs = {k: optuna.distributions.FloatDistribution(1e-4, 1.0) for k in ("lr", "weight_decay")}
+    pages = []
+    for values in ([0.5], [0.5, 0.7], [0.5, 0.7, 0.6, 0.9]):
+        (copy / "study.db").unlink()
+        study = optuna.create_study(study_name=exp.name, storage=f"sqlite:///{copy / 'study.db'}",
+                                    direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+        for value in values:
+            study.tell(study.ask(knobs), value)
+        proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(copy)], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert "Warning" not in proc.stderr, proc.stderr
+        pages.append((copy / "report.html").read_text())
+    assert "<th>knob</th><th>importance</th>" not in pages[0]
+    assert "over the 2 completed trials: fewer than the 2 knobs plus one, so this ranking is a guess" in pages[1]
+    assert "over the 4 completed trials." in pages[2] and "a guess" not in pages[2]
+
+
+def test_a_report_on_val_loss_compares_it_once(tiny_search, tmp_path):
+    """The best-against-defaults table lists the metric, best val_acc and final val_loss: a search on val_loss
+    listed final_val_loss twice."""
+    import shutil
+
+    exp, _ = tiny_search
+    copy = tmp_path / exp.name
+    shutil.copytree(exp, copy, ignore=shutil.ignore_patterns("ray", "checkpoints"))
+    space = yaml.safe_load((copy / "space.yaml").read_text())
+    (copy / "space.yaml").write_text(yaml.safe_dump({**space, "metric": "val_loss", "mode": "min"}))
+    run = json.loads((copy / "run.json").read_text())  # (as if the search had been started on val_loss)
+    (copy / "run.json").write_text(json.dumps({**run, "space": {**run["space"], "metric": "val_loss", "mode": "min"}}))
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(copy)], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "<th>knob</th><th>importance</th>" not in (copy / "report.html").read_text()
-    assert "Warning" not in proc.stderr, proc.stderr
+    page = (copy / "report.html").read_text()
+    assert page.count("<td>final_val_loss</td>") == 1 and page.count("<td>best_val_acc</td>") == 1
 
 
 def test_report_of_a_folder_that_is_no_experiment(tmp_path):

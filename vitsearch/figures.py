@@ -71,11 +71,11 @@ def write_html_report(exp_dir: Path) -> Path:
 
     matplotlib.use("Agg")
     space, trials, epochs = load_experiment(exp_dir)
-    importances = _importances(exp_dir)
+    importances, completed = _importances(exp_dir)
     pngs = {
         "learning_curves.png": _learning_curves(space, trials, epochs),
         "knobs.png": _knobs(space, trials),
-        "importance.png": _importance_chart(space, importances),
+        "importance.png": _importance_chart(space, importances, completed),
         "parallel.png": _parallel(space, trials),
         "best_trial.png": _best_trial(space, trials, epochs),
     }
@@ -85,7 +85,7 @@ def write_html_report(exp_dir: Path) -> Path:
     for name, data in pngs.items():
         write_bytes(data, exp_dir / name)
     path = exp_dir / "report.html"
-    write_bytes(_html(exp_dir, space, trials, epochs, importances, pngs, attention_note).encode(), path)
+    write_bytes(_html(exp_dir, space, trials, epochs, importances, completed, pngs, attention_note).encode(), path)
     return path
 
 
@@ -265,8 +265,9 @@ def _best_trial(space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFrame) 
     return _png(fig, tight=False)
 
 
-def _importances(exp_dir: Path) -> dict[str, float]:
-    """Optuna's importance evaluator on the stored study (completed trials); empty if it cannot run."""
+def _importances(exp_dir: Path) -> tuple[dict[str, float], int]:
+    """Optuna's importance evaluator on the stored study (completed trials), and how many completed trials
+    it had; empty if it cannot run."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -278,23 +279,35 @@ def _importances(exp_dir: Path) -> dict[str, float]:
             from .search import study_name, study_storage
 
             study = optuna.load_study(study_name=study_name(exp_dir), storage=study_storage(exp_dir))
+            completed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
             importances = dict(optuna.importance.get_param_importances(study))
     except (ValueError, RuntimeError, KeyError):  # fewer than two complete trials, a single value, ...
-        return {}
+        return {}, 0
     # With one completed trial Optuna's evaluator warns and calls every knob equally important: no estimate.
     if any("too small to compute importances" in str(w.message) for w in caught):
-        return {}
-    return importances
+        return {}, completed
+    return importances, completed
 
 
-def _importance_chart(space: SearchSpace, importances: dict[str, float]) -> bytes:
+def _importance_basis(importances: dict[str, float], completed: int) -> str:
+    """What the importance estimate rests on: a forest fitted to `completed` points ranks K knobs by chance
+    where it has no more points than knobs (2 completed trials over 3 knobs: 0.50 / 0.50 / 0)."""
+    text = f"Optuna's default evaluator over the {completed} completed trials"
+    if completed <= len(importances):
+        text += f": fewer than the {len(importances)} knobs plus one, so this ranking is a guess (--extend the search)"
+    return text
+
+
+def _importance_chart(space: SearchSpace, importances: dict[str, float], completed: int) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
     if importances:
         names = list(reversed(importances))
         ax.barh(names, [importances[n] for n in names], color="#4575b4")
-        ax.set(xlabel="importance (Optuna's default evaluator, completed trials)")
+        guess = completed <= len(importances)
+        ax.set(xlabel=f"importance (Optuna's default evaluator, {completed} completed trials"
+                      f"{': a guess' if guess else ''})")
     else:
         ax.text(0.5, 0.5, "not enough completed trials for an importance estimate", ha="center", va="center")
         ax.axis("off")
@@ -371,7 +384,7 @@ def _img(name: str, data: bytes, alt: str) -> str:
 
 
 def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFrame,
-          importances: dict[str, float], pngs: dict[str, bytes], attention_note: str = "") -> str:
+          importances: dict[str, float], completed: int, pngs: dict[str, bytes], attention_note: str = "") -> str:
     metric = f"final_{space.metric}"
     best = best_trial(trials, space)
     defaults = trials[trials["is_defaults"]]
@@ -409,7 +422,8 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
               _img("knobs.png", pngs["knobs.png"], "metric against each knob"),
               _img("parallel.png", pngs["parallel.png"], "parallel coordinates")]
     if importances:
-        parts.append(_table([[k, v] for k, v in importances.items()], ["knob", "importance"]))
+        parts += [f"<p class='note'>Importance: {html.escape(_importance_basis(importances, completed))}.</p>",
+                  _table([[k, v] for k, v in importances.items()], ["knob", "importance"])]
     top = trials[trials["status"] == "completed"].sort_values(metric, ascending=space.mode == "min").head(10)
     parts += ["<h2>Top trials (full budget)</h2>",
               _table([[f"#{r['optuna_number']}", r[metric], r["best_epoch"], *(r[k] for k in space.search)]
@@ -478,8 +492,8 @@ def _comparison(space: SearchSpace, best, defaults: pd.DataFrame) -> str:
     if best is None or defaults.empty:
         return "<p>No completed trial to compare.</p>"
     d = defaults.iloc[0]
-    keys = [f"final_{space.metric}", "best_val_acc", "final_val_loss", "epochs_run", "status", "images_per_s",
-            "wall_time_s", *space.search]
+    keys = dict.fromkeys([f"final_{space.metric}", "best_val_acc", "final_val_loss", "epochs_run", "status",
+                          "images_per_s", "wall_time_s", *space.search])  # (a val_loss search: its metric once)
     rows = []
     for key in keys:
         pair = (best[key], d[key])
