@@ -183,14 +183,18 @@ def _knobs(space: SearchSpace, trials: pd.DataFrame) -> bytes:
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False)
     metric = f"final_{space.metric}"
     for ax, knob in zip(axes.flat, knobs):
+        x, names = _named_choices(space, knob, trials[knob])
         for status, rows in trials.groupby("status"):
-            ax.scatter(rows[knob], rows[metric], color=STATUS_COLORS.get(status, "#000"), s=36,
+            ax.scatter(x[rows.index], rows[metric], color=STATUS_COLORS.get(status, "#000"), s=36,
                        label=status.replace("_", " "), alpha=0.85,
                        facecolors="none" if status != "completed" else STATUS_COLORS[status])
         defaults = trials[trials["is_defaults"]]
-        ax.scatter(defaults[knob], defaults[metric], marker="*", s=160, color="#4575b4", label="defaults", zorder=3)
+        ax.scatter(x[defaults.index], defaults[metric], marker="*", s=160, color="#4575b4", label="defaults", zorder=3)
         scored = trials.loc[trials[metric].notna(), knob]
-        if _doubling_choice(space, knob, trials[knob]):
+        if names:  # a choice of names (teacher: none | results/teach): one column each, in the file's order
+            ax.set_xticks(range(len(names)), names, rotation=15 if max(map(len, names)) > 8 else 0, fontsize=8)
+            ax.set_xlim(-0.5, len(names) - 0.5)
+        elif _doubling_choice(space, knob, trials[knob]):
             # batch sizes 32, 64, 128 (and the defaults' 512): evenly spaced, labelled with their values
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted(set(trials[knob].dropna())))
@@ -265,6 +269,19 @@ def _best_trial(space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFrame) 
     return _png(fig, tight=False)
 
 
+def _named_choices(space: SearchSpace, knob: str, values: pd.Series) -> tuple[pd.Series, list[str]]:
+    """A knob's values as x positions: for a choice of names, each name's place (unset, as the defaults'
+    teacher is, shows as "none", after the file's choices where it is none of them) and the names; else the
+    values themselves and no names. (matplotlib refused the unset value: "float() argument ... 'NAType'".)"""
+    dist = space.search[knob]
+    if dist.kind != "choice" or pd.api.types.is_numeric_dtype(values):
+        return values, []
+    labels = ["none" if c is None else str(c) for c in dist.choices]
+    shown = values.astype(object).where(values.notna(), "none").map(str)
+    labels += [v for v in dict.fromkeys(shown) if v not in labels]
+    return shown.map({name: float(i) for i, name in enumerate(labels)}), labels
+
+
 def _importances(exp_dir: Path) -> tuple[dict[str, float], int]:
     """Optuna's importance evaluator on the stored study (completed trials), and how many completed trials
     it had; empty if it cannot run."""
@@ -325,12 +342,12 @@ def _parallel(space: SearchSpace, trials: pd.DataFrame) -> bytes:
     scaled, labels = {}, {}
     for knob in knobs:
         dist = space.search[knob]
-        if dist.kind == "choice" and not pd.api.types.is_numeric_dtype(trials[knob]):
+        places, names = _named_choices(space, knob, trials[knob])
+        if names:
             # a choice of names (stem: patch | conv): its choices evenly spaced, in the file's order, labelled
-            positions = np.linspace(0, 1, len(dist.choices)) if len(dist.choices) > 1 else [0.5]
-            where = {choice: float(y) for choice, y in zip(dist.choices, positions)}
-            scaled[knob] = trials[knob].map(where).astype(float)  # any other value: NaN, no point
-            labels[knob] = where
+            positions = np.linspace(0, 1, len(names)) if len(names) > 1 else [0.5]
+            scaled[knob] = places.map(dict(enumerate(positions))).astype(float)
+            labels[knob] = dict(zip(names, positions))
             continue
         values = trials[knob].astype(float)  # an unset default (depth: the family's own) is NaN: no point
         if dist.kind in ("loguniform", "int-log") or _doubling_choice(space, knob, trials[knob]):

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .cli import command, console, count, duration, err_console, on_cluster, shell
-from .errors import UserError
+from .errors import ConfigError, SpaceError, UserError
 
 SECOND_PROBE_WITHIN_S = 5.0  # the smallest batch is probed too when the largest's probe took less
 SAY_PROBING_AFTER_S = 3.0  # a probe still running after Ray started (and this long): the plan says so
@@ -308,6 +308,7 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
     # batch sizes larger than the data are not sampled
     space, left_out = space.fit_to_data(len(data.train_y), data.name, args.space or str(exp_dir / SPACE_FILE))
     _print_header(space, data)
+    _check_model_sources(space, data, args.space or str(exp_dir / SPACE_FILE))
     # On a CPU the throughput probe runs while Ray starts (mostly waiting on processes); on a GPU after
     # the packing probe, which needs Ray and the whole GPU.
     early = _Probe(space, data, device) if not _packs(space, device) else None
@@ -351,6 +352,29 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
         if any(run.get(k) != v for k, v in where.items()):
             write_bytes(json.dumps({**run, **where}).encode(), exp_dir / RUN_FILE)
     return _run_and_report(space, exp_dir, data, device, args, storage_root(storage, run), ray_dir, expected_epochs)
+
+
+def _check_model_sources(space, data, origin: str) -> None:
+    """Each searched `teacher` and `init_from` value loads, with this data, before any trial: a missing or
+    mismatched one failed every trial that drew it while the others ran on (a fixed one the probe loads)."""
+    import torch
+
+    from .distill import load_teacher
+    from .model import build_model
+
+    for key in ("teacher", "init_from"):
+        dist = space.search.get(key)
+        for value in dist.choices if dist is not None and dist.kind == "choice" else ():
+            if value is None:  # (none: the trial trains without)
+                continue
+            try:
+                cfg = space.trial_config({key: value})
+                if key == "teacher":
+                    load_teacher(cfg, data, torch.device("cpu"))
+                else:
+                    build_model(cfg, data.channels, data.image_size, data.num_classes)
+            except ConfigError as exc:
+                raise SpaceError(f"{origin}: search.{key}: {exc}; every trial with it would fail") from None
 
 
 def preload(*modules: str) -> None:
