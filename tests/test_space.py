@@ -67,6 +67,13 @@ BAD = [
      "search.num_heads: 4 builds no model with embed_dim [30, 34] and model 'vit_micro'"),
     (variant(fixed__model="vit_small", fixed__num_heads=5),
      "fixed.num_heads: 5 builds no model with the model family's embed_dim and model 'vit_small'"),
+    # distillation keys where no trial distils: every trial trained alike whatever was drawn
+    (variant(search__distill_mode={"choice": ["hard", "soft"]}),
+     "search.distill_mode: has no effect without a teacher (fix or search `teacher`)"),
+    (variant(fixed__distill_weight=0.3), "fixed.distill_weight: has no effect without a teacher"),
+    (variant(fixed__teacher="results/t", search__distill_temperature={"uniform": [1.0, 5.0]}),
+     "search.distill_temperature: has no effect without soft distillation (distill_mode: soft, fixed or "
+     "searched, with a teacher): every trial would train the same whatever it is"),
 ]
 
 
@@ -83,6 +90,15 @@ def test_widths_and_head_counts_that_some_trials_can_build_are_kept():
     for search in ({"embed_dim": {"choice": [32, 48]}, "num_heads": {"choice": [3, 4]}},
                    {"embed_dim": {"int": [30, 40]}, "num_heads": {"choice": [4, 7]}},
                    {"num_heads": {"choice": [2, 8]}}):
+        assert parse_space(variant(search=search)).search.keys() == search.keys()
+
+
+def test_distillation_keys_that_some_trials_use_are_kept():
+    """A teacher searched with none among its choices, soft distillation searched: the keys act in some trials."""
+    for extra in ({"teacher": {"choice": [None, "results/t"]}, "distill_weight": {"uniform": [0.1, 0.9]}},
+                  {"teacher": {"choice": ["results/t"]}, "distill_mode": {"choice": ["hard", "soft"]},
+                   "distill_temperature": {"uniform": [1.0, 5.0]}}):
+        search = {**variant()["search"], **extra}
         assert parse_space(variant(search=search)).search.keys() == search.keys()
 
 

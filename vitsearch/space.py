@@ -280,6 +280,7 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
             except ConfigError as exc:
                 fail(f"search.{key}: {exc}")
     _check_heads(base, fixed, search, fail)
+    _check_effect(base, fixed, search, fail)
     name = raw.get("name", Path(origin).stem)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         fail(f"name {name!r} must be letters, digits, '-' and '_'")
@@ -311,6 +312,23 @@ def _check_heads(base: TrainConfig, fixed: dict, search: dict[str, Distribution]
                 where = f"search.{key}" if key in search else f"fixed.{key}" if key in fixed else key
                 fail(f"{where}: {value!r} builds no model with {' and '.join(said(k) for k in keys if k != key)} "
                      "(num_heads must divide embed_dim): every trial with it would fail")
+
+
+def _check_effect(base: TrainConfig, fixed: dict, search: dict[str, Distribution], fail) -> None:
+    """A distillation key set where no trial has a teacher (or the temperature where none distils softly)
+    changes nothing: every trial trained alike whatever was drawn, and the report ranked noise."""
+    def can_be(key: str, wanted) -> bool:
+        return any(wanted(v) for v in search[key].choices) if key in search else wanted(getattr(base, key))
+
+    needs = {"distill_mode": ("teacher", lambda v: v is not None, "a teacher (fix or search `teacher`)"),
+             "distill_weight": ("teacher", lambda v: v is not None, "a teacher (fix or search `teacher`)"),
+             "distill_temperature": ("distill_mode", lambda v: v == "soft",
+                                     "soft distillation (distill_mode: soft, fixed or searched, with a teacher)")}
+    has_teacher = can_be("teacher", lambda v: v is not None)
+    for key, (other, wanted, what) in needs.items():
+        if (key in search or key in fixed) and not (has_teacher and can_be(other, wanted)):
+            where = "search" if key in search else "fixed"
+            fail(f"{where}.{key}: has no effect without {what}: every trial would train the same whatever it is")
 
 
 def _gpus_available() -> float:
