@@ -394,12 +394,15 @@ def _to_tensor(picture, gray: bool, size: int) -> torch.Tensor:
 
 def _eight_bit(picture):
     """A 16-bit grayscale picture (`I;16`, or `I` as Pillow opens some 16-bit PNGs) scaled to 8 bits, 65535 to
-    255: Pillow's own conversion clips at 255, which turned every pixel above 255 of 65535 white. A float one
-    (`F`) of values in 0..1 scaled to 0..255."""
+    255: Pillow's own conversion clips at 255, which turned every pixel above 255 of 65535 white; one whose
+    values are all within 0..255 (8-bit data in a 16- or 32-bit file) kept as it is. A float one (`F`) of
+    values in 0..1 scaled to 0..255."""
     from PIL import Image
 
     if picture.mode == "I" or picture.mode.startswith("I;16"):
         wide = np.asarray(picture).astype(np.int64)
+        if wide.min() >= 0 and wide.max() <= 255:  # 8-bit values in a wider file (an 8-bit image saved as a
+            return Image.fromarray(wide.astype(np.uint8), "L")  # 32-bit TIFF): kept (they came out 0 and 1)
         return Image.fromarray(((np.clip(wide, 0, 65535) + 128) // 257).astype(np.uint8), "L")
     if picture.mode == "F":  # 32-bit float (scientific TIFFs): values in 0..1 are scaled to 0..255 (Pillow's
         # conversion made them 0 and 1 of 255: black images); other values are taken as 0..255, clipped
