@@ -229,6 +229,9 @@ GENERATED = {
                                 "; for a folder of class folders: imagefolder:"),
     "bad --device": (lambda t: ["train", "--set", "model=vit_micro", "--set", "image_size=16", "--device", "tpu"],
                      "invalid device 'tpu'"),
+    "--device mps": (lambda t: ["train", "--set", "model=vit_micro", "--set", "image_size=16", "--device", "mps"],
+                     "invalid device 'mps' (must be auto, cpu, cuda or cuda:N: vitsearch trains on CPUs and "
+                     "CUDA GPUs)"),
     "a search --name that leaves --out": (lambda t: ["search", "--space", "quickstart", "--name", "../x"],
                                           "--name '../x' must be a folder name inside --out"),
     "--data with --extend": (lambda t: ["search", "--extend", str(t), "--trials", "2", "--data", "fashion_mnist"],

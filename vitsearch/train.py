@@ -51,8 +51,14 @@ def resolve_device(device: str = "auto") -> torch.device:
         dev = torch.device(device)
     except RuntimeError:
         raise ConfigError(f"invalid device {device!r} (must be auto, cpu, cuda or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):  # (mps, xpu: torch names them, the trainer runs on neither; a traceback)
+        raise ConfigError(f"invalid device {device!r} (must be auto, cpu, cuda or cuda:N: vitsearch trains on CPUs "
+                          "and CUDA GPUs)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was asked for, but no CUDA GPU is available (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                          f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 
