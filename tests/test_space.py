@@ -67,6 +67,10 @@ BAD = [
      "search.num_heads: 4 builds no model with embed_dim [30, 34] and model 'vit_micro'"),
     (variant(fixed__model="vit_small", fixed__num_heads=5),
      "fixed.num_heads: 5 builds no model with the model family's embed_dim and model 'vit_small'"),
+    # a whole-number key on a continuous scale: every trial drew a fraction and failed
+    (variant(search__batch_size={"loguniform": [16, 128]}),
+     "search.batch_size.loguniform: batch_size takes whole numbers, so it would draw fractions; search it with int "
+     "or int-log (or choice)"),
     # distillation keys where no trial distils: every trial trained alike whatever was drawn
     (variant(search__distill_mode={"choice": ["hard", "soft"]}),
      "search.distill_mode: has no effect without a teacher (fix or search `teacher`)"),

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,11 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
             why = "the budget is scheduler.max_epochs" if key == "epochs" else "data is loaded once per search"
             fail(f"search.{key} cannot be searched: {why}")
         search[key] = _distribution(key, spec, fail)
+        kind = next(f.type for f in fields(TrainConfig) if f.name == key)
+        if kind.replace(" | None", "") == "int" and search[key].kind in ("uniform", "loguniform"):
+            # Optuna then draws fractions (batch_size 45.3): every trial but the defaults failed as it started
+            fail(f"search.{key}.{search[key].kind}: {key} takes whole numbers, so it would draw fractions; search it "
+                 f"with int or int-log (or choice)")
 
     try:
         base = TrainConfig.from_dict({**fixed, "epochs": max_epochs})
