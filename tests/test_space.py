@@ -67,6 +67,11 @@ BAD = [
      "search.num_heads: 4 builds no model with embed_dim [30, 34] and model 'vit_micro'"),
     (variant(fixed__model="vit_small", fixed__num_heads=5),
      "fixed.num_heads: 5 builds no model with the model family's embed_dim and model 'vit_small'"),
+    # a fixed head count that the defaults trial's width (the model's own) cannot take: it stopped the search
+    (variant(fixed__num_heads=3, search__embed_dim={"choice": [48, 96]}),
+     "the recommended defaults, every search's first trial, run TrainConfig's embed_dim unset (model vit_micro's "
+     "own): num_heads 3 does not divide embed_dim 64 there, so that trial builds no model; fix embed_dim instead of "
+     "searching, or a fixed num_heads that divides 64"),
     # a whole-number key on a continuous scale: every trial drew a fraction and failed
     (variant(search__batch_size={"loguniform": [16, 128]}),
      "search.batch_size.loguniform: batch_size takes whole numbers, so it would draw fractions; search it with int "

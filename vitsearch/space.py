@@ -317,6 +317,19 @@ def _check_heads(base: TrainConfig, fixed: dict, search: dict[str, Distribution]
                 where = f"search.{key}" if key in search else f"fixed.{key}" if key in fixed else key
                 fail(f"{where}: {value!r} builds no model with {' and '.join(said(k) for k in keys if k != key)} "
                      "(num_heads must divide embed_dim): every trial with it would fail")
+    # The first trial runs TrainConfig's value of each searched key (embed_dim unset: the model's own width); a
+    # fixed head count that divides only the searched widths stopped the search with "must divide embed_dim 64".
+    first = {k: getattr(TrainConfig(), k) if k in search else getattr(base, k) for k in keys}
+    shape = width_and_heads(first["model"], first["embed_dim"], first["num_heads"])
+    if shape is not None and shape[0] % shape[1]:
+        drawn = [k for k in keys if k in search]  # at TrainConfig's value in that trial
+        said = ", ".join(f"{k} {first[k]!r}" if first[k] is not None else f"{k} unset (model {first['model']}'s "
+                         f"own)" for k in drawn)
+        other = " or a fixed num_heads that divides " + str(shape[0]) if "num_heads" in fixed else \
+            " or a fixed embed_dim that " + str(shape[1]) + " divides" if "embed_dim" in fixed else ""
+        fail(f"the recommended defaults, every search's first trial, run TrainConfig's {said}: num_heads {shape[1]} "
+             f"does not divide embed_dim {shape[0]} there, so that trial builds no model; fix "
+             f"{' and '.join(drawn)} instead of searching{',' if other else ''}{other}")
 
 
 def _check_effect(base: TrainConfig, fixed: dict, search: dict[str, Distribution], fail) -> None:
