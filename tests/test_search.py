@@ -504,6 +504,26 @@ def test_a_report_on_val_loss_compares_it_once(tiny_search, tmp_path):
     assert page.count("<td>final_val_loss</td>") == 1 and page.count("<td>best_val_acc</td>") == 1
 
 
+def test_an_experiment_made_before_a_space_check_is_still_reported(tiny_search, tmp_path):
+    """Checks that refuse a new space for wasting its trials (here batch_size on a uniform scale, which drew
+    fractions) do not refuse an experiment already made with such a space: its trials ran, its report is due."""
+    import shutil
+
+    exp, _ = tiny_search
+    copy = tmp_path / exp.name
+    shutil.copytree(exp, copy, ignore=shutil.ignore_patterns("ray", "checkpoints"))
+    space = yaml.safe_load((copy / "space.yaml").read_text())
+    space["search"]["batch_size"] = {"uniform": [32, 64]}
+    (copy / "space.yaml").write_text(yaml.safe_dump(space))
+    run = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**run, "space": json.loads(json.dumps(space))}))
+    assert search("--space", str(copy / "space.yaml"), "--out", str(tmp_path)).returncode == 2  # refused anew
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(copy)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Best trial against the recommended defaults" in (copy / "report.html").read_text()
+
+
 def test_report_of_a_folder_that_is_no_experiment(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(tmp_path)], capture_output=True,
                           text=True, timeout=300)

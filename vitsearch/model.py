@@ -93,7 +93,8 @@ def _search_folder(path: Path) -> str | None:
         from .report import best_trial
         from .space import parse_space
 
-        best = best_trial(pd.read_parquet(path / "trials.parquet"), parse_space(read_yaml(path / "space.yaml")))
+        space = parse_space(read_yaml(path / "space.yaml"), new=False)
+        best = best_trial(pd.read_parquet(path / "trials.parquet"), space)
         found = path / "checkpoints" / str(best["trial_id"]) / "checkpoint.pt" if best is not None else None
     except Exception:  # a search still running, or files of another version: the general hint
         found = None

@@ -196,7 +196,10 @@ def load_space(name: str) -> SearchSpace:
     return parse_space(raw, origin=str(path))
 
 
-def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
+def parse_space(raw: Any, origin: str = "space", new: bool = True) -> SearchSpace:
+    """A search space from its parsed YAML. `new`: also refuse what would waste the trials (values no trial
+    can build or that change nothing); an existing experiment's space (`experiment_space`) is read without
+    those checks, so that one made before a check was added is still reported, resumed and extended."""
     def fail(message: str):
         raise SpaceError(f"{origin}: {message}")
 
@@ -269,7 +272,7 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
             fail(f"search.{key} cannot be searched: {why}")
         search[key] = _distribution(key, spec, fail)
         kind = next(f.type for f in fields(TrainConfig) if f.name == key)
-        if kind.replace(" | None", "") == "int" and search[key].kind in ("uniform", "loguniform"):
+        if new and kind.replace(" | None", "") == "int" and search[key].kind in ("uniform", "loguniform"):
             # Optuna then draws fractions (batch_size 45.3): every trial but the defaults failed as it started
             fail(f"search.{key}.{search[key].kind}: {key} takes whole numbers, so it would draw fractions; search it "
                  f"with int or int-log (or choice)")
@@ -284,8 +287,9 @@ def parse_space(raw: Any, origin: str = "space") -> SearchSpace:
                 base.replace(**{key: bound})
             except ConfigError as exc:
                 fail(f"search.{key}: {exc}")
-    _check_heads(base, fixed, search, fail)
-    _check_effect(base, fixed, search, fail)
+    if new:
+        _check_heads(base, fixed, search, fail)
+        _check_effect(base, fixed, search, fail)
     name = raw.get("name", Path(origin).stem)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         fail(f"name {name!r} must be letters, digits, '-' and '_'")
@@ -429,7 +433,7 @@ def experiment_space(exp_dir: Path, flag: str) -> SearchSpace:
                           "but its trials were drawn from the space as it was; restore the file (more trials: "
                           "--extend with --trials N), or copy the edited one elsewhere and start a new search with "
                           "--space COPY")
-    return parse_space(raw, origin=str(path))
+    return parse_space(raw, origin=str(path), new=False)
 
 
 def _first_change(before: Any, now: Any, where: str = "") -> str | None:
