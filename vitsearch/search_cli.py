@@ -357,14 +357,17 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
 def _check_model_sources(space, data, origin: str) -> None:
     """Each searched `teacher` and `init_from` value loads, with this data, before any trial: a missing or
     mismatched one failed every trial that drew it while the others ran on (a fixed one the probe loads)."""
+    searched = [key for key in ("teacher", "init_from") if key in space.search]
+    if not searched:  # (the usual case: nothing to import, the trainer's imports stay on the probe's thread)
+        return
     import torch
 
     from .distill import load_teacher
     from .model import build_model
 
-    for key in ("teacher", "init_from"):
-        dist = space.search.get(key)
-        for value in dist.choices if dist is not None and dist.kind == "choice" else ():
+    for key in searched:
+        dist = space.search[key]
+        for value in dist.choices if dist.kind == "choice" else ():
             if value is None:  # (none: the trial trains without)
                 continue
             try:
