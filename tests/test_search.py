@@ -481,8 +481,9 @@ def test_the_importance_estimate_says_how_many_completed_trials_it_rests_on(tiny
         assert "Warning" not in proc.stderr, proc.stderr
         pages.append((copy / "report.html").read_text())
     assert "<th>knob</th><th>importance</th>" not in pages[0]
-    assert "over the 2 completed trials: fewer than the 2 knobs plus one, so this ranking is a guess" in pages[1]
-    assert "over the 4 completed trials." in pages[2] and "a guess" not in pages[2]
+    assert "over the 2 trials the study holds as complete (full budget, and diverged ones at the worst value): " \
+           "fewer than the 2 knobs plus one, so this ranking is a guess" in pages[1]
+    assert "over the 4 trials the study holds as complete" in pages[2] and "a guess" not in pages[2]
 
 
 def test_a_report_on_val_loss_compares_it_once(tiny_search, tmp_path):

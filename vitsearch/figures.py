@@ -283,8 +283,8 @@ def _named_choices(space: SearchSpace, knob: str, values: pd.Series) -> tuple[pd
 
 
 def _importances(exp_dir: Path) -> tuple[dict[str, float], int]:
-    """Optuna's importance evaluator on the stored study (completed trials), and how many completed trials
-    it had; empty if it cannot run."""
+    """Optuna's importance evaluator on the stored study (its COMPLETE trials: full budget, and diverged ones
+    at the worst value), and how many it had; empty if it cannot run."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -309,7 +309,8 @@ def _importances(exp_dir: Path) -> tuple[dict[str, float], int]:
 def _importance_basis(importances: dict[str, float], completed: int) -> str:
     """What the importance estimate rests on: a forest fitted to `completed` points ranks K knobs by chance
     where it has no more points than knobs (2 completed trials over 3 knobs: 0.50 / 0.50 / 0)."""
-    text = f"Optuna's default evaluator over the {completed} completed trials"
+    text = (f"Optuna's default evaluator over the {completed} trials the study holds as complete (full budget, "
+            "and diverged ones at the worst value)")
     if completed <= len(importances):
         text += f": fewer than the {len(importances)} knobs plus one, so this ranking is a guess (--extend the search)"
     return text
@@ -323,7 +324,7 @@ def _importance_chart(space: SearchSpace, importances: dict[str, float], complet
         names = list(reversed(importances))
         ax.barh(names, [importances[n] for n in names], color="#4575b4")
         guess = completed <= len(importances)
-        ax.set(xlabel=f"importance (Optuna's default evaluator, {completed} completed trials"
+        ax.set(xlabel=f"importance (Optuna's default evaluator, {completed} complete trials"
                       f"{': a guess' if guess else ''})")
     else:
         ax.text(0.5, 0.5, "not enough completed trials for an importance estimate", ha="center", va="center")
