@@ -144,29 +144,38 @@ def test_reproduce_of_a_search_with_a_teacher_checks_every_seed_before_training(
 
 def test_a_search_over_teachers_checks_each_before_any_trial_and_plots_them(teacher_run, tmp_path):
     """`teacher` searched as a choice with none: a missing teacher failed every trial that drew it while the
-    search ran on; and the report's knobs figure stopped the search with a traceback (the defaults trial's
-    unset teacher: "float() argument must be ... not 'NAType'"), after the trials, before report.html."""
+    search ran on; the report's knobs figure stopped the search with a traceback (the defaults trial's unset
+    teacher: "float() argument must be ... not 'NAType'"), after the trials, before report.html; and a relative
+    teacher stayed relative in trials.parquet and best_config.yaml, which `train --config` from another folder
+    did not find. Run from the teacher's parent folder, naming it `teacher`."""
     fixed = {k: v for k, v in micro_config(data_subset=640).to_dict().items() if k in (
         "model", "data", "image_size", "patch_size", "data_subset", "val_fraction", "lr_scaling")}
     space = {"name": "t", "metric": "val_acc", "mode": "max", "num_samples": 4, "seed": 1,
              "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2}, "fixed": fixed,
              "search": {"lr": {"loguniform": [1e-3, 3e-3]}, "batch_size": {"choice": [64]},
-                        "teacher": {"choice": [None, str(tmp_path / "missing")]}}}
+                        "teacher": {"choice": [None, "missing"]}}}
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True,
+                              timeout=600, cwd=teacher_run.parent)
+
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(space))
-    proc = main("search", "--space", str(tmp_path / "t.yaml"), "--out", str(tmp_path), "--name", "t")
+    proc = run("search", "--space", str(tmp_path / "t.yaml"), "--out", str(tmp_path), "--name", "t")
     assert proc.returncode == 2 and proc.stderr.strip() == (
-        f"error: {tmp_path / 't.yaml'}: search.teacher: invalid value for 'teacher': {str(tmp_path / 'missing')!r} "
-        "(no such run folder or checkpoint; train the teacher first, e.g. `python main.py train --config "
+        f"error: {tmp_path / 't.yaml'}: search.teacher: invalid value for 'teacher': 'missing' (no such run folder "
+        "or checkpoint; train the teacher first, e.g. `python main.py train --config "
         "configs/teacher_effnet_lite0.yaml`); every trial with it would fail"), proc.stderr
     assert not (tmp_path / "t").exists()
-    space["search"]["teacher"]["choice"] = [None, str(teacher_run)]
+    space["search"]["teacher"]["choice"] = [None, teacher_run.name]
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(space))
-    proc = main("search", "--space", str(tmp_path / "t.yaml"), "--out", str(tmp_path), "--name", "t")
+    proc = run("search", "--space", str(tmp_path / "t.yaml"), "--out", str(tmp_path), "--name", "t")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     trials = pd.read_parquet(tmp_path / "t" / "trials.parquet")
     assert set(trials["teacher"].dropna()) == {str(teacher_run)} and trials["teacher"].isna().any()
     assert (trials["status"] == "completed").all()
     assert (tmp_path / "t" / "knobs.png").stat().st_size > 5000 and (tmp_path / "t" / "report.html").is_file()
+    assert yaml.safe_load((tmp_path / "t" / "space.yaml").read_text())["search"]["teacher"]["choice"] == [
+        None, str(teacher_run)]
 
 
 def test_linformer_projects_keys_to_k_and_trains():

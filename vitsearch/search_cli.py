@@ -399,14 +399,23 @@ def preload(*modules: str) -> None:
 
 def load_space_arg(name: str, data: str | None):
     """A new search's space, with --data, and its relative paths made absolute (see `absolute_paths`)."""
-    from .config import absolute_paths
+    from .config import PATH_KEYS, absolute_paths
     from .space import load_space, parse_space
 
     space = load_space(name)
     space = space.with_data(data) if data else space
     fixed = space.source.get("fixed") or {}
     absolute = absolute_paths(fixed, os.getcwd())
-    return space if absolute == fixed else parse_space({**space.source, "fixed": absolute}, origin=space.name)
+    # a searched choice of teachers (or init_from) too: best_config.yaml named the best trial's `results/teach`
+    # as written, which `train --config` from another folder did not find (or found another teacher there)
+    search = dict(space.source.get("search") or {})
+    for key in PATH_KEYS:
+        spec = search.get(key)
+        if isinstance(spec, dict) and isinstance(spec.get("choice"), list):
+            search[key] = {**spec, "choice": [absolute_paths({key: v}, os.getcwd())[key] for v in spec["choice"]]}
+    if absolute == fixed and search == (space.source.get("search") or {}):
+        return space
+    return parse_space({**space.source, "fixed": absolute, "search": search}, origin=space.name)
 
 
 def _existing(exp_dir: Path, flag: str):
