@@ -76,6 +76,31 @@ def test_half_precision_on_a_cpu_and_a_subset_larger_than_the_data_are_said(tmp_
     assert plain.returncode == 0 and "note:" not in plain.stdout, plain.stdout
 
 
+def test_a_class_the_split_leaves_without_training_images_is_said(tmp_path):
+    """The split is random: a class of one image in a folder of 1 + 8 can land only in validation (seed 10 puts it
+    there), where no run can learn it. Training went on without a word; seed 0 keeps it in training."""
+    from conftest import digit_images
+    from PIL import Image
+
+    images, labels = digit_images(120, 16)
+    ones = [img for img, label in zip(images, labels) if label == 1][:8]
+    zero = next(img for img, label in zip(images, labels) if label == 0)
+    assert len(ones) == 8
+    for name, pictures in (("a", [zero]), ("b", ones)):
+        (tmp_path / "pics" / name).mkdir(parents=True)
+        for i, img in enumerate(pictures):
+            Image.fromarray(img).save(tmp_path / "pics" / name / f"{i}.png")
+    outputs = {}
+    for seed in (10, 0):
+        proc = run("train", "--data", f"imagefolder:{tmp_path / 'pics'}", "--set", "model=vit_micro", "epochs=1",
+                   "batch_size=2", f"seed={seed}", "--device", "cpu", "--out", str(tmp_path / "out"))
+        assert proc.returncode == 0, proc.stderr
+        outputs[seed] = " ".join(proc.stdout.split())
+    assert "note: 1 of 2 classes ('a') has no training image after the split (seed, val_fraction, data_subset): no " \
+           "run can learn them; add images of them, or lower val_fraction" in outputs[10], outputs[10]
+    assert "note:" not in outputs[0], outputs[0]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "lr=-1"], "invalid value for 'lr': -1.0"),
     (["--set", "modle=vit_micro"], "unknown config key 'modle'; valid keys"),

@@ -190,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .config import TrainConfig, absolute_paths, auto_patch_size, changed_keys, load_config
-    from .data import load_data, subset_note
+    from .data import load_data, subset_note, untrained_note
     from .files import (
         check_folder,
         check_name,
@@ -268,7 +268,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                      if cfg.lr_scaling != "none" else f"lr {cfg.lr:.3g} (not scaled by the batch)")
                   + (f", {cfg.distill_mode} distillation (weight {cfg.distill_share:g}) from {cfg.teacher}"
                      if cfg.teacher else ""), highlight=False)
-    for note in (half_on_cpu_note(cfg.precision, resolve_device(args.device)), subset_note(cfg.data_subset, data)):
+    for note in (half_on_cpu_note(cfg.precision, resolve_device(args.device)), subset_note(cfg.data_subset, data),
+                 untrained_note(data)):
         if note:
             console.print(note, highlight=False)
     rows: list[dict] = done.to_dict("records") if done is not None else []

@@ -216,6 +216,19 @@ def split(name: str, images: torch.Tensor, labels: torch.Tensor, classes: list[s
                      images[val_idx].contiguous(), labels[val_idx].contiguous(), classes)
 
 
+def untrained_note(data: ImageData) -> str | None:
+    """A line where the (random, unstratified) split leaves a class without training images: no run can learn
+    it, and validation counts its images as errors (a folder of 1 + 8 images said nothing)."""
+    counts = torch.bincount(torch.as_tensor(data.train_y), minlength=data.num_classes)
+    missing = [data.classes[i] for i in range(data.num_classes) if counts[i] == 0]
+    if not missing:
+        return None
+    shown = ", ".join(repr(c) for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    verb = "has" if len(missing) == 1 else "have"
+    return (f"note: {len(missing)} of {data.num_classes} classes ({shown}) {verb} no training image after the split "
+            "(seed, val_fraction, data_subset): no run can learn them; add images of them, or lower val_fraction")
+
+
 def subset_note(data_subset: int | None, data: ImageData) -> str | None:
     """A line where `data_subset` asks for more training images than the split leaves (they are all used; the
     count in the first line was the only sign)."""

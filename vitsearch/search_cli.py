@@ -552,14 +552,15 @@ def _packing(space, data, device: str, earlier: dict | None):
 def _print_header(space, data) -> None:
     """The plan's first line, as soon as the data is loaded (Ray's start and the probe come after it:
     ViT-S's probe on a CPU takes about a minute)."""
-    from .data import subset_note
+    from .data import subset_note, untrained_note
 
     console.print(f"[bold]search[/] {space.name}: {count(space.num_samples, 'trial')} x <= {space.max_epochs} epochs, "
                   f"ASHA grace {space.grace_period} / factor {space.reduction_factor}, metric {space.metric} "
                   f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val",
                   highlight=False, soft_wrap=True)
-    if note := subset_note(space.trial_config({}).data_subset, data):
-        console.print(note, highlight=False, soft_wrap=True)
+    for note in (subset_note(space.trial_config({}).data_subset, data), untrained_note(data)):
+        if note:
+            console.print(note, highlight=False, soft_wrap=True)
 
 
 def _half_on_cpu(space, device: str, args) -> str | None:
