@@ -53,7 +53,10 @@ FILE_CASES = {
 
 
 def run_cli(argv, capsys) -> str:
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors (one line, see _Parser.error)
+        code = exc.code
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
@@ -232,6 +235,13 @@ GENERATED = {
     "--device mps": (lambda t: ["train", "--set", "model=vit_micro", "--set", "image_size=16", "--device", "mps"],
                      "invalid device 'mps' (must be auto, cpu, cuda or cuda:N: vitsearch trains on CPUs and "
                      "CUDA GPUs)"),
+    "KEY=VALUE after another option of train": (
+        lambda t: ["train", "--set", "model=vit_micro", "--out", str(t / "out"), "lr=1e-3", "epochs=2"],
+        "unrecognized arguments: lr=1e-3 epochs=2; KEY=VALUE pairs go right after --set, before any other option "
+        "(--set lr=1e-3 epochs=2)"),
+    "KEY=VALUE given to search": (lambda t: ["search", "--space", "quickstart", "lr=1e-3"],
+                                  "search takes no KEY=VALUE pairs: TrainConfig values go in the space file's "
+                                  "fixed: section"),
     "a search --name that leaves --out": (lambda t: ["search", "--space", "quickstart", "--name", "../x"],
                                           "--name '../x' must be a folder name inside --out"),
     "--data with --extend": (lambda t: ["search", "--extend", str(t), "--trials", "2", "--data", "fashion_mnist"],

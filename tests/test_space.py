@@ -83,6 +83,10 @@ BAD = [
     (variant(fixed__teacher="results/t", search__distill_temperature={"uniform": [1.0, 5.0]}),
      "search.distill_temperature: has no effect without soft distillation (distill_mode: soft, fixed or "
      "searched, with a teacher): every trial would train the same whatever it is"),
+    # lr_base_batch where lr is used as given (the quickstart's lr_scaling: none): it scaled nothing
+    (variant(fixed__lr_scaling="none", search__lr_base_batch={"choice": [256, 512]}),
+     "search.lr_base_batch: has no effect without lr_scaling linear or sqrt (with none, lr is the rate used "
+     "whatever the batch)"),
 ]
 
 
@@ -103,10 +107,12 @@ def test_widths_and_head_counts_that_some_trials_can_build_are_kept():
 
 
 def test_distillation_keys_that_some_trials_use_are_kept():
-    """A teacher searched with none among its choices, soft distillation searched: the keys act in some trials."""
+    """A teacher searched with none among its choices, soft distillation searched, lr scaling searched with none
+    among its choices: the keys act in some trials."""
     for extra in ({"teacher": {"choice": [None, "results/t"]}, "distill_weight": {"uniform": [0.1, 0.9]}},
                   {"teacher": {"choice": ["results/t"]}, "distill_mode": {"choice": ["hard", "soft"]},
-                   "distill_temperature": {"uniform": [1.0, 5.0]}}):
+                   "distill_temperature": {"uniform": [1.0, 5.0]}},
+                  {"lr_scaling": {"choice": ["none", "sqrt"]}, "lr_base_batch": {"int-log": [64, 1024]}}):
         search = {**variant()["search"], **extra}
         assert parse_space(variant(search=search)).search.keys() == search.keys()
 

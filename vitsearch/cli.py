@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -153,7 +154,10 @@ def run() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{_pairs_hint(args.command, extra)}")
     try:
         if args.command == "train":
             return cmd_train(args)
@@ -170,6 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return _stop_code()
+
+
+def _pairs_hint(command: str, extra: list[str]) -> str:
+    """`train --set lr=1e-3 --out x epochs=5` left `epochs=5` to no option: say where KEY=VALUE goes."""
+    if not all(re.match(r"[A-Za-z_]\w*=", token) for token in extra):
+        return ""
+    if command == "train":
+        return f"; KEY=VALUE pairs go right after --set, before any other option (--set {' '.join(extra)})"
+    return f"; {command} takes no KEY=VALUE pairs: TrainConfig values go in the space file's fixed: section" \
+        if command == "search" else f"; {command} takes no KEY=VALUE pairs"
 
 
 def _stop_code() -> int:

@@ -337,18 +337,22 @@ def _check_heads(base: TrainConfig, fixed: dict, search: dict[str, Distribution]
 
 
 def _check_effect(base: TrainConfig, fixed: dict, search: dict[str, Distribution], fail) -> None:
-    """A distillation key set where no trial has a teacher (or the temperature where none distils softly)
-    changes nothing: every trial trained alike whatever was drawn, and the report ranked noise."""
+    """A distillation key set where no trial has a teacher (or the temperature where none distils softly), or
+    lr_base_batch where lr is not scaled, changes nothing: every trial trained alike whatever was drawn, and the
+    report ranked noise."""
     def can_be(key: str, wanted) -> bool:
         return any(wanted(v) for v in search[key].choices) if key in search else wanted(getattr(base, key))
 
+    has_teacher = can_be("teacher", lambda v: v is not None)
     needs = {"distill_mode": ("teacher", lambda v: v is not None, "a teacher (fix or search `teacher`)"),
              "distill_weight": ("teacher", lambda v: v is not None, "a teacher (fix or search `teacher`)"),
-             "distill_temperature": ("distill_mode", lambda v: v == "soft",
-                                     "soft distillation (distill_mode: soft, fixed or searched, with a teacher)")}
-    has_teacher = can_be("teacher", lambda v: v is not None)
+             "distill_temperature": ("distill_mode", lambda v: v == "soft" and has_teacher,
+                                     "soft distillation (distill_mode: soft, fixed or searched, with a teacher)"),
+             # lr_scaling none uses lr as given whatever the batch: lr_base_batch then scales nothing
+             "lr_base_batch": ("lr_scaling", lambda v: v != "none", "lr_scaling linear or sqrt (with none, lr is "
+                               "the rate used whatever the batch)")}
     for key, (other, wanted, what) in needs.items():
-        if (key in search or key in fixed) and not (has_teacher and can_be(other, wanted)):
+        if (key in search or key in fixed) and not can_be(other, wanted):
             where = "search" if key in search else "fixed"
             fail(f"{where}.{key}: has no effect without {what}: every trial would train the same whatever it is")
 
