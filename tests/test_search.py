@@ -865,6 +865,10 @@ def test_a_reproduce_of_a_search_whose_best_is_the_defaults_trains_them_once(tmp
     (tmp_path / "one.yaml").write_text(yaml.safe_dump({**TINY, "num_samples": 1}))  # the defaults' trial alone
     proc = search("--space", str(tmp_path / "one.yaml"), "--out", str(tmp_path), "--name", "one")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    # a search of one trial draws nothing from its space, and says so (it did not)
+    said = " ".join(proc.stdout.split())
+    assert "note: num_samples 1 runs only the recommended defaults (every search's first trial): nothing is drawn " \
+           f"from search: ({', '.join(sorted(TINY['search']))}); --extend adds drawn trials" in said
     exp = tmp_path / "one"
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "reproduce", "--from", str(exp), "--seeds", "2"],
                           capture_output=True, text=True, timeout=600)

@@ -558,7 +558,10 @@ def _print_header(space, data) -> None:
                   f"ASHA grace {space.grace_period} / factor {space.reduction_factor}, metric {space.metric} "
                   f"({space.mode}); data {data.name}: {len(data.train_y)} train / {len(data.val_y)} val",
                   highlight=False, soft_wrap=True)
-    for note in (subset_note(space.trial_config({}).data_subset, data), untrained_note(data)):
+    # num_samples 1: the one trial is the recommended defaults; nothing was drawn, and nothing said so
+    alone = None if space.num_samples > 1 else "note: num_samples 1 runs only the recommended defaults (every " \
+        f"search's first trial): nothing is drawn from search: ({', '.join(space.search)}); --extend adds drawn trials"
+    for note in (alone, subset_note(space.trial_config({}).data_subset, data), untrained_note(data)):
         if note:
             console.print(note, highlight=False, soft_wrap=True)
 
