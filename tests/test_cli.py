@@ -256,3 +256,11 @@ def test_resume_on_data_that_changed_since_is_one_line(image_folder, tmp_path):
     proc = run("train", "--resume", str(run_dir))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert pd.read_parquet(run_dir / "epochs.parquet")["epoch"].tolist() == [1, 2, 3]
+
+
+def test_times_are_said_in_units_people_read():
+    """A CPU-only ViT-S search's estimate said "1468.5 h"; past three days it is said in days."""
+    from vitsearch.cli import duration
+
+    assert [duration(s) for s in (45, 720, 12_600, 71 * 3600, 1468.5 * 3600)] == \
+        ["45 s", "12 min", "3.5 h", "71.0 h", "61 days"]

@@ -92,12 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def duration(seconds: float) -> str:
-    """A time for people: 45 s, 12 min, 3.5 h."""
+    """A time for people: 45 s, 12 min, 3.5 h, 61 days (ViT-S on a CPU: it said 1468.5 h)."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 72 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:,.0f} days"
 
 
 def _prog() -> str:
