@@ -372,6 +372,24 @@ def _coerce(key: str, value: Any, kind: str) -> Any:
     raise ConfigError(f"invalid value for {key!r}: {value!r} (must be {expected})")
 
 
+def idle_keys_note(cfg: TrainConfig) -> str | None:
+    """A note for keys set away from their defaults that this config never reads (`--set distill_mode=soft`
+    without a teacher trained as without it, and said nothing). Not an error: a search's best_config.yaml may
+    rightly hold such keys, drawn for a trial whose drawn teacher was none. Spaces refuse them (space.py)."""
+    default = TrainConfig()
+    idle = []
+    if cfg.teacher is None:
+        idle += [(k, "without a teacher") for k in ("distill_mode", "distill_weight", "distill_temperature")
+                 if getattr(cfg, k) != getattr(default, k)]
+    elif cfg.distill_mode != "soft" and cfg.distill_temperature != default.distill_temperature:
+        idle.append(("distill_temperature", f"with distill_mode {cfg.distill_mode} (it acts on soft distillation)"))
+    if cfg.lr_scaling == "none" and cfg.lr_base_batch != default.lr_base_batch:
+        idle.append(("lr_base_batch", "with lr_scaling none (lr is the rate used whatever the batch)"))
+    if not idle:
+        return None
+    return "note: " + "; ".join(f"{k} {getattr(cfg, k)!r} has no effect {why}" for k, why in idle)
+
+
 def changed_keys(cfg: TrainConfig, saved: dict[str, Any]) -> list[str]:
     """The keys whose value in `cfg` differs from `saved` (a run's or a checkpoint's config), in field order."""
     return [k for k, v in cfg.to_dict().items() if saved.get(k) != v]
