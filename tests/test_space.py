@@ -65,6 +65,15 @@ BAD = [
      "embed_dim): every trial with it would fail"),
     (variant(search__embed_dim={"choice": [30, 34]}, search__num_heads={"choice": [4, 8]}),
      "search.num_heads: 4 builds no model with embed_dim [30, 34] and model 'vit_micro'"),
+    # a range of widths most of which a fixed head count does not divide: 5 of 6 trials failed as they started
+    (variant(fixed__num_heads=4, search__embed_dim={"int": [32, 96]}),
+     "search.embed_dim: int [32, 96] draws 48 of 65 values that build no model with num_heads 4 and model "
+     "'vit_micro' (num_heads must divide embed_dim: 33, 34, 35, 37, 38, ...): every trial that drew one would fail; "
+     "search a choice of those that build (choice: [32, 36, 40, 44, 48, 52, 56, 60, ...])"),
+    (variant(search__num_heads={"int": [2, 8]}),
+     "search.num_heads: int [2, 8] draws 4 of 7 values that build no model with the model family's embed_dim and "
+     "model 'vit_micro' (num_heads must divide embed_dim: 3, 5, 6, 7): every trial that drew one would fail; "
+     "search a choice of those that build (choice: [2, 4, 8])"),
     (variant(fixed__model="vit_small", fixed__num_heads=5),
      "fixed.num_heads: 5 builds no model with the model family's embed_dim and model 'vit_small'"),
     # a fixed head count that the defaults trial's width (the model's own) cannot take: it stopped the search
@@ -99,9 +108,11 @@ def test_bad_spaces_are_rejected_with_the_rule(raw, message):
 
 
 def test_widths_and_head_counts_that_some_trials_can_build_are_kept():
-    """A searched width with a searched head count where some pairs fit (48/3, 32/4): kept, as are ranges."""
+    """A searched width with a searched head count where some pairs fit (48/3, 32/4): kept, as are ranges whose
+    every value builds with some of the others' values."""
     for search in ({"embed_dim": {"choice": [32, 48]}, "num_heads": {"choice": [3, 4]}},
-                   {"embed_dim": {"int": [30, 40]}, "num_heads": {"choice": [4, 7]}},
+                   {"embed_dim": {"int": [30, 40]}, "num_heads": {"choice": [1, 4]}},
+                   {"embed_dim": {"int-log": [32, 4096]}, "num_heads": {"int": [1, 2]}},
                    {"num_heads": {"choice": [2, 8]}}):
         assert parse_space(variant(search=search)).search.keys() == search.keys()
 

@@ -301,26 +301,52 @@ def parse_space(raw: Any, origin: str = "space", new: bool = True) -> SearchSpac
 
 def _check_heads(base: TrainConfig, fixed: dict, search: dict[str, Distribution], fail) -> None:
     """num_heads must divide embed_dim: a head count, width or model that builds with none of what the trials
-    can draw for the others is refused. Each trial with it failed as its model was built."""
+    can draw for the others is refused. Each trial with it failed as its model was built. A range is checked
+    value by value (`embed_dim: {int: [32, 96]}` with 4 heads: 5 of 6 trials failed)."""
     keys = ("num_heads", "embed_dim", "model")
-    if any(k in search and search[k].kind != "choice" for k in keys):
-        return  # a range of widths or heads: some of it may fit, and the trials that do not fail with the reason
-    options = {k: search[k].choices if k in search else (getattr(base, k),) for k in keys}
+
+    def values(key: str) -> tuple | None:
+        if key not in search:
+            return (getattr(base, key),)
+        dist = search[key]
+        if dist.kind == "choice":
+            return dist.choices
+        if dist.kind in ("int", "int-log") and dist.high - dist.low < 20_000:
+            return tuple(range(int(dist.low), int(dist.high) + 1))
+        return None  # a float scale is refused elsewhere (whole numbers); a vast range is left to its trials
+
+    options = {k: values(k) for k in keys}
+    if any(v is None for v in options.values()) or math.prod(len(v) for v in options.values()) > 20_000:
+        return
     built = [combo for combo in itertools.product(*options.values()) if
              (shape := width_and_heads(combo[2], combo[1], combo[0])) is None or shape[0] % shape[1] == 0]
 
     def said(key: str) -> str:
-        values = options[key]
         if key in search:
-            return f"{key} {list(values)}"
-        return f"the model family's {key}" if values[0] is None else f"{key} {values[0]!r}"
+            dist = search[key]
+            return f"{key} {list(dist.choices)}" if dist.kind == "choice" else f"{key} {dist.describe()}"
+        value = options[key][0]
+        return f"the model family's {key}" if value is None else f"{key} {value!r}"
+
+    def listed(items: list, most: int) -> str:
+        return ", ".join(map(str, items[:most])) + (", ..." if len(items) > most else "")
 
     for i, key in enumerate(keys):
-        for value in options[key]:
-            if value is not None and not any(combo[i] == value for combo in built):
-                where = f"search.{key}" if key in search else f"fixed.{key}" if key in fixed else key
-                fail(f"{where}: {value!r} builds no model with {' and '.join(said(k) for k in keys if k != key)} "
-                     "(num_heads must divide embed_dim): every trial with it would fail")
+        fits = {combo[i] for combo in built}
+        bad = [v for v in options[key] if v is not None and v not in fits]
+        if not bad:
+            continue
+        where = f"search.{key}" if key in search else f"fixed.{key}" if key in fixed else key
+        others = " and ".join(said(k) for k in keys if k != key)
+        if key in search and search[key].kind != "choice":
+            good = [v for v in options[key] if v in fits]
+            fix = f"search a choice of those that build (choice: [{listed(good, 8)}])" if good else \
+                "none of it builds"
+            fail(f"{where}: {search[key].describe()} draws {len(bad)} of {len(options[key])} values that build no "
+                 f"model with {others} (num_heads must divide embed_dim: {listed(bad, 5)}): every trial that "
+                 f"drew one would fail; {fix}")
+        fail(f"{where}: {bad[0]!r} builds no model with {others} (num_heads must divide embed_dim): every trial "
+             "with it would fail")
     # The first trial runs TrainConfig's value of each searched key (embed_dim unset: the model's own width); a
     # fixed head count that divides only the searched widths stopped the search with "must divide embed_dim 64".
     first = {k: getattr(TrainConfig(), k) if k in search else getattr(base, k) for k in keys}
