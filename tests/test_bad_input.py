@@ -115,6 +115,16 @@ def _file(path: Path) -> Path:
 TRUNCATED_PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def _linformer_space(tmp: Path) -> Path:
+    """A micro ViT at 16 px, patch 4 (16 patches and the class token) with linformer_k searched up to 40."""
+    path = tmp / "lk.yaml"
+    path.write_text("num_samples: 4\nscheduler: {max_epochs: 2, grace_period: 1, reduction_factor: 2}\n"
+                    "resources: {cpu: 1}\nfixed: {model: vit_micro, image_size: 16, patch_size: 4, "
+                    "attention: linformer, data_subset: 300, batch_size: 64}\nsearch:\n"
+                    "  linformer_k: {int: [2, 40]}\n")
+    return path
+
+
 def _empty_class(tmp: Path) -> Path:
     root = _image_folder(tmp / "img", (".hidden", b""))  # skipped, as hidden files are
     (root / "c").mkdir()
@@ -227,6 +237,11 @@ GENERATED = {
                                        "cannot be used: Unrecognized filesystem type"),
     "--storage where no folder can be made": (lambda t: ["search", "--space", "quickstart", "--storage", "/proc/x/y"],
                                               "cannot make a folder in '/proc'"),
+    "a searched linformer_k beyond the tokens": (
+        lambda t: ["search", "--space", str(_linformer_space(t))],
+        "search.linformer_k: int [2, 40] reaches 40, but this data and model make 17 tokens (the patches and the "
+        "class token), and linformer_k must be below them: every trial that drew 17 or more would fail; search at "
+        "most 16"),
     "a bare folder as --data": (lambda t: ["search", "--space", "quickstart", "--data",
                                            str(_image_folder(t / "img", ("c.png", TRUNCATED_PNG)))],
                                 "; for a folder of class folders: imagefolder:"),

@@ -356,8 +356,10 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
 
 def _check_model_sources(space, data, origin: str) -> None:
     """Each searched `teacher` and `init_from` value loads, with this data, before any trial: a missing or
-    mismatched one failed every trial that drew it while the others ran on (a fixed one the probe loads)."""
+    mismatched one failed every trial that drew it while the others ran on (a fixed one the probe loads).
+    A searched `linformer_k` must stay below the tokens this data makes (5 of 6 trials failed)."""
     searched = [key for key in ("teacher", "init_from") if key in space.search]
+    _check_linformer_k(space, data, origin)
     if not searched:  # (the usual case: nothing to import, the trainer's imports stay on the probe's thread)
         return
     import torch
@@ -378,6 +380,33 @@ def _check_model_sources(space, data, origin: str) -> None:
                     build_model(cfg, data.channels, data.image_size, data.num_classes)
             except ConfigError as exc:
                 raise SpaceError(f"{origin}: search.{key}: {exc}; every trial with it would fail") from None
+
+
+def _check_linformer_k(space, data, origin: str) -> None:
+    """Linformer projects a block's tokens to linformer_k of them, so k must be below the token count, which
+    the image size, patch size and model give: a searched k beyond it failed each trial that drew it."""
+    dist = space.search.get("linformer_k")
+    if dist is None or any(key in space.search for key in ("model", "patch_size", "stem")):
+        return  # (a searched patch size or model changes the count: trials whose k does not fit say why)
+    largest = max((v for v in dist.choices if v is not None), default=None) if dist.kind == "choice" else dist.high
+    if largest is None:
+        return
+    from .model import build_model
+
+    try:  # the model as the trials build it, without Linformer's projections: its tokens
+        model = build_model(space.trial_config({"attention": "full", "linformer_k": None}), data.channels,
+                            data.image_size, data.num_classes)
+    except ConfigError:
+        return  # (the probe says why that config builds nothing)
+    tokens = getattr(getattr(model, "patch_embed", None), "num_patches", None)
+    if tokens is None:
+        return
+    tokens += model.num_prefix_tokens
+    if largest >= tokens:
+        raise SpaceError(f"{origin}: search.linformer_k: {dist.describe()} reaches {largest}, but this data and "
+                         f"model make {tokens} tokens (the patches and the class token), and linformer_k must be "
+                         f"below them: every trial that drew {tokens} or more would fail; search at most "
+                         f"{tokens - 1}")
 
 
 def preload(*modules: str) -> None:
