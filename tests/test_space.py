@@ -92,6 +92,10 @@ BAD = [
     (variant(fixed__teacher="results/t", search__distill_temperature={"uniform": [1.0, 5.0]}),
      "search.distill_temperature: has no effect without soft distillation (distill_mode: soft, fixed or "
      "searched, with a teacher): every trial would train the same whatever it is"),
+    # a warmup range past the budget: the trainer cuts a warmup to the run, so those values trained alike
+    (variant(search__warmup_epochs={"uniform": [0.0, 30.0]}),
+     "search.warmup_epochs: uniform [0.0, 30.0] reaches 30, past the budget of 4 epochs (scheduler.max_epochs): a "
+     "warmup longer than the run is cut to it, so every value from 4 on trains the same; search at most 4"),
     # lr_base_batch where lr is used as given (the quickstart's lr_scaling: none): it scaled nothing
     (variant(fixed__lr_scaling="none", search__lr_base_batch={"choice": [256, 512]}),
      "search.lr_base_batch: has no effect without lr_scaling linear or sqrt (with none, lr is the rate used "
