@@ -92,6 +92,15 @@ BAD = [
     (variant(fixed__teacher="results/t", search__distill_temperature={"uniform": [1.0, 5.0]}),
      "search.distill_temperature: has no effect without soft distillation (distill_mode: soft, fixed or "
      "searched, with a teacher): every trial would train the same whatever it is"),
+    # a whole-number range whose inner values TrainConfig refuses (its ends pass): those trials failed as they started
+    (variant(fixed__image_size=16, search__patch_size={"int": [2, 8]}),
+     "search.patch_size: int [2, 8] draws 4 of 7 values TrainConfig refuses (invalid value for 'patch_size': 3 (must "
+     "be an integer >= 1 that divides image_size (16)); also 5, 6, 7): every trial that drew one would fail; search a "
+     "choice of the others (choice: [2, 4, 8])"),
+    # min_lr and lr both searched, min_lr reaching above the lowest lr: a trial drawing min_lr > lr failed
+    (variant(search__min_lr={"loguniform": [1e-6, 1e-3]}),
+     "search.min_lr: loguniform [1e-06, 0.001] reaches 0.001, above the lowest lr searched (0.0001): a trial that "
+     "draws a min_lr above its lr fails (min_lr must be <= lr); keep min_lr at most 0.0001"),
     # a warmup range past the budget: the trainer cuts a warmup to the run, so those values trained alike
     (variant(search__warmup_epochs={"uniform": [0.0, 30.0]}),
      "search.warmup_epochs: uniform [0.0, 30.0] reaches 30, past the budget of 4 epochs (scheduler.max_epochs): a "

@@ -288,6 +288,7 @@ def parse_space(raw: Any, origin: str = "space", new: bool = True) -> SearchSpac
             except ConfigError as exc:
                 fail(f"search.{key}: {exc}")
     if new:
+        _check_range_values(base, search, fail)
         _check_heads(base, fixed, search, fail)
         _check_effect(base, fixed, search, fail)
         warmup = search.get("warmup_epochs")
@@ -304,6 +305,40 @@ def parse_space(raw: Any, origin: str = "space", new: bool = True) -> SearchSpac
         fail(f"name {name[:20]}... is {len(name.encode())} bytes long, but must be at most {MAX_NAME}")
     return SearchSpace(name, metric, mode, num_samples, seed, max_epochs, grace, factor, float(cpu), float(gpu),
                        max_concurrent, retries, float(checkpoint_every_s), dict(fixed), search, dict(raw), gpu_auto)
+
+
+def _check_range_values(base: TrainConfig, search: dict[str, Distribution], fail) -> None:
+    """A whole-number range is checked value by value, as a choice is (its ends were checked above):
+    `patch_size: {int: [2, 8]}` at 16 px failed each trial that drew 3, 5, 6 or 7. A searched min_lr must
+    stay below the lowest searched lr: a trial that drew it above its lr failed."""
+    for key, dist in search.items():
+        if dist.kind not in ("int", "int-log") or dist.high - dist.low > 1000:
+            continue
+        values = range(int(dist.low), int(dist.high) + 1)
+        refused: dict[int, str] = {}
+        for value in values:
+            try:
+                base.replace(**{key: value})
+            except ConfigError as exc:
+                refused[value] = str(exc)
+        if refused:
+            good = [v for v in values if v not in refused]
+            bad = list(refused)
+            fail(f"search.{key}: {dist.describe()} draws {len(bad)} of {len(values)} values TrainConfig refuses "
+                 f"({next(iter(refused.values()))}; also {', '.join(map(str, bad[1:6]))}"
+                 f"{', ...' if len(bad) > 6 else ''}): every trial that drew one would fail; search a choice of "
+                 f"the others (choice: [{', '.join(map(str, good[:8]))}{', ...' if len(good) > 8 else ''}])"
+                 if len(bad) > 1 else f"search.{key}: {dist.describe()} draws {bad[0]}, which TrainConfig refuses "
+                 f"({refused[bad[0]]}): every trial that drew it would fail")
+    if "min_lr" in search and "lr" in search:
+        def ends(dist: Distribution) -> tuple:
+            return (min(dist.choices), max(dist.choices)) if dist.kind == "choice" else (dist.low, dist.high)
+
+        lowest_lr, highest_min = ends(search["lr"])[0], ends(search["min_lr"])[1]
+        if highest_min > lowest_lr:
+            fail(f"search.min_lr: {search['min_lr'].describe()} reaches {highest_min:g}, above the lowest lr "
+                 f"searched ({lowest_lr:g}): a trial that draws a min_lr above its lr fails (min_lr must be <= lr); "
+                 f"keep min_lr at most {lowest_lr:g}")
 
 
 def _check_heads(base: TrainConfig, fixed: dict, search: dict[str, Distribution], fail) -> None:
