@@ -115,6 +115,15 @@ def _file(path: Path) -> Path:
 TRUNCATED_PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def _patch_space(tmp: Path) -> Path:
+    """Patch sizes searched on digits (8 px) with image_size left to the data."""
+    path = tmp / "ps.yaml"
+    path.write_text("num_samples: 4\nscheduler: {max_epochs: 2, grace_period: 1, reduction_factor: 2}\n"
+                    "resources: {cpu: 1}\nfixed: {model: vit_micro, data_subset: 300, batch_size: 64}\nsearch:\n"
+                    "  patch_size: {choice: [2, 3]}\n")
+    return path
+
+
 def _linformer_space(tmp: Path) -> Path:
     """A micro ViT at 16 px, patch 4 (16 patches and the class token) with linformer_k searched up to 40."""
     path = tmp / "lk.yaml"
@@ -242,6 +251,10 @@ GENERATED = {
         "search.linformer_k: int [2, 40] reaches 40, but this data and model make 17 tokens (the patches and the "
         "class token), and linformer_k must be below them: every trial that drew 17 or more would fail; search at "
         "most 16"),
+    "a searched patch size that does not divide the data's": (
+        lambda t: ["search", "--space", str(_patch_space(t))],
+        "search.patch_size: choice [2, 3] draws 3, which does not divide this data's image size, 8 px (image_size "
+        "is not fixed): every trial that drew one would fail; fix image_size, or search patch sizes that divide 8"),
     "a bare folder as --data": (lambda t: ["search", "--space", "quickstart", "--data",
                                            str(_image_folder(t / "img", ("c.png", TRUNCATED_PNG)))],
                                 "; for a folder of class folders: imagefolder:"),

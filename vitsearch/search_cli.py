@@ -357,8 +357,10 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
 def _check_model_sources(space, data, origin: str) -> None:
     """Each searched `teacher` and `init_from` value loads, with this data, before any trial: a missing or
     mismatched one failed every trial that drew it while the others ran on (a fixed one the probe loads).
-    A searched `linformer_k` must stay below the tokens this data makes (5 of 6 trials failed)."""
+    A searched `patch_size` must divide this data's image size, and a searched `linformer_k` stay below the
+    tokens it makes (5 of 6 trials failed)."""
     searched = [key for key in ("teacher", "init_from") if key in space.search]
+    _check_patch_sizes(space, data, origin)
     _check_linformer_k(space, data, origin)
     if not searched:  # (the usual case: nothing to import, the trainer's imports stay on the probe's thread)
         return
@@ -380,6 +382,23 @@ def _check_model_sources(space, data, origin: str) -> None:
                     build_model(cfg, data.channels, data.image_size, data.num_classes)
             except ConfigError as exc:
                 raise SpaceError(f"{origin}: search.{key}: {exc}; every trial with it would fail") from None
+
+
+def _check_patch_sizes(space, data, origin: str) -> None:
+    """A searched patch size must divide the image size; where image_size is not fixed that is the data's,
+    known only now (`patch_size: {choice: [4, 8]}` on Fashion-MNIST's 28 px failed each trial that drew 8)."""
+    dist = space.search.get("patch_size")
+    if dist is None or space.trial_config({}).image_size is not None:
+        return  # (a fixed image_size: the space's own checks compared each value with it)
+    values = dist.choices if dist.kind == "choice" else range(int(dist.low), int(dist.high) + 1) \
+        if dist.high - dist.low <= 1000 else ()
+    bad = [v for v in values if v is not None and data.image_size % v]
+    if bad:
+        fail = ", ".join(map(str, bad[:6])) + (", ..." if len(bad) > 6 else "")
+        raise SpaceError(f"{origin}: search.patch_size: {dist.describe()} draws {fail}, which "
+                         f"{'do' if len(bad) > 1 else 'does'} not divide this "
+                         f"data's image size, {data.image_size} px (image_size is not fixed): every trial that drew "
+                         f"one would fail; fix image_size, or search patch sizes that divide {data.image_size}")
 
 
 def _check_linformer_k(space, data, origin: str) -> None:
