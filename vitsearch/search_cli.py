@@ -308,7 +308,7 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
     # batch sizes larger than the data are not sampled
     space, left_out = space.fit_to_data(len(data.train_y), data.name, args.space or str(exp_dir / SPACE_FILE))
     _print_header(space, data)
-    _check_model_sources(space, data, args.space or str(exp_dir / SPACE_FILE))
+    _check_model_sources(space, data, args.space or str(exp_dir / SPACE_FILE), new=bool(args.space))
     # On a CPU the throughput probe runs while Ray starts (mostly waiting on processes); on a GPU after
     # the packing probe, which needs Ray and the whole GPU.
     early = _Probe(space, data, device) if not _packs(space, device) else None
@@ -354,14 +354,16 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
     return _run_and_report(space, exp_dir, data, device, args, storage_root(storage, run), ray_dir, expected_epochs)
 
 
-def _check_model_sources(space, data, origin: str) -> None:
+def _check_model_sources(space, data, origin: str, new: bool = True) -> None:
     """Each searched `teacher` and `init_from` value loads, with this data, before any trial: a missing or
     mismatched one failed every trial that drew it while the others ran on (a fixed one the probe loads).
     A searched `patch_size` must divide this data's image size, and a searched `linformer_k` stay below the
-    tokens it makes (5 of 6 trials failed)."""
+    tokens it makes (5 of 6 trials failed). Those two checks guard new searches against wasted trials: an
+    experiment made before them is still resumed and extended (as space.parse_space's `new`)."""
     searched = [key for key in ("teacher", "init_from") if key in space.search]
-    _check_patch_sizes(space, data, origin)
-    _check_linformer_k(space, data, origin)
+    if new:
+        _check_patch_sizes(space, data, origin)
+        _check_linformer_k(space, data, origin)
     if not searched:  # (the usual case: nothing to import, the trainer's imports stay on the probe's thread)
         return
     import torch
