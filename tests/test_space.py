@@ -101,6 +101,10 @@ BAD = [
     (variant(search__min_lr={"loguniform": [1e-6, 1e-3]}),
      "search.min_lr: loguniform [1e-06, 0.001] reaches 0.001, above the lowest lr searched (0.0001): a trial that "
      "draws a min_lr above its lr fails (min_lr must be <= lr); keep min_lr at most 0.0001"),
+    # ConvStem searched where the fixed patch is no power of two: each trial that drew conv failed as it was built
+    (variant(fixed__image_size=28, fixed__patch_size=7, search__stem={"choice": ["patch", "conv"]}),
+     "search.stem: invalid value for 'stem': 'conv' (must be one of patch, conv; conv needs a ViT model and a patch "
+     "size that is a power of two (patch_size is 7))"),
     # a warmup range past the budget: the trainer cuts a warmup to the run, so those values trained alike
     (variant(search__warmup_epochs={"uniform": [0.0, 30.0]}),
      "search.warmup_epochs: uniform [0.0, 30.0] reaches 30, past the budget of 4 epochs (scheduler.max_epochs): a "

@@ -336,8 +336,11 @@ def _rules(c: TrainConfig):
         ("aug_strength", c.aug_strength, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
         ("precision", c.precision, lambda v: v in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
         ("seed", c.seed, lambda v: v >= 0, "must be an integer >= 0"),
-        ("stem", c.stem, lambda v: v in STEMS and (v == "patch" or c.is_vit),
-         f"must be one of {', '.join(STEMS)}; conv needs a ViT model"),
+        # (a patch size left to the image size is checked as the model is built)
+        ("stem", c.stem, lambda v: v in STEMS and (v == "patch" or (c.is_vit and (
+            c.patch_size is None or c.patch_size & (c.patch_size - 1) == 0))),
+         f"must be one of {', '.join(STEMS)}; conv needs a ViT model and a patch size that is a power of two"
+         + (f" (patch_size is {c.patch_size})" if c.patch_size else "")),
         ("freeze_blocks", c.freeze_blocks, lambda v: v >= 0 and (v == 0 or (c.init_from is not None and c.is_vit)),
          "must be >= 0, and 0 unless init_from names pretrained weights for a ViT"),
         ("layer_decay", c.layer_decay, lambda v: 0 < v <= 1, "must be in (0, 1]"),
