@@ -105,6 +105,10 @@ BAD = [
     (variant(fixed__image_size=28, fixed__patch_size=7, search__stem={"choice": ["patch", "conv"]}),
      "search.stem: invalid value for 'stem': 'conv' (must be one of patch, conv; conv needs a ViT model and a patch "
      "size that is a power of two (patch_size is 7))"),
+    # keys that change how a trial runs, not what it learns: the search ranked noise
+    (variant(search__monitors={"choice": [False, True]}),
+     "search.monitors: it records attention maps and norms, not what a trial learns: every trial would learn the "
+     "same whatever is drawn; fix it instead"),
     # a warmup range past the budget: the trainer cuts a warmup to the run, so those values trained alike
     (variant(search__warmup_epochs={"uniform": [0.0, 30.0]}),
      "search.warmup_epochs: uniform [0.0, 30.0] reaches 30, past the budget of 4 epochs (scheduler.max_epochs): a "

@@ -24,7 +24,8 @@ search:                          # TrainConfig values Optuna samples
 Distributions: `loguniform`, `uniform`, `int`, `int-log` take `[low, high]` with low < high;
 `choice` takes a non-empty list of distinct values. A key is fixed or searched, never both; keys
 that shape the loaded data (`data`, `data_subset`, `val_fraction`, `image_size`, `seed`) and
-`epochs` (it is `scheduler.max_epochs`) cannot be searched, because data is loaded once per search.
+`epochs` (it is `scheduler.max_epochs`) cannot be searched, because data is loaded once per search;
+`monitors`, `compile`, `loader` and `loader_workers` change how a trial runs, not what it learns.
 TrainConfig's recommended defaults are always evaluated first, as the recommended-defaults trial,
 even where a default lies outside the searched range (it is then not an Optuna parameter of that
 trial, but a user attribute `outside_space.<key>`).
@@ -270,6 +271,9 @@ def parse_space(raw: Any, origin: str = "space", new: bool = True) -> SearchSpac
         if key in DATA_KEYS or key == "epochs":
             why = "the budget is scheduler.max_epochs" if key == "epochs" else "data is loaded once per search"
             fail(f"search.{key} cannot be searched: {why}")
+        if new and key in NOT_KNOBS:
+            fail(f"search.{key}: {NOT_KNOBS[key]}, not what a trial learns: every trial would learn the same "
+                 "whatever is drawn; fix it instead")
         search[key] = _distribution(key, spec, fail)
         kind = next(f.type for f in fields(TrainConfig) if f.name == key)
         if new and kind.replace(" | None", "") == "int" and search[key].kind in ("uniform", "loguniform"):
@@ -305,6 +309,13 @@ def parse_space(raw: Any, origin: str = "space", new: bool = True) -> SearchSpac
         fail(f"name {name[:20]}... is {len(name.encode())} bytes long, but must be at most {MAX_NAME}")
     return SearchSpace(name, metric, mode, num_samples, seed, max_epochs, grace, factor, float(cpu), float(gpu),
                        max_concurrent, retries, float(checkpoint_every_s), dict(fixed), search, dict(raw), gpu_auto)
+
+
+# keys that change how a trial runs, not what it learns: a search over them ranked noise
+NOT_KNOBS = {"monitors": "it records attention maps and norms",
+             "compile": "it changes how fast a trial trains (torch.compile)",
+             "loader": "it changes how images reach the trainer",
+             "loader_workers": "it changes how images reach the trainer"}
 
 
 def _check_range_values(base: TrainConfig, search: dict[str, Distribution], fail) -> None:
