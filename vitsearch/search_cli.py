@@ -396,8 +396,9 @@ def _check_patch_sizes(space, data, origin: str) -> None:
         if dist.high - dist.low <= 1000 else ()
     bad = [v for v in values if v is not None and data.image_size % v]
     if bad:
-        fail = ", ".join(map(str, bad[:6])) + (", ..." if len(bad) > 6 else "")
-        raise SpaceError(f"{origin}: search.patch_size: {dist.describe()} draws {fail}, which "
+        from .space import listed
+
+        raise SpaceError(f"{origin}: search.patch_size: {dist.describe()} draws {listed(bad, 6)}, which "
                          f"{'do' if len(bad) > 1 else 'does'} not divide this "
                          f"data's image size, {data.image_size} px (image_size is not fixed): every trial that drew "
                          f"one would fail; fix image_size, or search patch sizes that divide {data.image_size}")

@@ -311,6 +311,11 @@ def parse_space(raw: Any, origin: str = "space", new: bool = True) -> SearchSpac
                        max_concurrent, retries, float(checkpoint_every_s), dict(fixed), search, dict(raw), gpu_auto)
 
 
+def listed(items: list, most: int) -> str:
+    """The first `most` of `items`, with ", ..." where more follow (values a range draws, in one line)."""
+    return ", ".join(map(str, items[:most])) + (", ..." if len(items) > most else "")
+
+
 # keys that change how a trial runs, not what it learns: a search over them ranked noise
 NOT_KNOBS = {"monitors": "it records attention maps and norms",
              "compile": "it changes how fast a trial trains (torch.compile)",
@@ -336,9 +341,8 @@ def _check_range_values(base: TrainConfig, search: dict[str, Distribution], fail
             good = [v for v in values if v not in refused]
             bad = list(refused)
             fail(f"search.{key}: {dist.describe()} draws {len(bad)} of {len(values)} values TrainConfig refuses "
-                 f"({next(iter(refused.values()))}; also {', '.join(map(str, bad[1:6]))}"
-                 f"{', ...' if len(bad) > 6 else ''}): every trial that drew one would fail; search a choice of "
-                 f"the others (choice: [{', '.join(map(str, good[:8]))}{', ...' if len(good) > 8 else ''}])"
+                 f"({next(iter(refused.values()))}; also {listed(bad[1:], 5)}): every trial that drew one would "
+                 f"fail; search a choice of the others (choice: [{listed(good, 8)}])"
                  if len(bad) > 1 else f"search.{key}: {dist.describe()} draws {bad[0]}, which TrainConfig refuses "
                  f"({refused[bad[0]]}): every trial that drew it would fail")
     if "min_lr" in search and "lr" in search:
@@ -380,9 +384,6 @@ def _check_heads(base: TrainConfig, fixed: dict, search: dict[str, Distribution]
             return f"{key} {list(dist.choices)}" if dist.kind == "choice" else f"{key} {dist.describe()}"
         value = options[key][0]
         return f"the model family's {key}" if value is None else f"{key} {value!r}"
-
-    def listed(items: list, most: int) -> str:
-        return ", ".join(map(str, items[:most])) + (", ..." if len(items) > most else "")
 
     for i, key in enumerate(keys):
         fits = {combo[i] for combo in built}
