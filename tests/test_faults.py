@@ -193,7 +193,7 @@ def test_a_second_ctrl_c_while_the_search_stops_keeps_it_resumable(tmp_path):
 
 
 SIGNAL_AT = r"""
-import os, signal, sys, threading
+import importlib, os, signal, sys, threading
 import ray
 import vitsearch.data, vitsearch.figures, vitsearch.search_cli
 from vitsearch.cli import run
@@ -202,7 +202,7 @@ from vitsearch.cli import run
 signal.signal(signal.SIGINT, signal.default_int_handler)
 where, sig, when = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3]
 module, name = where.rsplit(".", 1)
-module = sys.modules[module]
+module = importlib.import_module(module)
 real = getattr(module, name)
 real_shutdown, ray_stopped = ray.shutdown, threading.Event()
 
@@ -263,13 +263,16 @@ def test_a_stop_while_ray_starts_and_a_slow_probe_runs_exits_cleanly(tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
-def test_a_stop_after_the_trials_and_before_the_parquet_files_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("where", ["vitsearch.search.ended_trials", "vitsearch.report.write_reports"],
+                         ids=["tune-returned", "before-the-parquet-files"])
+def test_a_stop_after_the_trials_and_before_the_parquet_files_says_how_to_resume(tmp_path, where):
     """A second Ctrl-C while Tune stops, or a stop after the last trial and before the Parquet files, said
     only "interrupted"; it now gives the resume command, which writes the reports. (A Ctrl-C after the
-    trials was ignored: Tune's handler stayed in place after a search it had not stopped.)"""
+    trials was ignored: Tune's handler stayed in place after a search it had not stopped.) A stop that came
+    once Tune had returned, as Ray stopped (CI, a second Ctrl-C), lost the run's time from run.json."""
     (tmp_path / "s.yaml").write_text(yaml.safe_dump({**SLOW, "num_samples": 2}))
     exp = tmp_path / "my exp"  # a name with a space: the printed command quotes it (it was printed bare)
-    proc = subprocess.run([sys.executable, "-c", SIGNAL_AT, "vitsearch.report.write_reports", "SIGINT", "now",
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_AT, where, "SIGINT", "now",
                            "search", "--space", str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--name", "my exp"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     out = proc.stdout + proc.stderr

@@ -670,6 +670,26 @@ def _cpus() -> int:
 
 def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_dir: str,
                     expected_epochs: float) -> int:
+    from .search import SEARCH_STARTED
+
+    t0, counted = time.time(), []
+
+    def count_time(finished: str | None = None) -> list[float]:  # once per run, however it ends
+        if not counted:
+            counted.append(_add_run_time(exp_dir, time.time() - t0, finished))
+        return counted[0]
+
+    try:
+        return _after_search(space, exp_dir, data, device, args, storage, ray_dir, expected_epochs, count_time)
+    except KeyboardInterrupt:  # a second Ctrl-C while Tune stops, or one while Ray stops after it: this run's
+        if SEARCH_STARTED:     # time counts all the same (it was lost where the stop came after Tune returned)
+            with contextlib.suppress(OSError, UserError, ValueError):
+                count_time()
+        raise
+
+
+def _after_search(space, exp_dir: Path, data, device: str, args, storage, ray_dir: str, expected_epochs: float,
+                  count_time) -> int:
     import optuna
     import pandas as pd
 
@@ -679,7 +699,6 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         DATA_UNREADABLE,
         DISK_FULL,
         RAY_DIR,
-        SEARCH_STARTED,
         cut_short_state,
         disk_full,
         ended_trials,
@@ -689,16 +708,11 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         study_storage,
     )
 
-    t0 = time.time()
     try:
         with LiveView(space, expected_epochs, _slots(space)) as live:
             results = run_search(space, exp_dir, data=data, device=device, address=args.address, storage=storage,
                                  verbose=args.verbose, resume=bool(args.resume), live=live, ray_dir=ray_dir,
                                  with_defaults=ray_dir == RAY_DIR)
-    except KeyboardInterrupt:  # a second Ctrl-C while Tune stops: this run's time counts all the same
-        if SEARCH_STARTED:
-            _add_run_time(exp_dir, time.time() - t0)
-        raise
     except Exception as exc:  # the driver's own write (the study, epochs.jsonl) found its device full, or
         line = disk_full(exc)  # Tune failed to read back what a full device cut short (an empty error file)
         if line is None and not DISK_FULL:
@@ -710,7 +724,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
     if DISK_FULL:  # a trial's write, or the driver's: every later trial would fail the same way
         ray.shutdown()
         with contextlib.suppress(OSError, UserError):  # (run.json: its device may be the full one)
-            _add_run_time(exp_dir, time.time() - t0)
+            count_time()
         broken = cut_short_state(storage or str(exp_dir.resolve()), ray_dir)
         err_console.print(f"error: a device the search writes to is full ({escape(DISK_FULL[0])}): the search stopped"
                           + ("; the finished trials and epochs are kept. Free some space, then continue with: "
@@ -722,7 +736,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         return 1
     if DATA_UNREADABLE:  # a trial could not read a file of the data: every other one would fail on it too
         ray.shutdown()
-        _add_run_time(exp_dir, time.time() - t0)
+        count_time()
         err_console.print(f"error: a trial could not read the data ({escape(DATA_UNREADABLE[0])}): the search stopped, "
                           "since every trial would fail on it; the finished trials and epochs are kept. Put the file "
                           "back (on a cluster: a streamed folder must be readable at the same path on every node), "
@@ -734,7 +748,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         # Ctrl-C (SIGINT): Tune stopped the running trials and saved its state. Every reported epoch is in
         # epochs.jsonl, the study and the trials' checkpoints are kept; the reports wait for the whole search.
         ray.shutdown()
-        _add_run_time(exp_dir, time.time() - t0)
+        count_time()
         console.print(f"interrupted: {ended} of {space.num_samples} trials finished; nothing is lost. Continue "
                       f"with: {command()} search --resume {escape(shell(exp_dir))}{on_cluster(args.address)}",
                       highlight=False, soft_wrap=True)
@@ -758,12 +772,11 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
         previous = pd.read_parquet(exp_dir / "trials.parquet") if ray_dir != RAY_DIR else None
         trials, epochs = write_reports(exp_dir, space, outcomes, numbers, previous)
         parquet_written = True
-        this_run = time.time() - t0
-        walls = _add_run_time(exp_dir, this_run, finished=ray_dir)
+        walls = count_time(finished=ray_dir)
         report_path = write_html_report(exp_dir)
         console.print(summary_table(trials, space, width=console.width))
         console.print(comparison_line(trials, space), highlight=False)
-        took = f"{sum(walls):.0f} s" + (f" over {len(walls)} runs (this one: {this_run:.0f} s)" if len(walls) > 1
+        took = f"{sum(walls):.0f} s" + (f" over {len(walls)} runs (this one: {walls[-1]:.0f} s)" if len(walls) > 1
                                         else "")
         console.print(f"{count(len(trials), 'trial')}, {count(len(epochs), 'trial-epoch')} in {took}; wrote "
                       f"{exp_dir}/trials.parquet, epochs.parquet, {report_path.name}" +
@@ -779,7 +792,7 @@ def _run_and_report(space, exp_dir: Path, data, device: str, args, storage, ray_
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C during the reports: every trial is done and recorded
         if not parquet_written:  # the resume writes them; this run's time counts all the same
             with contextlib.suppress(OSError, UserError, ValueError):
-                _add_run_time(exp_dir, time.time() - t0)
+                count_time()
         else:
             args.parquet_written = True
             console.print(f"interrupted while drawing the reports; the Parquet files are written, and "
