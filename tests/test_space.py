@@ -109,6 +109,9 @@ BAD = [
     (variant(search__monitors={"choice": [False, True]}),
      "search.monitors: it records attention maps and norms, not what a trial learns: every trial would learn the "
      "same whatever is drawn; fix it instead"),
+    (variant(search__micro_batch_size={"choice": [16, 32]}),
+     "search.micro_batch_size: it splits each batch for memory (accumulation makes up the same batch_size), not "
+     "what a trial learns: every trial would learn the same whatever is drawn; fix it instead"),
     # a warmup range past the budget: the trainer cuts a warmup to the run, so those values trained alike
     (variant(search__warmup_epochs={"uniform": [0.0, 30.0]}),
      "search.warmup_epochs: uniform [0.0, 30.0] reaches 30, past the budget of 4 epochs (scheduler.max_epochs): a "

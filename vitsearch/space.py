@@ -25,7 +25,8 @@ Distributions: `loguniform`, `uniform`, `int`, `int-log` take `[low, high]` with
 `choice` takes a non-empty list of distinct values. A key is fixed or searched, never both; keys
 that shape the loaded data (`data`, `data_subset`, `val_fraction`, `image_size`, `seed`) and
 `epochs` (it is `scheduler.max_epochs`) cannot be searched, because data is loaded once per search;
-`monitors`, `compile`, `loader` and `loader_workers` change how a trial runs, not what it learns.
+`monitors`, `compile`, `loader`, `loader_workers` and `micro_batch_size` change how a trial runs, not
+what it learns.
 TrainConfig's recommended defaults are always evaluated first, as the recommended-defaults trial,
 even where a default lies outside the searched range (it is then not an Optuna parameter of that
 trial, but a user attribute `outside_space.<key>`).
@@ -320,7 +321,8 @@ def listed(items: list, most: int) -> str:
 NOT_KNOBS = {"monitors": "it records attention maps and norms",
              "compile": "it changes how fast a trial trains (torch.compile)",
              "loader": "it changes how images reach the trainer",
-             "loader_workers": "it changes how images reach the trainer"}
+             "loader_workers": "it changes how images reach the trainer",
+             "micro_batch_size": "it splits each batch for memory (accumulation makes up the same batch_size)"}
 
 
 def _check_range_values(base: TrainConfig, search: dict[str, Distribution], fail) -> None:
