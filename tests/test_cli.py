@@ -67,7 +67,7 @@ def test_half_precision_on_a_cpu_and_a_subset_larger_than_the_data_are_said(tmp_
     100,000 on digits used its 1,617 training images, and only the count in the first line showed it. Keys set
     where the run never reads them (soft distillation without a teacher) changed nothing, without a word."""
     proc = run("train", *MICRO, "--set", "epochs=1", "precision=bf16", "data_subset=100000", "distill_mode=soft",
-               "lr_scaling=none", "lr_base_batch=256", "--device", "cpu", "--out", str(tmp_path))
+               "lr_scaling=none", "lr_base_batch=256", "warmup_epochs=1", "--device", "cpu", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     out = " ".join(proc.stdout.split())
     assert "note: precision bf16 on a CPU is emulated, ~2x slower than fp32 (it pays on a GPU); precision auto " \
@@ -76,6 +76,9 @@ def test_half_precision_on_a_cpu_and_a_subset_larger_than_the_data_are_said(tmp_
     # keys this run never reads: they trained as without them, without a word
     assert "note: distill_mode 'soft' has no effect without a teacher; lr_base_batch 256 has no effect with " \
         "lr_scaling none (lr is the rate used whatever the batch)" in out
+    # a warmup that fills the run: the lr only rose, without a word
+    assert "note: warmup_epochs 1 is not shorter than the run (1 epoch): the lr rises until the last step and " \
+        "never decays; set warmup_epochs below 1" in out
     plain = run("train", *MICRO, "--set", "epochs=1", "--device", "cpu", "--out", str(tmp_path))
     assert plain.returncode == 0 and "note:" not in plain.stdout, plain.stdout
 
@@ -97,7 +100,7 @@ def test_a_class_the_split_leaves_without_training_images_is_said(tmp_path):
     outputs = {}
     for seed in (10, 0):
         proc = run("train", "--data", f"imagefolder:{tmp_path / 'pics'}", "--set", "model=vit_micro", "epochs=1",
-                   "batch_size=2", f"seed={seed}", "--device", "cpu", "--out", str(tmp_path / "out"))
+                   "warmup_epochs=0", "batch_size=2", f"seed={seed}", "--device", "cpu", "--out", str(tmp_path / "out"))
         assert proc.returncode == 0, proc.stderr
         outputs[seed] = " ".join(proc.stdout.split())
     assert "note: 1 of 2 classes ('a') has no training image after the split (seed, val_fraction, data_subset): no " \

@@ -862,13 +862,18 @@ def test_a_reproduce_of_a_search_whose_best_is_the_defaults_trains_them_once(tmp
     standard error. Now it trains it once and says so, in the terminal and in report.html."""
     from vitsearch.figures import _reproduced
 
-    (tmp_path / "one.yaml").write_text(yaml.safe_dump({**TINY, "num_samples": 1}))  # the defaults' trial alone
+    # the defaults' trial alone; warmup_epochs not searched: TrainConfig's 5 fills the 4-epoch budget
+    searched = {k: v for k, v in TINY["search"].items() if k != "warmup_epochs"}
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump({**TINY, "num_samples": 1, "search": searched}))
     proc = search("--space", str(tmp_path / "one.yaml"), "--out", str(tmp_path), "--name", "one")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     # a search of one trial draws nothing from its space, and says so (it did not)
     said = " ".join(proc.stdout.split())
     assert "note: num_samples 1 runs only the recommended defaults (every search's first trial): nothing is drawn " \
-           f"from search: ({', '.join(sorted(TINY['search']))}); --extend adds drawn trials" in said
+           f"from search: ({', '.join(sorted(searched))}); --extend adds drawn trials" in said
+    # a warmup as long as the budget: every trial's lr only rose (nothing said so)
+    assert "note: warmup_epochs 5 is not shorter than the budget, scheduler.max_epochs (4 epochs): every trial's lr " \
+           "rises until the last step and never decays; set warmup_epochs below 4" in said, said
     exp = tmp_path / "one"
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "reproduce", "--from", str(exp), "--seeds", "2"],
                           capture_output=True, text=True, timeout=600)

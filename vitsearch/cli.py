@@ -205,7 +205,15 @@ def _yaml_value(value) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .config import TrainConfig, absolute_paths, auto_patch_size, changed_keys, idle_keys_note, load_config
+    from .config import (
+        TrainConfig,
+        absolute_paths,
+        auto_patch_size,
+        changed_keys,
+        idle_keys_note,
+        load_config,
+        warmup_note,
+    )
     from .data import load_data, subset_note, untrained_note
     from .files import (
         check_folder,
@@ -285,7 +293,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   + (f", {cfg.distill_mode} distillation (weight {cfg.distill_share:g}) from {cfg.teacher}"
                      if cfg.teacher else ""), highlight=False)
     for note in (half_on_cpu_note(cfg.precision, resolve_device(args.device)), subset_note(cfg.data_subset, data),
-                 untrained_note(data), idle_keys_note(cfg)):
+                 untrained_note(data), idle_keys_note(cfg), warmup_note(cfg)):
         if note:
             console.print(note, highlight=False)
     rows: list[dict] = done.to_dict("records") if done is not None else []

@@ -393,6 +393,17 @@ def idle_keys_note(cfg: TrainConfig) -> str | None:
     return "note: " + "; ".join(f"{k} {getattr(cfg, k)!r} has no effect {why}" for k, why in idle)
 
 
+def warmup_note(cfg: TrainConfig, budget: str = "the run", whose: str = "the") -> str | None:
+    """A line where the warmup fills the run: the trainer cuts it to the run, so the lr rises until the last step
+    and never decays (`train --set epochs=2`, or a short search, with the default 5-epoch warmup: nothing said so,
+    and every trial of such a search learned at a fraction of its lr)."""
+    if cfg.warmup_epochs <= 0 or cfg.warmup_epochs < cfg.epochs:
+        return None
+    epochs = f"{cfg.epochs} epoch" + "s" * (cfg.epochs != 1)
+    return (f"note: warmup_epochs {cfg.warmup_epochs:g} is not shorter than {budget} ({epochs}): {whose} "
+            f"lr rises until the last step and never decays; set warmup_epochs below {cfg.epochs}")
+
+
 def changed_keys(cfg: TrainConfig, saved: dict[str, Any]) -> list[str]:
     """The keys whose value in `cfg` differs from `saved` (a run's or a checkpoint's config), in field order."""
     return [k for k, v in cfg.to_dict().items() if saved.get(k) != v]

@@ -603,6 +603,7 @@ def _packing(space, data, device: str, earlier: dict | None):
 def _print_header(space, data) -> None:
     """The plan's first line, as soon as the data is loaded (Ray's start and the probe come after it:
     ViT-S's probe on a CPU takes about a minute)."""
+    from .config import warmup_note
     from .data import subset_note, untrained_note
 
     console.print(f"[bold]search[/] {space.name}: {count(space.num_samples, 'trial')} x <= {space.max_epochs} epochs, "
@@ -612,7 +613,10 @@ def _print_header(space, data) -> None:
     # num_samples 1: the one trial is the recommended defaults; nothing was drawn, and nothing said so
     alone = None if space.num_samples > 1 else "note: num_samples 1 runs only the recommended defaults (every " \
         f"search's first trial): nothing is drawn from search: ({', '.join(space.search)}); --extend adds drawn trials"
-    for note in (alone, subset_note(space.trial_config({}).data_subset, data), untrained_note(data)):
+    base = space.trial_config({})  # a fixed warmup (or the default's) that fills every trial's budget
+    warmup = None if "warmup_epochs" in space.search else warmup_note(base, "the budget, scheduler.max_epochs",
+                                                                       "every trial's")
+    for note in (alone, subset_note(base.data_subset, data), untrained_note(data), warmup):
         if note:
             console.print(note, highlight=False, soft_wrap=True)
 
