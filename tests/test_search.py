@@ -460,7 +460,9 @@ def test_html_report_shows_the_parquet_numbers(tiny_search, tmp_path):
 def test_the_importance_estimate_says_how_many_completed_trials_it_rests_on(tiny_search, tmp_path):
     """Optuna's evaluator, given one completed trial, warns and calls every knob equally important; the
     report says there is no estimate instead, and prints no warning. Given no more completed trials than
-    knobs, its forest ranks them by chance (2 trials over 3 knobs: 0.50 / 0.50 / 0): the report says so."""
+    knobs, its forest ranks them by chance (2 trials over 3 knobs: 0.50 / 0.50 / 0): the report says so. Given
+    trials that all reached the same value, it split the importance evenly; the report says there is nothing to
+    rank."""
     import shutil
 
     exp, _ = tiny_search
@@ -469,7 +471,7 @@ def test_the_importance_estimate_says_how_many_completed_trials_it_rests_on(tiny
     shutil.copytree(exp, copy, ignore=shutil.ignore_patterns("ray", "checkpoints"))
     knobs = {k: optuna.distributions.FloatDistribution(1e-4, 1.0) for k in ("lr", "weight_decay")}
     pages = []
-    for values in ([0.5], [0.5, 0.7], [0.5, 0.7, 0.6, 0.9]):
+    for values in ([0.5], [0.5, 0.7], [0.5, 0.7, 0.6, 0.9], [0.5] * 4):
         (copy / "study.db").unlink()
         study = optuna.create_study(study_name=exp.name, storage=f"sqlite:///{copy / 'study.db'}",
                                     direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
@@ -484,6 +486,10 @@ def test_the_importance_estimate_says_how_many_completed_trials_it_rests_on(tiny
     assert "over the 2 trials the study holds as complete (full budget, and diverged ones at the worst value): " \
            "fewer than the 2 knobs plus one, so this ranking is a guess" in pages[1]
     assert "over the 4 trials the study holds as complete" in pages[2] and "a guess" not in pages[2]
+    # every complete trial at the same value (a short search at chance): it ranked the knobs 0.50 / 0.50
+    assert "Importance: none: every one of the 4 complete trials has the same val_acc, 0.5: there is nothing to " \
+           "rank." in pages[3] and "<th>knob</th><th>importance</th>" not in pages[3]
+    assert "Importance: none: not enough completed trials for an importance estimate." in pages[0]
 
 
 def test_a_report_on_val_loss_compares_it_once(tiny_search, tmp_path):

@@ -16,6 +16,7 @@ import numbers
 import os
 import platform
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +72,11 @@ def write_html_report(exp_dir: Path) -> Path:
 
     matplotlib.use("Agg")
     space, trials, epochs = load_experiment(exp_dir)
-    importances, completed = _importances(exp_dir)
+    importances, completed, none_why = _importances(exp_dir, space.metric)
     pngs = {
         "learning_curves.png": _learning_curves(space, trials, epochs),
         "knobs.png": _knobs(space, trials),
-        "importance.png": _importance_chart(space, importances, completed),
+        "importance.png": _importance_chart(space, importances, completed, none_why),
         "parallel.png": _parallel(space, trials),
         "best_trial.png": _best_trial(space, trials, epochs),
     }
@@ -85,7 +86,8 @@ def write_html_report(exp_dir: Path) -> Path:
     for name, data in pngs.items():
         write_bytes(data, exp_dir / name)
     path = exp_dir / "report.html"
-    write_bytes(_html(exp_dir, space, trials, epochs, importances, completed, pngs, attention_note).encode(), path)
+    page = _html(exp_dir, space, trials, epochs, (importances, completed, none_why), pngs, attention_note)
+    write_bytes(page.encode(), path)
     return path
 
 
@@ -282,9 +284,9 @@ def _named_choices(space: SearchSpace, knob: str, values: pd.Series) -> tuple[pd
     return shown.map({name: float(i) for i, name in enumerate(labels)}), labels
 
 
-def _importances(exp_dir: Path) -> tuple[dict[str, float], int]:
+def _importances(exp_dir: Path, metric: str) -> tuple[dict[str, float], int, str]:
     """Optuna's importance evaluator on the stored study (its COMPLETE trials: full budget, and diverged ones
-    at the worst value), and how many it had; empty if it cannot run."""
+    at the worst value), how many it had, and why there is no estimate where the importances are empty."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -296,14 +298,21 @@ def _importances(exp_dir: Path) -> tuple[dict[str, float], int]:
             from .search import study_name, study_storage
 
             study = optuna.load_study(study_name=study_name(exp_dir), storage=study_storage(exp_dir))
-            completed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+            values = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+            completed = len(values)
+            if completed > 1 and len(set(values)) == 1:  # the evaluator split 1 evenly: 0.50 / 0.50 over 2 knobs
+                return {}, completed, (f"every one of the {completed} complete trials has the same {metric}, "
+                                       f"{values[0]:.4g}: there is nothing to rank")
             importances = dict(optuna.importance.get_param_importances(study))
     except (ValueError, RuntimeError, KeyError):  # fewer than two complete trials, a single value, ...
-        return {}, 0
+        return {}, 0, NO_ESTIMATE
     # With one completed trial Optuna's evaluator warns and calls every knob equally important: no estimate.
     if any("too small to compute importances" in str(w.message) for w in caught):
-        return {}, completed
-    return importances, completed
+        return {}, completed, NO_ESTIMATE
+    return importances, completed, ""
+
+
+NO_ESTIMATE = "not enough completed trials for an importance estimate"
 
 
 def _importance_basis(importances: dict[str, float], completed: int) -> str:
@@ -316,7 +325,7 @@ def _importance_basis(importances: dict[str, float], completed: int) -> str:
     return text
 
 
-def _importance_chart(space: SearchSpace, importances: dict[str, float], completed: int) -> bytes:
+def _importance_chart(space: SearchSpace, importances: dict[str, float], completed: int, none_why: str) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -327,7 +336,7 @@ def _importance_chart(space: SearchSpace, importances: dict[str, float], complet
         ax.set(xlabel=f"importance (Optuna's default evaluator, {completed} complete trials"
                       f"{': a guess' if guess else ''})")
     else:
-        ax.text(0.5, 0.5, "not enough completed trials for an importance estimate", ha="center", va="center")
+        ax.text(0.5, 0.5, "\n".join(textwrap.wrap(none_why, 60)), ha="center", va="center")
         ax.axis("off")
     ax.set_title(f"which knobs mattered for {space.metric}")
     return _png(fig)
@@ -402,7 +411,8 @@ def _img(name: str, data: bytes, alt: str) -> str:
 
 
 def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFrame,
-          importances: dict[str, float], completed: int, pngs: dict[str, bytes], attention_note: str = "") -> str:
+          importance: tuple[dict[str, float], int, str], pngs: dict[str, bytes], attention_note: str = "") -> str:
+    importances, completed, none_why = importance
     metric = f"final_{space.metric}"
     best = best_trial(trials, space)
     defaults = trials[trials["is_defaults"]]
@@ -442,6 +452,8 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
     if importances:
         parts += [f"<p class='note'>Importance: {html.escape(_importance_basis(importances, completed))}.</p>",
                   _table([[k, v] for k, v in importances.items()], ["knob", "importance"])]
+    else:
+        parts.append(f"<p class='note'>Importance: none: {html.escape(none_why)}.</p>")
     top = trials[trials["status"] == "completed"].sort_values(metric, ascending=space.mode == "min").head(10)
     parts += ["<h2>Top trials (full budget)</h2>",
               _table([[f"#{r['optuna_number']}", r[metric], r["best_epoch"], *(r[k] for k in space.search)]
