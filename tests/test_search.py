@@ -1180,6 +1180,24 @@ def test_the_plan_probes_the_largest_and_the_smallest_batch(tiny_search):
                      r"estimated \d+ s", proc.stdout), proc.stdout[:1000]
 
 
+def test_the_plan_probes_the_largest_and_the_smallest_model_where_their_shape_is_searched(tmp_path):
+    """The probe timed TrainConfig's model shape alone: `depth: {int: [1, 200]}` on vit_micro estimated 2 s
+    for a search that took 72 s. Now it times the most and the least expensive shapes the trials can draw
+    (the widest, deepest, finest-patched; an end that builds no model keeps TrainConfig's value)."""
+    space = {**TINY, "num_samples": 2, "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
+             "fixed": {**{k: v for k, v in TINY["fixed"].items() if k != "patch_size"}, "data_subset": 200,
+                       "warmup_epochs": 0.0, "batch_size": 64},
+             "search": {"depth": {"choice": [1, 3]}, "embed_dim": {"choice": [32, 48]},
+                        "num_heads": {"choice": [2, 4]}, "patch_size": {"choice": [4, 2]}}}
+    (tmp_path / "shape.yaml").write_text(yaml.safe_dump(space))
+    proc = search("--space", str(tmp_path / "shape.yaml"), "--out", str(tmp_path), "--name", "shape")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    # (the order of the choices does not matter)
+    assert re.search(r"probe: [\d,]+ at batch 64 \(depth 3, embed_dim 48, patch_size 2\) and [\d,]+ at batch 64 "
+                     r"\(depth 1, embed_dim 32, patch_size 4\) training images/s per trial", proc.stdout), \
+        proc.stdout[:1500]
+
+
 def test_in_a_log_the_progress_comes_at_least_every_minute_while_results_arrive(capsys):
     from vitsearch import search_cli
     from vitsearch.space import load_space

@@ -499,37 +499,94 @@ def _existing(exp_dir: Path, flag: str):
     return exp_dir, space, run
 
 
-def _largest(space) -> dict:
-    """The space's most expensive point for a probe: its largest batch."""
-    return {k: max(d.choices) if d.kind == "choice" else d.high for k, d in space.search.items()
-            if k in ("batch_size",)}
+def _largest(space, image_size: int | None = None) -> dict:
+    """The space's most expensive point for a probe: its largest batch, and its largest model where the
+    model's shape is searched (`_model_ends`)."""
+    batch = {k: max(d.choices) if d.kind == "choice" else d.high for k, d in space.search.items()
+             if k in ("batch_size",)}
+    return {**batch, **_model_ends(space, image_size)[0]}
+
+
+# searched keys that set a trial's cost per image, and which end of their values costs the most
+COST_KEYS = {"depth": max, "embed_dim": max, "patch_size": min}
+
+
+def _model_ends(space, image_size: int | None) -> tuple[dict, dict]:
+    """The most and the least expensive model shapes the trials can draw, where depth, embed_dim or
+    patch_size is searched (empty dicts where none is). The probe timed TrainConfig's shape alone: with
+    `depth: {int: [1, 200]}` on vit_micro it estimated 2 s for a search that took 72 s. An end that builds no
+    model (a width no searched head count divides, a patch size that does not divide `image_size`) is left
+    out, and its key keeps TrainConfig's value."""
+    from .config import ConfigError, width_and_heads
+
+    ends: tuple[dict, dict] = ({}, {})
+    for key, costly in COST_KEYS.items():
+        dist = space.search.get(key)
+        if dist is None:
+            continue
+        values = sorted(v for v in dist.choices if v is not None) if dist.kind == "choice" else \
+            [int(dist.low), int(dist.high)]
+        if key == "patch_size" and image_size:
+            values = [v for v in values if image_size % v == 0]
+        if values:
+            ends[0][key], ends[1][key] = (values[-1], values[0]) if costly is max else (values[0], values[-1])
+    heads = space.search.get("num_heads")
+    head_counts = sorted((v for v in heads.choices if v is not None) if heads.kind == "choice" else
+                         range(int(heads.low), int(heads.high) + 1), reverse=True) if heads else [None]
+    built = []
+    for end in ends:
+        if "embed_dim" in end:
+            model = space.trial_config({}).model
+            fits = [h for h in head_counts if (shape := width_and_heads(model, end["embed_dim"], h)) is None
+                    or shape[0] % shape[1] == 0]
+            if not fits:
+                del end["embed_dim"]
+            elif fits[0] is not None:
+                end["num_heads"] = fits[0]
+        try:
+            space.trial_config(end)
+        except ConfigError:
+            end = {}
+        built.append(end)
+    return built[0], built[1]
 
 
 def _probe_points(space, data, device: str) -> list[dict]:
     """What the cost probe measures: the space's largest batch and, where the batch is searched, also its
     smallest, which trains fewer images per second (quickstart on the CPU: 1,850 at 128, 1,440 at 32) and
     takes as many trials. On a CPU a probe steps one micro-batch at most, so two batches that both fill
-    one are measured once."""
+    one are measured once. Where the model's shape is searched, each batch is timed with the largest model
+    and the smallest (`_model_ends`), largest first."""
     from .train import probe_batch, resolve_device
 
-    largest = _largest(space)
+    costly, cheap = _model_ends(space, data.image_size)
+    models = [costly, cheap] if costly != cheap else [costly]
+    largest = {k: v for k, v in _largest(space).items() if k == "batch_size"}
     dist = space.search.get("batch_size")
-    if dist is None:
-        return [largest]
-    smallest = {**largest, "batch_size": min(dist.choices) if dist.kind == "choice" else dist.low}
-    dev, n = resolve_device(device), len(data.train_y)
-    same = probe_batch(space.trial_config(smallest), n, dev) == probe_batch(space.trial_config(largest), n, dev)
-    return [largest] if same else [largest, smallest]
+    batches = [largest]
+    if dist is not None:
+        smallest = {**largest, "batch_size": min(dist.choices) if dist.kind == "choice" else dist.low}
+        dev, n = resolve_device(device), len(data.train_y)
+        if probe_batch(space.trial_config(smallest), n, dev) != probe_batch(space.trial_config(largest), n, dev):
+            batches.append(smallest)
+    return [{**batch, **model} for batch in batches for model in models]
+
+
+def _probe_label(space, point: dict) -> str:
+    """How the plan names a probed point: its batch, and its model's shape where that is searched."""
+    cfg = space.trial_config(point)
+    shape = [f"{k} {point[k]}" for k in COST_KEYS if k in point]
+    return f"batch {cfg.batch_size}" + (f" ({', '.join(shape)})" if shape else "")
 
 
 class _Probe:
     """The throughput probe in a background thread: a few real steps of each of `_probe_points`.
-    Its value: (batch size, training images/s) per point."""
+    Its value: (what was probed, training images/s) per point."""
 
     def __init__(self, space, data, device: str):
         import threading
 
-        self.value: list[tuple[int, float]] | None = None
+        self.value: list[tuple[str, float]] | None = None
         self.error: BaseException | None = None
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(space, data, device), daemon=True)
@@ -552,8 +609,8 @@ class _Probe:
                 if self.stopping.is_set() or (self.value and time.time() - started > SECOND_PROBE_WITHIN_S):
                     break  # a slow first probe (ViT-S on a CPU: ~30 s) is what the estimate gets
                 cfg = space.trial_config(point)
-                self.value.append((cfg.batch_size, measure_throughput(cfg, data, device,
-                                                                      stop=self.stopping.is_set)))
+                self.value.append((_probe_label(space, point), measure_throughput(cfg, data, device,
+                                                                                  stop=self.stopping.is_set)))
         except BaseException as exc:  # re-raised in the main thread (a bad teacher path is a UserError)
             self.error = exc
         finally:
@@ -567,7 +624,7 @@ class _Probe:
         self.stopping.set()
         self.thread.join(wait_s)
 
-    def result(self) -> list[tuple[int, float]]:
+    def result(self) -> list[tuple[str, float]]:
         self.thread.join(SAY_PROBING_AFTER_S)
         if self.thread.is_alive():  # a large model on a CPU: say what the wait is for
             console.print("probe: timing a few training steps of each probed config ...", highlight=False)
@@ -594,7 +651,7 @@ def _packing(space, data, device: str, earlier: dict | None):
         return space, earlier
     if earlier is None:
         console.print("packing probe: how many trials share one GPU ...", highlight=False)
-        found = probe(space.trial_config(_largest(space)), data, device)
+        found = probe(space.trial_config(_largest(space, data.image_size)), data, device)
         earlier = found.to_dict()
         console.print(f"packing: {found.describe()}", highlight=False)
     return replace(space, gpu=1.0 / earlier["trials_per_gpu"]), earlier
@@ -634,8 +691,8 @@ def _half_on_cpu(space, device: str, args) -> str | None:
     return next((n for p in asked if (n := half_on_cpu_note(p, resolve_device(device)))), None)
 
 
-def _print_plan(space, data, device: str, probes: list[tuple[int, float]], note: str | None = None) -> float:
-    """The plan and an honest cost estimate from `probes`, (batch size, images/s) of the probed configs:
+def _print_plan(space, data, device: str, probes: list[tuple[str, float]], note: str | None = None) -> float:
+    """The plan and an honest cost estimate from `probes`, (what was probed, images/s) of the probed configs:
     an image costs the mean of their times per image. Returns the trial-epochs expected."""
     from .search import expected_trial_epochs
 
@@ -646,8 +703,8 @@ def _print_plan(space, data, device: str, probes: list[tuple[int, float]], note:
     ips = len(probes) / sum(1.0 / rate for _, rate in probes)
     epoch_s = (len(data.train_y) + len(data.val_y) / 3) / ips
     everything = math.ceil(space.num_samples / slots) * space.max_epochs * epoch_s  # no trial stopped early
-    speeds = " and ".join(f"{rate:,.0f} at batch {batch}" for batch, rate in probes) if len(probes) > 1 \
-        else f"{probes[0][1]:,.0f}"
+    labelled = len(probes) > 1 or "(" in probes[0][0]  # several points, or the largest model's alone
+    speeds = " and ".join(f"{rate:,.0f} at {label}" for label, rate in probes) if labelled else f"{probes[0][1]:,.0f}"
     console.print(f"probe: {speeds} training images/s per trial ({max(1, int(space.cpu))} CPU thread(s), "
                   f"device {device}); ~{epochs:,.0f} trial-epochs expected with ASHA, {slots} at a time -> "
                   f"estimated {duration(epoch_times * epoch_s)} (all {space.num_samples * space.max_epochs:,} "
