@@ -1113,6 +1113,16 @@ def test_batch_sizes_larger_than_the_data_are_not_sampled(tmp_path):
     proc = search("--space", str(tmp_path / "big.yaml"), "--out", str(tmp_path), "--name", "big")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "training images/s per trial (1 CPU thread(s)," in proc.stdout  # half a CPU trains on 1, not "0"
+    # 3 one-thread trials at once on fewer CPUs: each runs slower than the probe measured it alone, and the
+    # estimate assumed the probed speed
+    cpus = len(os.sched_getaffinity(0))
+    crowded = re.search(r"; 3 trials of 1 thread\(s\) share (\d+) CPUs, so each runs at ~1/([\d.]+) of the probed "
+                        r"speed", " ".join(proc.stdout.split()))
+    if cpus < 3:
+        assert crowded and int(crowded.group(1)) == cpus and float(crowded.group(2)) == pytest.approx(3 / cpus,
+                                                                                                      rel=1e-2)
+    else:
+        assert crowded is None, proc.stdout[:1500]
     assert ("batch_size 1000 left out of the search: more than the 600 training images of 'digits'\n"
             in proc.stdout), proc.stdout[:1500]
     trials = pd.read_parquet(tmp_path / "big" / "trials.parquet")

@@ -701,15 +701,35 @@ def _print_plan(space, data, device: str, probes: list[tuple[str, float]], note:
     slots = _slots(space)
     epochs, epoch_times = expected_trial_epochs(space, slots)
     ips = len(probes) / sum(1.0 / rate for _, rate in probes)
-    epoch_s = (len(data.train_y) + len(data.val_y) / 3) / ips
+    crowd = _crowding(space, slots)
+    epoch_s = (len(data.train_y) + len(data.val_y) / 3) / ips * crowd
     everything = math.ceil(space.num_samples / slots) * space.max_epochs * epoch_s  # no trial stopped early
     labelled = len(probes) > 1 or "(" in probes[0][0]  # several points, or the largest model's alone
     speeds = " and ".join(f"{rate:,.0f} at {label}" for label, rate in probes) if labelled else f"{probes[0][1]:,.0f}"
     console.print(f"probe: {speeds} training images/s per trial ({max(1, int(space.cpu))} CPU thread(s), "
                   f"device {device}); ~{epochs:,.0f} trial-epochs expected with ASHA, {slots} at a time -> "
                   f"estimated {duration(epoch_times * epoch_s)} (all {space.num_samples * space.max_epochs:,} "
-                  f"trial-epochs: {duration(everything)})", highlight=False, soft_wrap=True)
+                  f"trial-epochs: {duration(everything)})"
+                  + (f"; {slots} trials of {max(1, int(space.cpu))} thread(s) share {_ray_cpus():g} CPUs, so each "
+                     f"runs at ~1/{crowd:.3g} of the probed speed" if crowd > 1 else ""),
+                  highlight=False, soft_wrap=True)
     return epochs
+
+
+def _ray_cpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("CPU", 0.0) if ray.is_initialized() else float(_cpus())
+
+
+def _crowding(space, slots: int) -> float:
+    """How many times over the CPU trials' threads fill the CPUs: `resources.cpu: 0.5` on 2 cores runs 4
+    one-thread trials at once, each at about half the speed the probe measured alone (the estimate
+    assumed the probed speed). 1 where the threads fit, and for GPU trials, whose GPU sets the pace."""
+    cpus = _ray_cpus()
+    if space.gpu or cpus <= 0:
+        return 1.0
+    return max(1.0, slots * max(1, int(space.cpu)) / cpus)
 
 
 def _slots(space) -> int:
