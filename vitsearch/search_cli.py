@@ -662,6 +662,7 @@ def _print_header(space, data) -> None:
     ViT-S's probe on a CPU takes about a minute)."""
     from .config import warmup_note
     from .data import subset_note, untrained_note
+    from .space import shape_clash_note
 
     console.print(f"[bold]search[/] {space.name}: {count(space.num_samples, 'trial')} x <= {space.max_epochs} epochs, "
                   f"ASHA grace {space.grace_period} / factor {space.reduction_factor}, metric {space.metric} "
@@ -673,7 +674,7 @@ def _print_header(space, data) -> None:
     base = space.trial_config({})  # a fixed warmup (or the default's) that fills every trial's budget
     warmup = None if "warmup_epochs" in space.search else warmup_note(base, "the budget, scheduler.max_epochs",
                                                                        "every trial's")
-    for note in (alone, subset_note(base.data_subset, data), untrained_note(data), warmup):
+    for note in (alone, subset_note(base.data_subset, data), untrained_note(data), warmup, shape_clash_note(space)):
         if note:
             console.print(note, highlight=False, soft_wrap=True)
 

@@ -358,12 +358,12 @@ def _check_range_values(base: TrainConfig, search: dict[str, Distribution], fail
                  f"keep min_lr at most {lowest_lr:g}")
 
 
-def _check_heads(base: TrainConfig, fixed: dict, search: dict[str, Distribution], fail) -> None:
-    """num_heads must divide embed_dim: a head count, width or model that builds with none of what the trials
-    can draw for the others is refused. Each trial with it failed as its model was built. A range is checked
-    value by value (`embed_dim: {int: [32, 96]}` with 4 heads: 5 of 6 trials failed)."""
-    keys = ("num_heads", "embed_dim", "model")
+SHAPE_KEYS = ("num_heads", "embed_dim", "model")
 
+
+def _shape_options(base: TrainConfig, search: dict[str, Distribution]) -> dict[str, tuple] | None:
+    """The values of num_heads, embed_dim and model the trials can draw (a fixed key: its one value); None
+    where a range is too vast to list."""
     def values(key: str) -> tuple | None:
         if key not in search:
             return (getattr(base, key),)
@@ -374,11 +374,47 @@ def _check_heads(base: TrainConfig, fixed: dict, search: dict[str, Distribution]
             return tuple(range(int(dist.low), int(dist.high) + 1))
         return None  # a float scale is refused elsewhere (whole numbers); a vast range is left to its trials
 
-    options = {k: values(k) for k in keys}
+    options = {k: values(k) for k in SHAPE_KEYS}
     if any(v is None for v in options.values()) or math.prod(len(v) for v in options.values()) > 20_000:
+        return None
+    return options
+
+
+def _builds(combo: tuple) -> bool:
+    """Whether (num_heads, embed_dim, model) builds a model: num_heads must divide embed_dim."""
+    shape = width_and_heads(combo[2], combo[1], combo[0])
+    return shape is None or shape[0] % shape[1] == 0
+
+
+def shape_clash_note(space: SearchSpace) -> str | None:
+    """A note where the trials can draw a width and a head count that build no model together, though each
+    builds with some of the other's values (so the space is kept): `embed_dim: {choice: [32, 48]}` with
+    `num_heads: {choice: [3, 4]}` failed every trial that drew 32 and 3, without a word before."""
+    searched = [k for k in SHAPE_KEYS if k in space.search]
+    if len(searched) < 2 and "model" not in searched:
+        return None
+    options = _shape_options(space.trial_config({}), space.search)
+    if options is None:
+        return None
+    combos = list(itertools.product(*options.values()))
+    bad = [c for c in combos if not _builds(c)]
+    if not bad:
+        return None
+    said = " with ".join(f"{k} {v}" for k, v in reversed(list(zip(SHAPE_KEYS, bad[0]))) if k in searched)
+    return (f"note: {len(bad)} of the {len(combos)} combinations of {' and '.join(reversed(searched))} the trials can "
+            f"draw build "
+            f"no model (num_heads must divide embed_dim; {said}, say): a trial that draws one fails as it starts")
+
+
+def _check_heads(base: TrainConfig, fixed: dict, search: dict[str, Distribution], fail) -> None:
+    """num_heads must divide embed_dim: a head count, width or model that builds with none of what the trials
+    can draw for the others is refused. Each trial with it failed as its model was built. A range is checked
+    value by value (`embed_dim: {int: [32, 96]}` with 4 heads: 5 of 6 trials failed)."""
+    keys = SHAPE_KEYS
+    options = _shape_options(base, search)
+    if options is None:
         return
-    built = [combo for combo in itertools.product(*options.values()) if
-             (shape := width_and_heads(combo[2], combo[1], combo[0])) is None or shape[0] % shape[1] == 0]
+    built = [combo for combo in itertools.product(*options.values()) if _builds(combo)]
 
     def said(key: str) -> str:
         if key in search:
