@@ -499,12 +499,15 @@ def _existing(exp_dir: Path, flag: str):
     return exp_dir, space, run
 
 
-def _largest(space, image_size: int | None = None) -> dict:
+def _largest(space, image_size: int) -> dict:
     """The space's most expensive point for a probe: its largest batch, and its largest model where the
     model's shape is searched (`_model_ends`)."""
-    batch = {k: max(d.choices) if d.kind == "choice" else d.high for k, d in space.search.items()
-             if k in ("batch_size",)}
-    return {**batch, **_model_ends(space, image_size)[0]}
+    return {**_largest_batch(space), **_model_ends(space, image_size)[0]}
+
+
+def _largest_batch(space) -> dict:
+    dist = space.search.get("batch_size")
+    return {} if dist is None else {"batch_size": max(dist.choices) if dist.kind == "choice" else dist.high}
 
 
 # searched keys that set a trial's cost per image, and which end of their values costs the most
@@ -530,19 +533,19 @@ def _model_ends(space, image_size: int | None) -> tuple[dict, dict]:
             values = [v for v in values if image_size % v == 0]
         if values:
             ends[0][key], ends[1][key] = (values[-1], values[0]) if costly is max else (values[0], values[-1])
-    heads = space.search.get("num_heads")
-    head_counts = sorted((v for v in heads.choices if v is not None) if heads.kind == "choice" else
-                         range(int(heads.low), int(heads.high) + 1), reverse=True) if heads else [None]
+    heads = space.search.get("num_heads")  # the most heads that divide a searched width end, largest first
+    head_counts = [None] if heads is None else range(int(heads.high), int(heads.low) - 1, -1) \
+        if heads.kind != "choice" else sorted((v for v in heads.choices if v is not None), reverse=True)
+    model = space.trial_config({}).model
     built = []
     for end in ends:
         if "embed_dim" in end:
-            model = space.trial_config({}).model
-            fits = [h for h in head_counts if (shape := width_and_heads(model, end["embed_dim"], h)) is None
-                    or shape[0] % shape[1] == 0]
-            if not fits:
+            fit = next((h for h in head_counts if (shape := width_and_heads(model, end["embed_dim"], h)) is None
+                        or shape[0] % shape[1] == 0), 0)
+            if fit == 0:
                 del end["embed_dim"]
-            elif fits[0] is not None:
-                end["num_heads"] = fits[0]
+            elif fit is not None:
+                end["num_heads"] = fit
         try:
             space.trial_config(end)
         except ConfigError:
@@ -561,7 +564,7 @@ def _probe_points(space, data, device: str) -> list[dict]:
 
     costly, cheap = _model_ends(space, data.image_size)
     models = [costly, cheap] if costly != cheap else [costly]
-    largest = {k: v for k, v in _largest(space).items() if k == "batch_size"}
+    largest = _largest_batch(space)
     dist = space.search.get("batch_size")
     batches = [largest]
     if dist is not None:
