@@ -1209,7 +1209,7 @@ def test_the_plan_probes_the_largest_and_the_smallest_model_where_their_shape_is
         proc.stdout[:1500]
     # 32 wide with 3 heads builds no model, though each builds with the other's other value: the space is kept,
     # and a trial that draws both fails; the plan said nothing of it
-    assert "note: 1 of the 4 combinations of embed_dim and num_heads the trials can draw build no model (num_heads " \
+    assert "note: 1 of the 4 combinations of embed_dim and num_heads the trials can draw builds no model (num_heads " \
            "must divide embed_dim; embed_dim 32 with num_heads 3, say): a trial that draws one fails as it starts" \
            in " ".join(proc.stdout.split()), proc.stdout[:1500]
 

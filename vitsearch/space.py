@@ -401,9 +401,10 @@ def shape_clash_note(space: SearchSpace) -> str | None:
     if not bad:
         return None
     said = " with ".join(f"{k} {v}" for k, v in reversed(list(zip(SHAPE_KEYS, bad[0]))) if k in searched)
+    build = "builds" if len(bad) == 1 else "build"
     return (f"note: {len(bad)} of the {len(combos)} combinations of {' and '.join(reversed(searched))} the trials can "
-            f"draw build "
-            f"no model (num_heads must divide embed_dim; {said}, say): a trial that draws one fails as it starts")
+            f"draw {build} no model (num_heads must divide embed_dim; {said}, say): a trial that draws one fails as "
+            "it starts")
 
 
 def _check_heads(base: TrainConfig, fixed: dict, search: dict[str, Distribution], fail) -> None:
