@@ -520,7 +520,8 @@ def _model_ends(space, image_size: int | None) -> tuple[dict, dict]:
     `depth: {int: [1, 200]}` on vit_micro it estimated 2 s for a search that took 72 s. An end that builds no
     model (a width no searched head count divides, a patch size that does not divide `image_size`) is left
     out, and its key keeps TrainConfig's value."""
-    from .config import ConfigError, width_and_heads
+    from .config import ConfigError
+    from .space import shape_builds
 
     ends: tuple[dict, dict] = ({}, {})
     for key, costly in COST_KEYS.items():
@@ -540,8 +541,7 @@ def _model_ends(space, image_size: int | None) -> tuple[dict, dict]:
     built = []
     for end in ends:
         if "embed_dim" in end:
-            fit = next((h for h in head_counts if (shape := width_and_heads(model, end["embed_dim"], h)) is None
-                        or shape[0] % shape[1] == 0), 0)
+            fit = next((h for h in head_counts if shape_builds((h, end["embed_dim"], model))), 0)
             if fit == 0:
                 del end["embed_dim"]
             elif fit is not None:
@@ -705,16 +705,17 @@ def _print_plan(space, data, device: str, probes: list[tuple[str, float]], note:
     slots = _slots(space)
     epochs, epoch_times = expected_trial_epochs(space, slots)
     ips = len(probes) / sum(1.0 / rate for _, rate in probes)
-    crowd = _crowding(space, slots)
+    cpus = _ray_cpus()
+    crowd = _crowding(space, slots, cpus)
     epoch_s = (len(data.train_y) + len(data.val_y) / 3) / ips * crowd
     everything = math.ceil(space.num_samples / slots) * space.max_epochs * epoch_s  # no trial stopped early
-    labelled = len(probes) > 1 or "(" in probes[0][0]  # several points, or the largest model's alone
+    labelled = len(probes) > 1 or any(k in space.search for k in COST_KEYS)  # or the largest model's alone
     speeds = " and ".join(f"{rate:,.0f} at {label}" for label, rate in probes) if labelled else f"{probes[0][1]:,.0f}"
     console.print(f"probe: {speeds} training images/s per trial ({max(1, int(space.cpu))} CPU thread(s), "
                   f"device {device}); ~{epochs:,.0f} trial-epochs expected with ASHA, {slots} at a time -> "
                   f"estimated {duration(epoch_times * epoch_s)} (all {space.num_samples * space.max_epochs:,} "
                   f"trial-epochs: {duration(everything)})"
-                  + (f"; {slots} trials of {max(1, int(space.cpu))} thread(s) share {_ray_cpus():g} CPUs, so each "
+                  + (f"; {slots} trials of {max(1, int(space.cpu))} thread(s) share {cpus:g} CPUs, so each "
                      f"runs at ~1/{crowd:.3g} of the probed speed" if crowd > 1 else ""),
                   highlight=False, soft_wrap=True)
     return epochs
@@ -726,11 +727,10 @@ def _ray_cpus() -> float:
     return ray.cluster_resources().get("CPU", 0.0) if ray.is_initialized() else float(_cpus())
 
 
-def _crowding(space, slots: int) -> float:
+def _crowding(space, slots: int, cpus: float) -> float:
     """How many times over the CPU trials' threads fill the CPUs: `resources.cpu: 0.5` on 2 cores runs 4
     one-thread trials at once, each at about half the speed the probe measured alone (the estimate
     assumed the probed speed). 1 where the threads fit, and for GPU trials, whose GPU sets the pace."""
-    cpus = _ray_cpus()
     if space.gpu or cpus <= 0:
         return 1.0
     return max(1.0, slots * max(1, int(space.cpu)) / cpus)
@@ -874,11 +874,8 @@ def _after_search(space, exp_dir: Path, data, device: str, args, storage, ray_di
             err_console.print(f"error: every trial {how} ({count(len(trials), 'trial')}): the search found nothing; "
                               "each one's reason is in trials.parquet and report.html", highlight=False, soft_wrap=True)
             code = 1
-    except KeyboardInterrupt:  # SIGTERM or Ctrl-C during the reports: every trial is done and recorded
-        if not parquet_written:  # the resume writes them; this run's time counts all the same
-            with contextlib.suppress(OSError, UserError, ValueError):
-                count_time()
-        else:
+    except KeyboardInterrupt:  # SIGTERM or Ctrl-C during the reports: every trial is done and recorded (the
+        if parquet_written:      # resume writes the Parquet files; _run_and_report counts this run's time)
             args.parquet_written = True
             console.print(f"interrupted while drawing the reports; the Parquet files are written, and "
                           f"`{command()} report {escape(shell(exp_dir))}` draws the rest", highlight=False,

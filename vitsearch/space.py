@@ -380,7 +380,7 @@ def _shape_options(base: TrainConfig, search: dict[str, Distribution]) -> dict[s
     return options
 
 
-def _builds(combo: tuple) -> bool:
+def shape_builds(combo: tuple) -> bool:
     """Whether (num_heads, embed_dim, model) builds a model: num_heads must divide embed_dim."""
     shape = width_and_heads(combo[2], combo[1], combo[0])
     return shape is None or shape[0] % shape[1] == 0
@@ -397,7 +397,7 @@ def shape_clash_note(space: SearchSpace) -> str | None:
     if options is None:
         return None
     combos = list(itertools.product(*options.values()))
-    bad = [c for c in combos if not _builds(c)]
+    bad = [c for c in combos if not shape_builds(c)]
     if not bad:
         return None
     said = " with ".join(f"{k} {v}" for k, v in reversed(list(zip(SHAPE_KEYS, bad[0]))) if k in searched)
@@ -415,7 +415,7 @@ def _check_heads(base: TrainConfig, fixed: dict, search: dict[str, Distribution]
     options = _shape_options(base, search)
     if options is None:
         return
-    built = [combo for combo in itertools.product(*options.values()) if _builds(combo)]
+    built = [combo for combo in itertools.product(*options.values()) if shape_builds(combo)]
 
     def said(key: str) -> str:
         if key in search:
