@@ -134,6 +134,22 @@ def _linformer_space(tmp: Path) -> Path:
     return path
 
 
+def _init_space(tmp: Path, searched: str = "stem: {choice: [patch, conv]}") -> Path:
+    """Weights of a micro ViT (patch stem, 4 blocks: its family's depth) on digits as init_from, with `searched`:
+    TrainConfig's shape, which the probe loads them into, fits."""
+    import torch
+
+    from vitsearch.config import TrainConfig
+    from vitsearch.model import build_model
+
+    torch.save({"model": build_model(TrainConfig(model="vit_micro"), 1, 8, 10).state_dict()}, tmp / "w.pt")
+    path = tmp / "init.yaml"
+    path.write_text("num_samples: 4\nscheduler: {max_epochs: 2, grace_period: 1, reduction_factor: 2}\n"
+                    f"resources: {{cpu: 1}}\nfixed: {{model: vit_micro, data_subset: 300, batch_size: 64, init_from: "
+                    f"{tmp / 'w.pt'}}}\nsearch:\n  {searched}\n")
+    return path
+
+
 def _empty_class(tmp: Path) -> Path:
     root = _image_folder(tmp / "img", (".hidden", b""))  # skipped, as hidden files are
     (root / "c").mkdir()
@@ -255,6 +271,10 @@ GENERATED = {
         lambda t: ["search", "--space", str(_patch_space(t))],
         "search.patch_size: choice [2, 3] draws 3, which does not divide this data's image size, 8 px (image_size "
         "is not fixed): every trial that drew one would fail; fix image_size, or search patch sizes that divide 8"),
+    # 3 of 4 trials drew the conv stem, which the weights (of a patch stem) do not fit, and failed as they started
+    "a searched stem that init_from's weights do not fit": (
+        lambda t: ["search", "--space", str(_init_space(t))],
+        "search.stem: choice ['patch', 'conv'] draws stem conv, which the weights of init_from '"),
     "a bare folder as --data": (lambda t: ["search", "--space", "quickstart", "--data",
                                            str(_image_folder(t / "img", ("c.png", TRUNCATED_PNG)))],
                                 "; for a folder of class folders: imagefolder:"),
@@ -375,3 +395,26 @@ def test_ray_address_is_not_announced_before_a_refusal(tmp_path, monkeypatch, ca
     code = main(["search", "--extend", str(tmp_path), "--trials", "0"])
     captured = capsys.readouterr()
     assert code == 2 and captured.out == "" and "is not a vitsearch experiment folder" in captured.err
+
+
+def test_init_from_is_loaded_into_the_ends_of_a_searched_depth(tmp_path):
+    """The deepest end of the search is named (the probe, which loads it, said only that init_from did not fit);
+    a depth range the weights fit (shallower models keep the first blocks) is no error."""
+    from vitsearch.data import load_data
+    from vitsearch.errors import SpaceError
+    from vitsearch.search_cli import _check_init_shapes
+    from vitsearch.space import load_space
+
+    for depths, refused in (("[2, 6]", True), ("[1, 4]", False)):
+        (tmp_path / "w.pt").unlink(missing_ok=True)
+        space = load_space(str(_init_space(tmp_path, f"depth: {{int: {depths}}}")))
+        data = load_data(space.trial_config({}))
+        if not refused:
+            _check_init_shapes(space, data, "init.yaml")
+            continue
+        with pytest.raises(SpaceError) as caught:
+            _check_init_shapes(space, data, "init.yaml")
+        assert str(caught.value) == (
+            f"init.yaml: search.depth: int [2, 6] draws depth 6, which the weights of init_from '{tmp_path / 'w.pt'}' "
+            "do not fit (no weights for 'blocks.4.norm1.weight': a different architecture): every trial that drew it "
+            "would fail; search only shapes the weights fit, or fix depth"), caught

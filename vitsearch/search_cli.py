@@ -364,6 +364,7 @@ def _check_model_sources(space, data, origin: str, new: bool = True) -> None:
     if new:
         _check_patch_sizes(space, data, origin)
         _check_linformer_k(space, data, origin)
+        _check_init_shapes(space, data, origin)
     if not searched:  # (the usual case: nothing to import, the trainer's imports stay on the probe's thread)
         return
     import torch
@@ -384,6 +385,47 @@ def _check_model_sources(space, data, origin: str, new: bool = True) -> None:
                     build_model(cfg, data.channels, data.image_size, data.num_classes)
             except ConfigError as exc:
                 raise SpaceError(f"{origin}: search.{key}: {exc}; every trial with it would fail") from None
+
+
+# searched keys that change the shapes of a model's weights (a patch size or image size is resampled to)
+WEIGHT_SHAPE_KEYS = ("model", "depth", "embed_dim", "stem", "attention")
+
+
+def _check_init_shapes(space, data, origin: str) -> None:
+    """Pretrained weights (`init_from`, fixed or each searched choice) must fit every model shape the trials
+    can draw: with `init_from` a 2-block micro ViT and `depth: {int: [2, 4]}`, each trial deeper than the
+    weights failed as it started ("no weights for 'blocks.2...'") while the others ran on; the probe loads
+    them into TrainConfig's shape alone. The ends of a searched depth and width (`_model_ends`) and each
+    choice of model, stem and attention are loaded, with this data, before any trial."""
+    searched = [key for key in WEIGHT_SHAPE_KEYS if key in space.search]
+    init = space.search.get("init_from")
+    sources = [v for v in init.choices if v is not None] if init is not None and init.kind == "choice" else \
+        [space.trial_config({}).init_from]
+    if not searched or not any(sources):
+        return
+    from .model import build_model
+
+    points = [end for end in _model_ends(space, data.image_size) if end]
+    points += [{key: v} for key in ("model", "stem", "attention") if key in space.search
+               for v in space.search[key].choices]
+    for source in filter(None, sources):
+        for point in points:
+            try:
+                cfg = space.trial_config({**point, "init_from": source})
+            except ConfigError:
+                continue  # (a shape that builds no model: the space's checks and notes say so)
+            try:
+                build_model(cfg, data.channels, data.image_size, data.num_classes)
+            except ConfigError as exc:
+                drawn = {k: v for k, v in point.items() if k in searched}
+                text, name = str(exc), repr(source)
+                reason = text[text.index(name) + len(name) + 2:-1] if f"{name} (" in text else text
+                key = next(iter(drawn))
+                raise SpaceError(
+                    f"{origin}: search.{key}: {space.search[key].describe()} draws "
+                    f"{', '.join(f'{k} {v}' for k, v in drawn.items())}, which the weights of init_from {source!r} "
+                    f"do not fit ({reason}): every trial that drew it would fail; search only shapes the weights "
+                    f"fit, or fix {' and '.join(drawn)}") from None
 
 
 def _check_patch_sizes(space, data, origin: str) -> None:
