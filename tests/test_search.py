@@ -492,6 +492,31 @@ def test_the_importance_estimate_says_how_many_completed_trials_it_rests_on(tiny
     assert "Importance: none: not enough completed trials for an importance estimate." in pages[0]
 
 
+def test_a_search_in_which_no_trial_learned_says_so(tiny_search, tmp_path):
+    """A 3-epoch search on val_loss ended "best #0: val_loss 2.3315" (val_acc 0.12, chance 0.13) and wrote its
+    best_config.yaml without a word that no trial had learned anything. Now the summary and report.html say so;
+    a search whose trials learned (tiny_search) says nothing."""
+    space = {**TINY, "num_samples": 3, "metric": "val_loss", "mode": "min",
+             "scheduler": {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
+             "fixed": {**TINY["fixed"], "data_subset": 300, "warmup_epochs": 0.0, "batch_size": 64, "min_lr": 0.0},
+             "search": {"lr": {"loguniform": [1.0e-9, 1.0e-8]}}}
+    (tmp_path / "flat.yaml").write_text(yaml.safe_dump(space))
+    proc = search("--space", str(tmp_path / "flat.yaml"), "--out", str(tmp_path), "--name", "flat")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    said = re.search(r"note: no trial learned: the highest val_acc any trial reached, (0\.\d{4}), is within chance "
+                     r"\(always answering the most common class scores (0\.\d{4}) on the 359 validation images, and two "
+                     r"standard errors are (0\.\d{4})\), so the best config is no better than a guess; give the trials "
+                     r"more epochs \(scheduler.max_epochs\), more data, or a shorter warmup or a higher lr",
+                     " ".join(proc.stdout.split()))
+    assert said, proc.stdout[-2000:]
+    reached, chance, margin = map(float, said.groups())
+    trials = pd.read_parquet(tmp_path / "flat" / "trials.parquet")
+    assert reached == round(trials["best_val_acc"].max(), 4) and reached <= chance + margin
+    assert "<p class='note'>No trial learned: the highest val_acc" in (tmp_path / "flat" / "report.html").read_text()
+    exp, proc = tiny_search
+    assert "no trial learned" not in proc.stdout and "No trial learned" not in (exp / "report.html").read_text()
+
+
 def test_a_report_on_val_loss_compares_it_once(tiny_search, tmp_path):
     """The best-against-defaults table lists the metric, best val_acc and final val_loss: a search on val_loss
     listed final_val_loss twice."""

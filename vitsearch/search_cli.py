@@ -344,7 +344,7 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
             json.loads(json.dumps(read_yaml(exp_dir / SPACE_FILE, "search space"), default=str))
         write_bytes(json.dumps({**run, "device": device, "storage": storage, "address": args.address,
                                 "ray_dir": ray_dir, "extensions": extensions, "packing": packing,
-                                "data": run.get("data", fingerprint), **extension,
+                                "data": run.get("data", fingerprint), "val_majority": _val_majority(data), **extension,
                                 **({"space": recorded} if recorded is not None else {})}).encode(),
                     exp_dir / RUN_FILE)
     else:  # a resume: where it goes on now (a moved --storage, another head) is where the next one goes on
@@ -352,6 +352,12 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
         if any(run.get(k) != v for k, v in where.items()):
             write_bytes(json.dumps({**run, **where}).encode(), exp_dir / RUN_FILE)
     return _run_and_report(space, exp_dir, data, device, args, storage_root(storage, run), ray_dir, expected_epochs)
+
+
+def _val_majority(data) -> list[int]:
+    """The validation images of the most common class, and all of them: what always answering that class
+    scores (report.chance_note)."""
+    return [int(data.val_y.bincount().max()) if len(data.val_y) else 0, len(data.val_y)]
 
 
 def _check_model_sources(space, data, origin: str, new: bool = True) -> None:
@@ -821,7 +827,7 @@ def _after_search(space, exp_dir: Path, data, device: str, args, storage, ray_di
     import pandas as pd
 
     from .figures import write_html_report
-    from .report import TrialOutcome, comparison_line, error_line, summary_table, write_reports
+    from .report import TrialOutcome, chance_note, comparison_line, error_line, summary_table, write_reports
     from .search import (
         DATA_UNREADABLE,
         DISK_FULL,
@@ -910,6 +916,8 @@ def _after_search(space, exp_dir: Path, data, device: str, args, storage, ray_di
                       (", best_config.yaml" if (exp_dir / "best_config.yaml").is_file() else "") +
                       f"; Optuna study: {study_storage(exp_dir)} (name {study.study_name!r})", highlight=False,
                       soft_wrap=True)
+        if (note := chance_note(trials, *_val_majority(data))) is not None:
+            console.print(note, highlight=False, soft_wrap=True)
         ended = set(trials["status"])
         if len(trials) and ended <= {"failed", "diverged"}:  # nothing trained to the end: a script must see it
             how = " or ".join(sorted(ended, reverse=True))  # (all diverged exited 0, with no best_config.yaml)
