@@ -770,6 +770,11 @@ def test_reproduce_compares_best_and_defaults_over_seeds(tiny_search, tmp_path):
                                   "(vit_micro, 4 epochs, batch "), proc.stdout[:500]
     assert ", 3 seed(s) each, one run at a time, on digits: 600 train / 359 val images; 24 epochs in all" \
         in proc.stdout.split("\n")[0]
+    # TrainConfig's 5-epoch warmup fills the defaults' 4 epochs: the search's plan said so, the reproduce did not
+    assert proc.stdout.split("\n")[1] == ("note: warmup_epochs 5 is not shorter than the runs of recommended "
+                                          "defaults (4 epochs): their lr rises until the last step and never "
+                                          "decays; set warmup_epochs below 4"), proc.stdout[:800]
+    assert "runs of search best" not in proc.stdout  # (its warmup, searched in [0, 1], is shorter)
     # Before the first run ends it says how long all of them take (here a few seconds: once, at the first epoch).
     first_run = proc.stdout.split("final val_acc")[0]
     assert re.search(r"recommended defaults\s+seed 0\s+epoch 1/4\s+val_acc [.\d]+\s+~\d+ s left in all", first_run)

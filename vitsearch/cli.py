@@ -356,7 +356,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     import shutil
 
     from . import reproduce
-    from .config import TrainConfig
+    from .config import TrainConfig, warmup_note
     from .files import check_folder, claim_folder, new_folders, take_back, write_bytes, write_parquet
 
     if args.seeds is not None and args.seeds < 1:
@@ -473,6 +473,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         + (f"; continuing: {count(len(done), 'run')} of {total_runs} finished before" if args.resume else "")
         + ("; the search's best is the recommended defaults' trial: they are trained once" if source and
            len(configs) == 1 else ""), highlight=False, soft_wrap=True)
+    for name, cfg in configs.items():  # (the search's plan said so of its budget; a reproduce trains it again)
+        if (note := warmup_note(cfg, f"the runs of {name}", "their")) is not None:
+            console.print(note, highlight=False, soft_wrap=True)
     shown = [0.0]
     rows = list(done)
 
