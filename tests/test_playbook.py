@@ -224,6 +224,7 @@ def test_train_cli_writes_a_readable_attention_map_png(tmp_path):
     proc = main("train", "--config", str(ROOT / "configs" / "digits_micro.yaml"), "--set", "epochs=2",
                 "--out", str(tmp_path), "--name", "run")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "note:" not in proc.stdout, proc.stdout  # (it learned: no note that it did not)
     png = tmp_path / "run" / "attention_maps.png"
     with Image.open(png) as image:
         assert image.size == attention_png_size(layers=4, images=ATTENTION_IMAGES)  # image, 4 layers, rollout

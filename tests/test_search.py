@@ -504,9 +504,9 @@ def test_a_search_in_which_no_trial_learned_says_so(tiny_search, tmp_path):
     proc = search("--space", str(tmp_path / "flat.yaml"), "--out", str(tmp_path), "--name", "flat")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     said = re.search(r"note: no trial learned: the highest val_acc any trial reached, (0\.\d{4}), is within chance "
-                     r"\(always answering the most common class scores (0\.\d{4}) on the 359 validation images, and two "
-                     r"standard errors are (0\.\d{4})\), so the best config is no better than a guess; give the trials "
-                     r"more epochs \(scheduler.max_epochs\), more data, or a shorter warmup or a higher lr",
+                     r"\(always answering the most common class scores (0\.\d{4}) on the 359 validation images, and "
+                     r"two standard errors are (0\.\d{4})\), so the best config is no better than a guess; give the "
+                     r"trials more epochs \(scheduler.max_epochs\), more data, or a shorter warmup or a higher lr",
                      " ".join(proc.stdout.split()))
     assert said, proc.stdout[-2000:]
     reached, chance, margin = map(float, said.groups())

@@ -344,6 +344,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         write_bytes(png, run_dir / "attention_maps.png")
         written.append("attention_maps.png")
     console.print("wrote " + ", ".join(f"{run_dir}/{name}" for name in written), highlight=False, soft_wrap=True)
+    from .report import chance_note, val_majority
+
+    if (note := chance_note(result["best_val_acc"], *val_majority(data), search=False)) is not None:
+        console.print(note, highlight=False, soft_wrap=True)
     return 0
 
 

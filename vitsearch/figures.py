@@ -25,7 +25,7 @@ import pandas as pd
 from .config import TrainConfig
 from .errors import UserError
 from .files import write_bytes
-from .report import STATUSES, best_trial, chance_note
+from .report import STATUSES, best_trial, best_val_acc, chance_note
 from .space import SearchSpace, experiment_space
 
 STATUS_COLORS = {"completed": "#1b7837", "stopped_early": "#9e9e9e", "diverged": "#d73027", "failed": "#000000",
@@ -431,7 +431,8 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
     if best is not None:
         summary.append([f"best {space.metric} (full budget)", f"{best[metric]:.4f} (Optuna #{best['optuna_number']})"])
     parts += ["<h2>Outcome</h2>", _table(summary, ["", ""])]
-    if len(run.get("val_majority", ())) == 2 and (note := chance_note(trials, *run["val_majority"])) is not None:
+    majority = run.get("val_majority", ())  # (a search made before it was kept: none)
+    if len(majority) == 2 and (note := chance_note(best_val_acc(trials), *majority)) is not None:
         parts.append(f"<p class='note'>{html.escape(note[6].upper() + note[7:])}.</p>")
     ended = trials[trials["status"].isin(["failed", "diverged"])]
     if len(ended):  # why trials failed or diverged, each reason once, with its trials

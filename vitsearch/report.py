@@ -236,22 +236,36 @@ def comparison_line(trials: pd.DataFrame, space: SearchSpace) -> str:
     return "; ".join(parts)
 
 
-def chance_note(trials: pd.DataFrame, majority: int, n: int) -> str | None:
-    """A note where no trial learned: the highest val_acc any trial reached at any epoch is within two
-    binomial standard deviations of always answering the validation set's most common class (`majority` of
-    its `n` images). Such a search's best config is no better than a guess, and the table and best_config.yaml
-    said nothing of it (a 3-epoch search on val_loss: best 2.3315, the defaults, at val_acc 0.12 of 0.11)."""
-    reached = trials["best_val_acc"].max() if "best_val_acc" in trials and len(trials) else float("nan")
+def chance_note(reached: float, majority: int, n: int, search: bool = True) -> str | None:
+    """A note where nothing learned: `reached`, the highest val_acc any trial (or a `train` run, `search`
+    False) reached at any epoch, is within two binomial standard errors of always answering the validation
+    set's most common class (`majority` of its `n` images). Such a search's best config is no better than a
+    guess, and its table and best_config.yaml said nothing of it (a 3-epoch search on val_loss: best 2.3315,
+    the defaults, at val_acc 0.12 of 0.13)."""
     if n == 0 or not math.isfinite(reached):
         return None
     chance = majority / n
     margin = 2 * math.sqrt(chance * (1 - chance) / n)
     if reached > chance + margin:
         return None
-    return (f"note: no trial learned: the highest val_acc any trial reached, {reached:.4f}, is within chance (always "
-            f"answering the most common class scores {chance:.4f} on the {n:,} validation images, and two standard "
-            f"errors are {margin:.4f}), so the best config is no better than a guess; give the trials more epochs "
-            "(scheduler.max_epochs), more data, or a shorter warmup or a higher lr")
+    return ("note: " + ("no trial learned: the highest val_acc any trial reached" if search else
+                        "the run did not learn: its best val_acc") +
+            f", {reached:.4f}, is within chance (always answering the most common class scores {chance:.4f} on the "
+            f"{n:,} validation images, and two standard errors are {margin:.4f}), " +
+            ("so the best config is no better than a guess; give the trials more epochs (scheduler.max_epochs)"
+             if search else "so its weights are no better than a guess; give it more epochs") +
+            ", more data, or a shorter warmup or a higher lr")
+
+
+def val_majority(data) -> list[int]:
+    """The validation images of the most common class, and all of them: what always answering that class
+    scores (`chance_note`)."""
+    return [int(data.val_y.bincount().max()) if len(data.val_y) else 0, len(data.val_y)]
+
+
+def best_val_acc(trials: pd.DataFrame) -> float:
+    """The highest val_acc any trial reached at any epoch (NaN where none reported one)."""
+    return float(trials["best_val_acc"].max()) if "best_val_acc" in trials and len(trials) else float("nan")
 
 
 def _metric(value: Any) -> str:

@@ -337,6 +337,8 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
             lock_experiment(exp_dir)
         if storage and not run.get("storage"):  # each experiment's Ray state and checkpoints in a folder of its own
             run = {**run, "storage_dir": f"{exp_dir.name}-{uuid.uuid4().hex[:8]}"}
+        from .report import val_majority
+
         extensions = run.get("extensions", 0) + (1 if args.extend else 0)
         extension = {"extension_trials": space.num_samples} if args.extend else {}
         # the space as written, which a --resume, --extend, report or reproduce --from checks space.yaml against
@@ -344,7 +346,7 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
             json.loads(json.dumps(read_yaml(exp_dir / SPACE_FILE, "search space"), default=str))
         write_bytes(json.dumps({**run, "device": device, "storage": storage, "address": args.address,
                                 "ray_dir": ray_dir, "extensions": extensions, "packing": packing,
-                                "data": run.get("data", fingerprint), "val_majority": _val_majority(data), **extension,
+                                "data": run.get("data", fingerprint), "val_majority": val_majority(data), **extension,
                                 **({"space": recorded} if recorded is not None else {})}).encode(),
                     exp_dir / RUN_FILE)
     else:  # a resume: where it goes on now (a moved --storage, another head) is where the next one goes on
@@ -352,12 +354,6 @@ def _prepare_and_run(space, exp_dir: Path, device: str, storage, ray_dir: str, r
         if any(run.get(k) != v for k, v in where.items()):
             write_bytes(json.dumps({**run, **where}).encode(), exp_dir / RUN_FILE)
     return _run_and_report(space, exp_dir, data, device, args, storage_root(storage, run), ray_dir, expected_epochs)
-
-
-def _val_majority(data) -> list[int]:
-    """The validation images of the most common class, and all of them: what always answering that class
-    scores (report.chance_note)."""
-    return [int(data.val_y.bincount().max()) if len(data.val_y) else 0, len(data.val_y)]
 
 
 def _check_model_sources(space, data, origin: str, new: bool = True) -> None:
@@ -827,7 +823,16 @@ def _after_search(space, exp_dir: Path, data, device: str, args, storage, ray_di
     import pandas as pd
 
     from .figures import write_html_report
-    from .report import TrialOutcome, chance_note, comparison_line, error_line, summary_table, write_reports
+    from .report import (
+        TrialOutcome,
+        best_val_acc,
+        chance_note,
+        comparison_line,
+        error_line,
+        summary_table,
+        val_majority,
+        write_reports,
+    )
     from .search import (
         DATA_UNREADABLE,
         DISK_FULL,
@@ -916,7 +921,7 @@ def _after_search(space, exp_dir: Path, data, device: str, args, storage, ray_di
                       (", best_config.yaml" if (exp_dir / "best_config.yaml").is_file() else "") +
                       f"; Optuna study: {study_storage(exp_dir)} (name {study.study_name!r})", highlight=False,
                       soft_wrap=True)
-        if (note := chance_note(trials, *_val_majority(data))) is not None:
+        if (note := chance_note(best_val_acc(trials), *val_majority(data))) is not None:
             console.print(note, highlight=False, soft_wrap=True)
         ended = set(trials["status"])
         if len(trials) and ended <= {"failed", "diverged"}:  # nothing trained to the end: a script must see it
