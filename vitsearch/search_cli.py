@@ -559,7 +559,7 @@ COST_KEYS = {"depth": max, "embed_dim": max, "patch_size": min}
 
 
 def _model_ends(space, image_size: int | None) -> tuple[dict, dict]:
-    """The most and the least expensive model shapes the trials can draw, where depth, embed_dim or
+    """The most and the least expensive model shapes the trials can draw, where model, depth, embed_dim or
     patch_size is searched (empty dicts where none is). The probe timed TrainConfig's shape alone: with
     `depth: {int: [1, 200]}` on vit_micro it estimated 2 s for a search that took 72 s. An end that builds no
     model (a width no searched head count divides, a patch size that does not divide `image_size`) is left
@@ -568,6 +568,10 @@ def _model_ends(space, image_size: int | None) -> tuple[dict, dict]:
     from .space import shape_builds
 
     ends: tuple[dict, dict] = ({}, {})
+    if "model" in space.search:  # the largest and the smallest of the searched models
+        ranked = _models_by_size(space, image_size)
+        if len(ranked) > 1:
+            ends[0]["model"], ends[1]["model"] = ranked[-1], ranked[0]
     for key, costly in COST_KEYS.items():
         dist = space.search.get(key)
         if dist is None:
@@ -581,10 +585,10 @@ def _model_ends(space, image_size: int | None) -> tuple[dict, dict]:
     heads = space.search.get("num_heads")  # the most heads that divide a searched width end, largest first
     head_counts = [None] if heads is None else range(int(heads.high), int(heads.low) - 1, -1) \
         if heads.kind != "choice" else sorted((v for v in heads.choices if v is not None), reverse=True)
-    model = space.trial_config({}).model
     built = []
     for end in ends:
         if "embed_dim" in end:
+            model = end.get("model", space.trial_config({}).model)
             fit = next((h for h in head_counts if shape_builds((h, end["embed_dim"], model))), 0)
             if fit == 0:
                 del end["embed_dim"]
@@ -596,6 +600,24 @@ def _model_ends(space, image_size: int | None) -> tuple[dict, dict]:
             end = {}
         built.append(end)
     return built[0], built[1]
+
+
+def _models_by_size(space, image_size: int | None) -> list[str]:
+    """The searched `model` choices that build with the space's fixed values, fewest parameters first: the
+    probe timed TrainConfig's model alone, and `model: {choice: [vit_micro, vit_small]}` estimated 11 s for a
+    search whose trials took 24 s. Each is built once on the CPU, without pretrained weights (parameters cost
+    about alike per image: the patch size, and so the tokens, is the same for every family)."""
+    from .config import ConfigError
+    from .model import build_model
+
+    sizes = {}
+    for name in space.search["model"].choices:
+        try:
+            cfg = space.trial_config({"model": name}).replace(init_from=None, freeze_blocks=0, teacher=None)
+            sizes[name] = sum(p.numel() for p in build_model(cfg, 3, image_size or 224, 10).parameters())
+        except ConfigError:
+            continue  # (a model that builds no trial: the space's checks and the trials say why)
+    return sorted(sizes, key=sizes.get)
 
 
 def _probe_points(space, data, device: str) -> list[dict]:
@@ -622,7 +644,7 @@ def _probe_points(space, data, device: str) -> list[dict]:
 def _probe_label(space, point: dict) -> str:
     """How the plan names a probed point: its batch, and its model's shape where that is searched."""
     cfg = space.trial_config(point)
-    shape = [f"{k} {point[k]}" for k in COST_KEYS if k in point]
+    shape = [f"{k} {point[k]}" for k in ("model", *COST_KEYS) if k in point]
     return f"batch {cfg.batch_size}" + (f" ({', '.join(shape)})" if shape else "")
 
 
@@ -753,7 +775,7 @@ def _print_plan(space, data, device: str, probes: list[tuple[str, float]], note:
     crowd = _crowding(space, slots, cpus)
     epoch_s = (len(data.train_y) + len(data.val_y) / 3) / ips * crowd
     everything = math.ceil(space.num_samples / slots) * space.max_epochs * epoch_s  # no trial stopped early
-    labelled = len(probes) > 1 or any(k in space.search for k in COST_KEYS)  # or the largest model's alone
+    labelled = len(probes) > 1 or any(k in space.search for k in ("model", *COST_KEYS))  # or the largest alone
     speeds = " and ".join(f"{rate:,.0f} at {label}" for label, rate in probes) if labelled else f"{probes[0][1]:,.0f}"
     console.print(f"probe: {speeds} training images/s per trial ({max(1, int(space.cpu))} CPU thread(s), "
                   f"device {device}); ~{epochs:,.0f} trial-epochs expected with ASHA, {slots} at a time -> "
