@@ -242,14 +242,14 @@ def chance_note(reached: float, majority: int, n: int, search: bool = True) -> s
     set's most common class (`majority` of its `n` images). Such a search's best config is no better than a
     guess, and its table and best_config.yaml said nothing of it (a 3-epoch search on val_loss: best 2.3315,
     the defaults, at val_acc 0.12 of 0.13)."""
-    if n == 0 or not math.isfinite(reached):
+    if majority == n or not math.isfinite(reached):  # (a validation set of one class: nothing beats chance)
         return None
     chance = majority / n
     margin = 2 * math.sqrt(chance * (1 - chance) / n)
     if reached > chance + margin:
         return None
-    return ("note: " + ("no trial learned: the highest val_acc any trial reached" if search else
-                        "the run did not learn: its best val_acc") +
+    return ("note: " + ("no trial learned anything measurable: the highest val_acc any trial reached" if search else
+                        "the run learned nothing measurable: its best val_acc") +
             f", {reached:.4f}, is within chance (always answering the most common class scores {chance:.4f} on the "
             f"{n:,} validation images, and two standard errors are {margin:.4f}), " +
             ("so the best config is no better than a guess; give the trials more epochs (scheduler.max_epochs)"
