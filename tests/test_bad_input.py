@@ -418,3 +418,13 @@ def test_init_from_is_loaded_into_the_ends_of_a_searched_depth(tmp_path):
             f"init.yaml: search.depth: int [2, 6] draws depth 6, which the weights of init_from '{tmp_path / 'w.pt'}' "
             "do not fit (no weights for 'blocks.4.norm1.weight': a different architecture): every trial that drew it "
             "would fail; search only shapes the weights fit, or fix depth"), caught
+    # weights that fit not even TrainConfig's shape (32 wide, not 64) are not the searched depth's doing: the probe
+    # says so of a fixed init_from
+    import torch
+
+    from vitsearch.config import TrainConfig
+    from vitsearch.model import build_model
+
+    torch.save({"model": build_model(TrainConfig(model="vit_micro", embed_dim=32), 1, 8, 10).state_dict()},
+               tmp_path / "w.pt")
+    _check_init_shapes(space, data, "init.yaml")

@@ -395,10 +395,12 @@ WEIGHT_SHAPE_KEYS = ("model", "depth", "embed_dim", "stem", "attention")
 
 def _check_init_shapes(space, data, origin: str) -> None:
     """Pretrained weights (`init_from`, fixed or each searched choice) must fit every model shape the trials
-    can draw: with `init_from` a 2-block micro ViT and `depth: {int: [2, 4]}`, each trial deeper than the
-    weights failed as it started ("no weights for 'blocks.2...'") while the others ran on; the probe loads
-    them into TrainConfig's shape alone. The ends of a searched depth and width (`_model_ends`) and each
-    choice of model, stem and attention are loaded, with this data, before any trial."""
+    can draw: with a patch-stem checkpoint and `stem: {choice: [patch, conv]}`, each trial that drew the conv
+    stem failed as it started ("no weights for 'patch_embed.proj.0.weight'", 3 of 4) while the others ran on;
+    the probe loads them into the largest and the smallest model of a searched depth or width, and said only
+    that init_from did not fit. The ends of a searched model, depth and width (`_model_ends`) and each choice
+    of model, stem and attention are loaded, with this data, before any trial. Weights that fit not even
+    TrainConfig's shape are left to the probe (fixed) or to the searched init_from's own check."""
     searched = [key for key in WEIGHT_SHAPE_KEYS if key in space.search]
     init = space.search.get("init_from")
     sources = [v for v in init.choices if v is not None] if init is not None and init.kind == "choice" else \
@@ -411,6 +413,10 @@ def _check_init_shapes(space, data, origin: str) -> None:
     points += [{key: v} for key in ("model", "stem", "attention") if key in space.search
                for v in space.search[key].choices]
     for source in filter(None, sources):
+        try:
+            build_model(space.trial_config({"init_from": source}), data.channels, data.image_size, data.num_classes)
+        except ConfigError:
+            continue  # (not the searched shape's doing)
         for point in points:
             try:
                 cfg = space.trial_config({**point, "init_from": source})
