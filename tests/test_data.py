@@ -160,7 +160,7 @@ def test_16_bit_and_float_grayscale_images_are_scaled_to_8_bits_not_clipped(tmp_
     value above 255 of 65535 to white, so most images were blank. Float TIFFs of values in 0..1 read as their
     8-bit copies too (Pillow made them 0 and 1 of 255: black), and float ones in 0..255 as they are, as are
     32-bit integer ones holding 8-bit values (they were taken as 16-bit: 0 and 1 of 255). Grayscale
-    with an alpha channel (LA) is grayscale: it was read as 3 equal channels."""
+    with an alpha channel (LA), and a palette of grays (P), is grayscale: each was read as 3 equal channels."""
     from conftest import digit_images
     from PIL import Image
 
@@ -169,11 +169,14 @@ def test_16_bit_and_float_grayscale_images_are_scaled_to_8_bits_not_clipped(tmp_
              "float01": (lambda img: img.astype(np.float32) / 255, "tif"),
              "float255": (lambda img: img.astype(np.float32), "tif"),
              "int32": (lambda img: img.astype(np.int32), "tif"),  # 8-bit values in a 32-bit file: 0 and 1 before
-             "gray_alpha": (lambda img: np.stack([img, np.full_like(img, 255)], -1), "png")}  # LA: 3 channels before
+             "gray_alpha": (lambda img: np.stack([img, np.full_like(img, 255)], -1), "png"),  # LA: 3 channels before
+             "palette": (lambda img: img, "png")}  # a gray palette (a quantised PNG): 3 channels before
     for kind, (make, suffix) in kinds.items():
         for i, (img, label) in enumerate(zip(images, labels)):
             (tmp_path / kind / str(label)).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(make(img)).save(tmp_path / kind / str(label) / f"{i}.{suffix}")
+            picture = Image.fromarray(make(img))
+            picture = picture.convert("P") if kind == "palette" else picture
+            picture.save(tmp_path / kind / str(label) / f"{i}.{suffix}")
     assert Image.open(tmp_path / "16" / str(labels[0]) / "0.png").mode.startswith("I")
     assert Image.open(tmp_path / "float01" / str(labels[0]) / "0.tif").mode == "F"
     loaded = {kind: load_data(micro_config(data=f"imagefolder:{tmp_path / kind}", image_size=None)) for kind in kinds}
@@ -181,7 +184,8 @@ def test_16_bit_and_float_grayscale_images_are_scaled_to_8_bits_not_clipped(tmp_
     assert int(eight.train_x.max()) == 255
     assert Image.open(tmp_path / "gray_alpha" / str(labels[0]) / "0.png").mode == "LA"
     assert Image.open(tmp_path / "int32" / str(labels[0]) / "0.tif").mode == "I"
-    for kind in ("16", "float01", "float255", "int32", "gray_alpha"):
+    assert Image.open(tmp_path / "palette" / str(labels[0]) / "0.png").mode == "P"
+    for kind in ("16", "float01", "float255", "int32", "gray_alpha", "palette"):
         assert loaded[kind].channels == 1 and torch.equal(loaded[kind].train_x, eight.train_x), kind
 
 

@@ -377,8 +377,20 @@ def _refuse_split_layout(root: Path, classes: list[str]) -> None:
 def _mode_and_size(pictures: list, image_size: int | None, patch_size: int | None) -> tuple[bool, int]:
     """Grayscale when every picture is; `image_size`, or the median shorter side fitted to a patch grid
     (`config.folder_image_size`)."""
-    gray = all(p.mode in ("1", "L", "LA", "I", "F") or p.mode.startswith("I;16") for p in pictures)
+    gray = all(_is_gray(p) for p in pictures)
     return gray, image_size or folder_image_size(int(np.median([min(p.size) for p in pictures])), patch_size)
+
+
+def _is_gray(picture) -> bool:
+    """A grayscale mode, or a palette (P, PA: a quantised or optimised PNG) whose used colours are all gray: such
+    a folder of digits loaded as 3 equal channels."""
+    if picture.mode in ("1", "L", "LA", "I", "F") or picture.mode.startswith("I;16"):
+        return True
+    if picture.mode not in ("P", "PA"):
+        return False
+    palette, used = picture.getpalette() or [], picture.getcolors(256) or []
+    indices = [c[1] if isinstance(c[1], int) else c[1][0] for c in used]
+    return bool(indices) and all(len(set(palette[3 * i:3 * i + 3])) == 1 for i in indices)
 
 
 SAMPLE = 256  # files a streamed folder opens up front for its image size and colour mode
