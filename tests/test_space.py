@@ -120,6 +120,15 @@ BAD = [
     (variant(fixed__lr_scaling="none", search__lr_base_batch={"choice": [256, 512]}),
      "search.lr_base_batch: has no effect without lr_scaling linear or sqrt (with none, lr is the rate used "
      "whatever the batch)"),
+    # freeze_blocks past the model's depth: every value from the depth on freezes all blocks, so they trained alike
+    (variant(fixed__init_from="w.pt", search__freeze_blocks={"int": [0, 12]}),
+     "search.freeze_blocks: int [0, 12] reaches 12, past the 4 blocks of the deepest model the trials can draw: from "
+     "4 on it freezes every block (only the head trains), so every value from 4 on trains the same; search at most 4"),
+    (variant(fixed__init_from="w.pt", search__depth={"int": [2, 6]}, search__freeze_blocks={"choice": [0, 3, 7]}),
+     "search.freeze_blocks: choice [0, 3, 7] reaches 7, past the 6 blocks of the deepest model"),
+    (variant(fixed__init_from="w.pt", fixed__model=..., search__model={"choice": ["vit_micro", "vit_small"]},
+             search__freeze_blocks={"int": [0, 24]}),
+     "search.freeze_blocks: int [0, 24] reaches 24, past the 12 blocks of the deepest model"),
 ]
 
 
@@ -150,6 +159,18 @@ def test_distillation_keys_that_some_trials_use_are_kept():
                   {"lr_scaling": {"choice": ["none", "sqrt"]}, "lr_base_batch": {"int-log": [64, 1024]}}):
         search = {**variant()["search"], **extra}
         assert parse_space(variant(search=search)).search.keys() == search.keys()
+
+
+def test_freeze_blocks_up_to_the_deepest_model_is_kept():
+    """Up to the depth of the deepest model the trials can draw, each freeze_blocks value trains differently in
+    some trial: kept (vit_micro has 4 blocks; a searched depth or model reaches further)."""
+    for fixed, extra in (({}, {}), ({}, {"depth": {"int": [2, 12]}}), ({"depth": 8}, {}),
+                         ({}, {"model": {"choice": ["vit_micro", "vit_small"]}})):
+        top = 12 if extra else fixed.get("depth", 4)
+        search = {**variant()["search"], **extra, "freeze_blocks": {"int": [0, top]}}
+        fixed = {**variant()["fixed"], **fixed, "init_from": "w.pt"}
+        raw = variant(search=search, fixed={k: v for k, v in fixed.items() if k not in extra})
+        assert parse_space(raw).search["freeze_blocks"].high == top
 
 
 def test_good_space_and_defaults_point():

@@ -35,6 +35,7 @@ MODEL_FAMILIES: dict[str, tuple[str, dict[str, int]]] = {
 }
 TIMM_VIT_NAME = re.compile(r"^vit_(tiny|small|base|large)_patch\d+_\d+$")
 VIT_WIDTH_HEADS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12), "large": (1024, 16)}  # timm's
+VIT_DEPTH = {"tiny": 12, "small": 12, "base": 12, "large": 24}  # timm's
 
 
 def width_and_heads(model: str, embed_dim: int | None, num_heads: int | None) -> tuple[int, int] | None:
@@ -46,6 +47,15 @@ def width_and_heads(model: str, embed_dim: int | None, num_heads: int | None) ->
         return None
     width, heads = VIT_WIDTH_HEADS[found.group(1)]
     return embed_dim or overrides.get("embed_dim", width), num_heads or overrides.get("num_heads", heads)
+
+
+def model_depth(model: str, depth: int | None) -> int | None:
+    """The blocks a ViT config builds (its own depth, else its family's); None for a model that is no ViT."""
+    name, overrides = MODEL_FAMILIES.get(model, (model, {}))
+    found = TIMM_VIT_NAME.match(name)
+    if not found:
+        return None
+    return depth or overrides.get("depth", VIT_DEPTH[found.group(1)])
 
 DATA_SCHEMES = ("digits", "fashion_mnist", "imagefolder", "cifar10", "cifar100")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .config import DATA_KEYS, TrainConfig, read_yaml, width_and_heads
+from .config import DATA_KEYS, TrainConfig, model_depth, read_yaml, width_and_heads
 from .errors import ConfigError, SpaceError
 from .files import MAX_NAME
 
@@ -303,6 +303,7 @@ def parse_space(raw: Any, origin: str = "space", new: bool = True) -> SearchSpac
             fail(f"search.warmup_epochs: {warmup.describe()} reaches {top:g}, past the budget of {max_epochs} epochs "
                  f"(scheduler.max_epochs): a warmup longer than the run is cut to it, so every value from "
                  f"{max_epochs} on trains the same; search at most {max_epochs}")
+        _check_freeze(base, search, fail)
     name = raw.get("name", Path(origin).stem)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         fail(f"name {name!r} must be letters, digits, '-' and '_'")
@@ -474,6 +475,28 @@ def _check_effect(base: TrainConfig, fixed: dict, search: dict[str, Distribution
         if (key in search or key in fixed) and not can_be(other, wanted):
             where = "search" if key in search else "fixed"
             fail(f"{where}.{key}: has no effect without {what}: every trial would train the same whatever it is")
+
+
+def _check_freeze(base: TrainConfig, search: dict[str, Distribution], fail) -> None:
+    """A searched freeze_blocks past the deepest model the trials can draw: from the model's depth on, every
+    value freezes all its blocks (only the head trains), so those trials trained alike (`freeze_blocks:
+    {int: [0, 12]}` on vit_micro's 4 blocks drew 5 and 7 and ranked them as knobs)."""
+    dist = search.get("freeze_blocks")
+    if dist is None:
+        return
+    def drawn(key: str) -> list:
+        if key not in search:
+            return [getattr(base, key)]
+        got = search[key]
+        return list(got.choices) if got.kind == "choice" else [got.high]
+    depths = [model_depth(m, d) for m in drawn("model") for d in drawn("depth")]
+    if None in depths:  # (a model that is no ViT: TrainConfig refuses freeze_blocks for it)
+        return
+    deepest, top = max(depths), max(drawn("freeze_blocks"))
+    if top > deepest:
+        fail(f"search.freeze_blocks: {dist.describe()} reaches {top}, past the {deepest} blocks of the deepest model "
+             f"the trials can draw: from {deepest} on it freezes every block (only the head trains), so every value "
+             f"from {deepest} on trains the same; search at most {deepest}")
 
 
 def _gpus_available() -> float:
