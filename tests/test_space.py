@@ -120,6 +120,14 @@ BAD = [
     (variant(fixed__lr_scaling="none", search__lr_base_batch={"choice": [256, 512]}),
      "search.lr_base_batch: has no effect without lr_scaling linear or sqrt (with none, lr is the rate used "
      "whatever the batch)"),
+    # lr_scaling searched where every trial's batch is lr_base_batch (TrainConfig's 512 both): each rule is lr as given
+    (variant(search__batch_size=..., search__lr_scaling={"choice": ["linear", "sqrt", "none"]}),
+     "search.lr_scaling: has no effect where batch_size equals lr_base_batch (512) in every trial: each rule then "
+     "uses lr as given, so every trial would train the same whatever it is; search batch_size too, or fix "
+     "lr_scaling"),
+    (variant(search__batch_size=..., fixed__batch_size=64, fixed__lr_base_batch=64,
+             search__lr_scaling={"choice": ["linear", "none"]}),
+     "search.lr_scaling: has no effect where batch_size equals lr_base_batch (64)"),
     # freeze_blocks past the model's depth: every value from the depth on freezes all blocks, so they trained alike
     (variant(fixed__init_from="w.pt", search__freeze_blocks={"int": [0, 12]}),
      "search.freeze_blocks: int [0, 12] reaches 12, past the 4 blocks of the deepest model the trials can draw: from "
@@ -156,7 +164,8 @@ def test_distillation_keys_that_some_trials_use_are_kept():
     for extra in ({"teacher": {"choice": [None, "results/t"]}, "distill_weight": {"uniform": [0.1, 0.9]}},
                   {"teacher": {"choice": ["results/t"]}, "distill_mode": {"choice": ["hard", "soft"]},
                    "distill_temperature": {"uniform": [1.0, 5.0]}},
-                  {"lr_scaling": {"choice": ["none", "sqrt"]}, "lr_base_batch": {"int-log": [64, 1024]}}):
+                  {"lr_scaling": {"choice": ["none", "sqrt"]}, "lr_base_batch": {"int-log": [64, 1024]}},
+                  {"lr_scaling": {"choice": ["linear", "sqrt"]}}):  # (with the batch searched)
         search = {**variant()["search"], **extra}
         assert parse_space(variant(search=search)).search.keys() == search.keys()
 

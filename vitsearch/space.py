@@ -457,9 +457,9 @@ def _check_heads(base: TrainConfig, fixed: dict, search: dict[str, Distribution]
 
 
 def _check_effect(base: TrainConfig, fixed: dict, search: dict[str, Distribution], fail) -> None:
-    """A distillation key set where no trial has a teacher (or the temperature where none distils softly), or
-    lr_base_batch where lr is not scaled, changes nothing: every trial trained alike whatever was drawn, and the
-    report ranked noise."""
+    """A distillation key set where no trial has a teacher (or the temperature where none distils softly),
+    lr_base_batch where lr is not scaled, or a searched lr_scaling where every trial's batch is lr_base_batch,
+    changes nothing: every trial trained alike whatever was drawn, and the report ranked noise."""
     def can_be(key: str, wanted) -> bool:
         return any(wanted(v) for v in search[key].choices) if key in search else wanted(getattr(base, key))
 
@@ -475,6 +475,12 @@ def _check_effect(base: TrainConfig, fixed: dict, search: dict[str, Distribution
         if (key in search or key in fixed) and not can_be(other, wanted):
             where = "search" if key in search else "fixed"
             fail(f"{where}.{key}: has no effect without {what}: every trial would train the same whatever it is")
+    # every rule scales lr by batch_size / lr_base_batch: where the two are one number, each rule is lr as given
+    if "lr_scaling" in search and not {"batch_size", "lr_base_batch"} & search.keys() \
+            and base.batch_size == base.lr_base_batch:
+        fail(f"search.lr_scaling: has no effect where batch_size equals lr_base_batch ({base.batch_size}) in every "
+             "trial: each rule then uses lr as given, so every trial would train the same whatever it is; search "
+             "batch_size too, or fix lr_scaling")
 
 
 def _check_freeze(base: TrainConfig, search: dict[str, Distribution], fail) -> None:
