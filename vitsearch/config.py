@@ -57,6 +57,7 @@ def model_depth(model: str, depth: int | None) -> int | None:
         return None
     return depth or overrides.get("depth", VIT_DEPTH[found.group(1)])
 
+
 DATA_SCHEMES = ("digits", "fashion_mnist", "imagefolder", "cifar10", "cifar100")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STEMS = ("patch", "conv")

@@ -490,6 +490,7 @@ def _check_freeze(base: TrainConfig, search: dict[str, Distribution], fail) -> N
     dist = search.get("freeze_blocks")
     if dist is None:
         return
+
     def drawn(key: str) -> list:
         if key not in search:
             return [getattr(base, key)]
