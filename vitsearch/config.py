@@ -38,24 +38,28 @@ VIT_WIDTH_HEADS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12), "larg
 VIT_DEPTH = {"tiny": 12, "small": 12, "base": 12, "large": 24}  # timm's
 
 
+def _vit_family(model: str) -> tuple[str, dict[str, int]] | None:
+    """A ViT model's timm size (tiny, small, base, large) and the overrides of its short name; None for a model
+    that is no ViT."""
+    name, overrides = MODEL_FAMILIES.get(model, (model, {}))
+    found = TIMM_VIT_NAME.match(name)
+    return (found.group(1), overrides) if found else None
+
+
 def width_and_heads(model: str, embed_dim: int | None, num_heads: int | None) -> tuple[int, int] | None:
     """The width and head count a ViT config builds with (its own, else its family's); None for a model that
     is no ViT."""
-    name, overrides = MODEL_FAMILIES.get(model, (model, {}))
-    found = TIMM_VIT_NAME.match(name)
-    if not found:
+    if (family := _vit_family(model)) is None:
         return None
-    width, heads = VIT_WIDTH_HEADS[found.group(1)]
+    (width, heads), overrides = VIT_WIDTH_HEADS[family[0]], family[1]
     return embed_dim or overrides.get("embed_dim", width), num_heads or overrides.get("num_heads", heads)
 
 
 def model_depth(model: str, depth: int | None) -> int | None:
     """The blocks a ViT config builds (its own depth, else its family's); None for a model that is no ViT."""
-    name, overrides = MODEL_FAMILIES.get(model, (model, {}))
-    found = TIMM_VIT_NAME.match(name)
-    if not found:
+    if (family := _vit_family(model)) is None:
         return None
-    return depth or overrides.get("depth", VIT_DEPTH[found.group(1)])
+    return depth or family[1].get("depth", VIT_DEPTH[family[0]])
 
 
 DATA_SCHEMES = ("digits", "fashion_mnist", "imagefolder", "cifar10", "cifar100")
