@@ -817,7 +817,12 @@ def test_reproduce_compares_best_and_defaults_over_seeds(tiny_search, tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(kept[0]), runs)
     again = pd.read_parquet(copy / "reproduce.parquet")
     assert len(again) == 2 and (again["data"] == f"fashion_mnist:{tmp_path / 'fm'}").all()
+    # one seed has no spread: the table said std 0.0000, as if the run repeated exactly
+    for name in ("recommended defaults", "search best"):
+        row = next(line for line in other.stdout.splitlines() if name in line and "│" in line)
+        assert row.split("│")[3].strip() == "-", other.stdout
     text = html.unescape(" ".join(re.sub("<[^>]+>", " ", (copy / "report.html").read_text()).split()))
+    assert re.search(r"recommended defaults [\d.]+ - 1 ", text) and re.search(r"search best [\d.]+ - 1 ", text), text
     assert f"Trained on fashion_mnist:{tmp_path / 'fm'}, not on the search's data (digits)" in text
     assert "the search's figures above are not comparable with these." in text
 

@@ -528,7 +528,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for col in ("config", "mean", "std", *(["finished", "diverged"] if lost else ["seeds"])):
         table.add_column(col, justify="right")
     for name, row in summary.iterrows():
-        table.add_row(name, *(f"{row[k]:.4f}" if row["seeds"] else "-" for k in ("mean", "std")),
+        table.add_row(name, *(f"{row[k]:.4f}" if row[k] == row[k] else "-" for k in ("mean", "std")),  # NaN: -
                       str(int(row["seeds"])), *([str(int(row["diverged"]))] if lost else []))
     console.print(table)
     if len(configs) == 2:

@@ -103,11 +103,12 @@ def finished(runs: pd.DataFrame) -> pd.DataFrame:
 
 def summary(runs: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     """Mean and spread (sample standard deviation) of the final `metric` per config over its finished runs,
-    with how many finished (`seeds`) and how many diverged."""
+    with how many finished (`seeds`) and how many diverged. The spread of one finished run is unknown (NaN),
+    not 0: `--seeds 1` showed std 0.0000, as if the run repeated exactly."""
     grouped = finished(runs).groupby("config", sort=False)[f"final_{metric}"]
     names = pd.unique(runs["config"])
     diverged = (runs["status"] == "diverged") if "status" in runs else pd.Series(False, index=runs.index)
-    return pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1).fillna(0.0), "seeds": grouped.size(),
+    return pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "seeds": grouped.size(),
                          "diverged": diverged.groupby(runs["config"]).sum()}, index=names).fillna(
         {"seeds": 0, "diverged": 0}).astype({"seeds": "int64", "diverged": "int64"})
 
