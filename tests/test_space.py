@@ -137,6 +137,16 @@ BAD = [
     (variant(fixed__init_from="w.pt", fixed__model=..., search__model={"choice": ["vit_micro", "vit_small"]},
              search__freeze_blocks={"int": [0, 24]}),
      "search.freeze_blocks: int [0, 24] reaches 24, past the 12 blocks of the deepest model"),
+    # ranked by the training loss, keys that change that loss itself: the trials' values measured different things
+    (variant(metric="train_loss", mode="min", search__label_smoothing={"uniform": [0.0, 0.3]}),
+     "search.label_smoothing: changes the training loss itself (smoothed targets raise its floor), so with metric "
+     "train_loss the trials' values are not comparable: the search would rank what each trial's loss measures, not "
+     "how good its model is; rank by val_acc or val_loss, or fix label_smoothing"),
+    (variant(metric="train_loss", mode=..., search__aug_strength={"uniform": [0.0, 1.0]}),
+     "search.aug_strength: changes the training loss itself (it changes the training images, and from strength 2/6 "
+     "on Mixup and CutMix mix their targets)"),
+    (variant(metric="train_loss", mode=..., search__teacher={"choice": [None, "results/t"]}),
+     "search.teacher: changes the training loss itself (a teacher adds the distillation term)"),
 ]
 
 
@@ -168,6 +178,17 @@ def test_distillation_keys_that_some_trials_use_are_kept():
                   {"lr_scaling": {"choice": ["linear", "sqrt"]}}):  # (with the batch searched)
         search = {**variant()["search"], **extra}
         assert parse_space(variant(search=search)).search.keys() == search.keys()
+
+
+def test_loss_changing_keys_are_kept_where_the_search_ranks_by_validation_or_fixes_them():
+    """label_smoothing and aug_strength searched under val_acc or val_loss (measured alike in every trial), and
+    fixed under train_loss (one loss for all trials): kept."""
+    loss_keys = {"label_smoothing": {"uniform": [0.0, 0.3]}, "aug_strength": {"uniform": [0.0, 1.0]}}
+    for metric in ("val_acc", "val_loss"):
+        search = {**variant()["search"], **loss_keys}
+        assert parse_space(variant(metric=metric, mode=..., search=search)).search.keys() == search.keys()
+    space = parse_space(variant(metric="train_loss", mode=..., fixed__label_smoothing=0.2, fixed__aug_strength=0.7))
+    assert space.metric == "train_loss" and space.fixed["label_smoothing"] == 0.2
 
 
 def test_freeze_blocks_up_to_the_deepest_model_is_kept():

@@ -296,6 +296,7 @@ def parse_space(raw: Any, origin: str = "space", new: bool = True) -> SearchSpac
         _check_range_values(base, search, fail)
         _check_heads(base, fixed, search, fail)
         _check_effect(base, fixed, search, fail)
+        _check_metric(metric, search, fail)
         warmup = search.get("warmup_epochs")
         top = max(warmup.choices) if warmup is not None and warmup.kind == "choice" else \
             warmup.high if warmup is not None else None
@@ -481,6 +482,28 @@ def _check_effect(base: TrainConfig, fixed: dict, search: dict[str, Distribution
         fail(f"search.lr_scaling: has no effect where batch_size equals lr_base_batch ({base.batch_size}) in every "
              "trial: each rule then uses lr as given, so every trial would train the same whatever it is; search "
              "batch_size too, or fix lr_scaling")
+
+
+# searched keys that change the training loss itself, not only how well a trial fits: with `metric: train_loss`
+# their trials' values are not comparable, and the search ranked the loss's definition (label smoothing 0.3 on
+# 10 classes puts the loss of a perfect fit at 1.18 nats, 0 without it)
+LOSS_KEYS = {"label_smoothing": "smoothed targets raise its floor",
+             "aug_strength": "it changes the training images, and from strength 2/6 on Mixup and CutMix mix their "
+                             "targets",
+             "teacher": "a teacher adds the distillation term", "distill_mode": "it chooses the distillation term",
+             "distill_weight": "it weighs the distillation term",
+             "distill_temperature": "it shapes the distillation term"}
+
+
+def _check_metric(metric: str, search: dict[str, Distribution], fail) -> None:
+    """`metric: train_loss` with a searched key that changes the training criterion (LOSS_KEYS): refused."""
+    if metric != "train_loss":
+        return
+    for key, why in LOSS_KEYS.items():
+        if key in search:
+            fail(f"search.{key}: changes the training loss itself ({why}), so with metric train_loss the trials' "
+                 f"values are not comparable: the search would rank what each trial's loss measures, not how good "
+                 f"its model is; rank by val_acc or val_loss, or fix {key}")
 
 
 def _check_freeze(base: TrainConfig, search: dict[str, Distribution], fail) -> None:
