@@ -67,7 +67,8 @@ def test_half_precision_on_a_cpu_and_a_subset_larger_than_the_data_are_said(tmp_
     100,000 on digits used its 1,617 training images, and only the count in the first line showed it. Keys set
     where the run never reads them (soft distillation without a teacher) changed nothing, without a word."""
     proc = run("train", *MICRO, "--set", "epochs=1", "precision=bf16", "data_subset=100000", "distill_mode=soft",
-               "lr_scaling=none", "lr_base_batch=256", "warmup_epochs=1", "--device", "cpu", "--out", str(tmp_path))
+               "lr_scaling=none", "lr_base_batch=256", "warmup_epochs=1", "depth=1", "drop_path=0.3", "--device", "cpu",
+               "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     out = " ".join(proc.stdout.split())
     assert "note: precision bf16 on a CPU is emulated, ~2x slower than fp32 (it pays on a GPU); precision auto " \
@@ -75,7 +76,8 @@ def test_half_precision_on_a_cpu_and_a_subset_larger_than_the_data_are_said(tmp_
     assert "note: data_subset 100000 is more than the 1617 training images of 'digits': all of them are used" in out
     # keys this run never reads: they trained as without them, without a word
     assert "note: distill_mode 'soft' has no effect without a teacher; lr_base_batch 256 has no effect with " \
-        "lr_scaling none (lr is the rate used whatever the batch)" in out
+        "lr_scaling none (lr is the rate used whatever the batch); drop_path 0.3 has no effect with depth 1 " \
+        "(stochastic depth rises from 0 at the first block: a lone block is never dropped)" in out
     # a warmup that fills the run: the lr only rose, without a word
     assert "note: warmup_epochs 1 is not shorter than the run (1 epoch): the lr rises until the last step and " \
         "never decays; set warmup_epochs below 1" in out

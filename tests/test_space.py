@@ -137,6 +137,13 @@ BAD = [
     (variant(fixed__init_from="w.pt", fixed__model=..., search__model={"choice": ["vit_micro", "vit_small"]},
              search__freeze_blocks={"int": [0, 24]}),
      "search.freeze_blocks: int [0, 24] reaches 24, past the 12 blocks of the deepest model"),
+    # drop_path where every model has one block: timm's rates rise from 0 at the first block, so it is never dropped
+    (variant(fixed__depth=1, search__drop_path={"uniform": [0.0, 0.3]}),
+     "search.drop_path: has no effect where every trial's model has one block (depth 1): stochastic depth rises from 0 "
+     "at the first block (timm's rule), so a lone block is never dropped and every trial would train the same "
+     "whatever is drawn; fix drop_path, or search deeper models"),
+    (variant(search__depth={"choice": [1]}, search__drop_path={"uniform": [0.0, 0.3]}),
+     "search.drop_path: has no effect where every trial's model has one block (depth 1)"),
     # ranked by the training loss, keys that change that loss itself: the trials' values measured different things
     (variant(metric="train_loss", mode="min", search__label_smoothing={"uniform": [0.0, 0.3]}),
      "search.label_smoothing: changes the training loss itself (smoothed targets raise its floor), so with metric "
@@ -189,6 +196,13 @@ def test_loss_changing_keys_are_kept_where_the_search_ranks_by_validation_or_fix
         assert parse_space(variant(metric=metric, mode=..., search=search)).search.keys() == search.keys()
     space = parse_space(variant(metric="train_loss", mode=..., fixed__label_smoothing=0.2, fixed__aug_strength=0.7))
     assert space.metric == "train_loss" and space.fixed["label_smoothing"] == 0.2
+
+
+def test_drop_path_is_kept_where_some_trial_has_more_than_one_block():
+    """A searched drop_path with a depth range reaching past 1, or the model's own depth (vit_micro's 4): kept."""
+    for extra in ({"depth": {"int": [1, 3]}}, {"depth": {"choice": [1, 2]}}, {}):
+        search = {**variant()["search"], **extra, "drop_path": {"uniform": [0.0, 0.3]}}
+        assert parse_space(variant(search=search)).search.keys() == search.keys()
 
 
 def test_freeze_blocks_up_to_the_deepest_model_is_kept():

@@ -403,6 +403,9 @@ def idle_keys_note(cfg: TrainConfig) -> str | None:
         idle.append(("distill_temperature", f"with distill_mode {cfg.distill_mode} (it acts on soft distillation)"))
     if cfg.lr_scaling == "none" and cfg.lr_base_batch != default.lr_base_batch:
         idle.append(("lr_base_batch", "with lr_scaling none (lr is the rate used whatever the batch)"))
+    if cfg.drop_path != default.drop_path and model_depth(cfg.model, cfg.depth) == 1:
+        idle.append(("drop_path", "with depth 1 (stochastic depth rises from 0 at the first block: a lone block is "
+                                  "never dropped)"))
     if not idle:
         return None
     return "note: " + "; ".join(f"{k} {getattr(cfg, k)!r} has no effect {why}" for k, why in idle)

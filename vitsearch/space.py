@@ -305,6 +305,7 @@ def parse_space(raw: Any, origin: str = "space", new: bool = True) -> SearchSpac
                  f"(scheduler.max_epochs): a warmup longer than the run is cut to it, so every value from "
                  f"{max_epochs} on trains the same; search at most {max_epochs}")
         _check_freeze(base, search, fail)
+        _check_drop_path(base, search, fail)
     name = raw.get("name", Path(origin).stem)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         fail(f"name {name!r} must be letters, digits, '-' and '_'")
@@ -506,6 +507,21 @@ def _check_metric(metric: str, search: dict[str, Distribution], fail) -> None:
                  f"its model is; rank by val_acc or val_loss, or fix {key}")
 
 
+def _highest(base: TrainConfig, search: dict[str, Distribution], key: str) -> list:
+    """The values of `key` the trials can draw that matter for a maximum: a choice's every value, a range's high
+    end, else the fixed (or TrainConfig's) value."""
+    if key not in search:
+        return [getattr(base, key)]
+    got = search[key]
+    return list(got.choices) if got.kind == "choice" else [got.high]
+
+
+def _deepest(base: TrainConfig, search: dict[str, Distribution]) -> int | None:
+    """The blocks of the deepest model the trials can draw; None where one of the models is no ViT."""
+    depths = [model_depth(m, d) for m in _highest(base, search, "model") for d in _highest(base, search, "depth")]
+    return None if None in depths else max(depths)
+
+
 def _check_freeze(base: TrainConfig, search: dict[str, Distribution], fail) -> None:
     """A searched freeze_blocks past the deepest model the trials can draw: from the model's depth on, every
     value freezes all its blocks (only the head trains), so those trials trained alike (`freeze_blocks:
@@ -513,20 +529,23 @@ def _check_freeze(base: TrainConfig, search: dict[str, Distribution], fail) -> N
     dist = search.get("freeze_blocks")
     if dist is None:
         return
-
-    def drawn(key: str) -> list:
-        if key not in search:
-            return [getattr(base, key)]
-        got = search[key]
-        return list(got.choices) if got.kind == "choice" else [got.high]
-    depths = [model_depth(m, d) for m in drawn("model") for d in drawn("depth")]
-    if None in depths:  # (a model that is no ViT: TrainConfig refuses freeze_blocks for it)
+    deepest = _deepest(base, search)
+    if deepest is None:  # (a model that is no ViT: TrainConfig refuses freeze_blocks for it)
         return
-    deepest, top = max(depths), max(drawn("freeze_blocks"))
+    top = max(_highest(base, search, "freeze_blocks"))
     if top > deepest:
         fail(f"search.freeze_blocks: {dist.describe()} reaches {top}, past the {deepest} blocks of the deepest model "
              f"the trials can draw: from {deepest} on it freezes every block (only the head trains), so every value "
              f"from {deepest} on trains the same; search at most {deepest}")
+
+
+def _check_drop_path(base: TrainConfig, search: dict[str, Distribution], fail) -> None:
+    """A searched drop_path where every model the trials can draw has one block: timm's stochastic-depth rates
+    rise linearly from 0 at the first block, so a lone block gets 0, and every trial trained alike."""
+    if "drop_path" in search and _deepest(base, search) == 1:
+        fail("search.drop_path: has no effect where every trial's model has one block (depth 1): stochastic depth "
+             "rises from 0 at the first block (timm's rule), so a lone block is never dropped and every trial would "
+             "train the same whatever is drawn; fix drop_path, or search deeper models")
 
 
 def _gpus_available() -> float:
