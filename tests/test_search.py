@@ -129,6 +129,29 @@ def test_the_cost_estimate_of_a_large_search_is_scaled_from_a_smaller_one(monkey
     assert scaled == pytest.approx(exact, rel=0.1)
 
 
+def test_the_cost_estimate_of_a_long_budget_skips_the_epochs_where_nothing_changes(monkeypatch):
+    """`scheduler.max_epochs: 100000` (a typo's zeros) kept the plan waiting for many minutes after its first line:
+    the simulation stepped through every epoch of the trials ASHA keeps. Between rungs nothing it decides by
+    changes, so it skips those epochs, with the same figures as stepping through each one."""
+    from dataclasses import replace
+
+    import vitsearch.search
+    from vitsearch.search import expected_trial_epochs
+    from vitsearch.space import load_space
+
+    quickstart = load_space("quickstart")
+    spaces = [replace(quickstart, max_epochs=max_epochs, grace_period=grace, reduction_factor=factor, num_samples=n)
+              for max_epochs, grace, factor, n in ((20, 2, 3, 16), (50, 5, 3, 32), (81, 1, 3, 40), (200, 2, 3, 16),
+                                                   (30, 1, 4, 3), (7, 7, 2, 16))]
+    skipping = [expected_trial_epochs(space, slots) for space in spaces for slots in (1, 2, 5)]
+    with monkeypatch.context() as patch:
+        calls = iter(range(10 ** 9))  # a state that changes at every epoch: the simulation steps through each one
+        patch.setattr(vitsearch.search, "_asha_state", lambda rungs, unopposed: next(calls))
+        assert [expected_trial_epochs(space, slots) for space in spaces for slots in (1, 2, 5)] == skipping
+    long = expected_trial_epochs(replace(quickstart, max_epochs=10 ** 7), 2)
+    assert 10 ** 7 < long[0] < 10 ** 7 + 16 * 20 and 10 ** 7 <= long[1] < long[0]  # the best trial runs them all
+
+
 def test_the_search_scheduler_applies_the_rule_inside_ray():
     from ray.tune.schedulers import TrialScheduler
 

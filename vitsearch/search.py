@@ -1109,6 +1109,12 @@ def _join(root: str, name: str) -> str:
 SIMULATED_TRIALS = 64  # the most trials `expected_trial_epochs` simulates
 
 
+def _asha_state(rungs: list[tuple[int, dict]], unopposed: dict[int, set]) -> tuple:
+    """What `asha_continue` decides by: the trials recorded at each rung and those that went on unopposed."""
+    return tuple(frozenset(recorded) for _, recorded in rungs), tuple(sorted(
+        (milestone, frozenset(trials)) for milestone, trials in unopposed.items()))
+
+
 def expected_trial_epochs(space: SearchSpace, slots: int = 1, simulations: int = 200) -> tuple[float, float]:
     """Trial-epochs the search's ASHA (`asha_continue`) runs on average, and the epoch-times the search
     lasts (`slots` trials at a time, the last ones running alone at the end): a simulation, one epoch per
@@ -1125,6 +1131,7 @@ def expected_trial_epochs(space: SearchSpace, slots: int = 1, simulations: int =
 
     rng = np.random.default_rng(0)
     rungs_desc = sorted(space.rungs, reverse=True)
+    milestones = [*space.rungs, space.max_epochs]  # the epochs where a trial's next check can differ
     n = min(space.num_samples, SIMULATED_TRIALS)
     sim_slots = max(1, round(slots * n / space.num_samples))
     total = ticks = 0
@@ -1137,6 +1144,7 @@ def expected_trial_epochs(space: SearchSpace, slots: int = 1, simulations: int =
         while running or waiting:
             while waiting and len(running) < sim_slots:
                 running[waiting.pop(0)] = 0
+            before = _asha_state(rungs, unopposed), len(running)
             ticks += 1
             for trial in list(running):
                 running[trial] += 1
@@ -1145,5 +1153,13 @@ def expected_trial_epochs(space: SearchSpace, slots: int = 1, simulations: int =
                 if epoch >= space.max_epochs or not asha_continue(rungs, unopposed, trial, epoch, quality[trial],
                                                                   space.reduction_factor):
                     del running[trial]
+            if running and before == (_asha_state(rungs, unopposed), len(running)):
+                # nothing changed in this tick, so every tick until a trial's next rung (or the budget) repeats it:
+                # skip them (epoch by epoch, `max_epochs: 100000` kept the plan waiting for many minutes)
+                skip = min(min(m for m in milestones if m > e) - e for e in running.values()) - 1
+                if skip > 0:
+                    ticks += skip
+                    total += skip * len(running)
+                    running = {trial: e + skip for trial, e in running.items()}
     scale = space.num_samples / n
     return total / simulations * scale, ticks / simulations * scale * sim_slots / slots
