@@ -254,6 +254,37 @@ def test_the_summary_table_shows_whole_values_in_an_80_column_terminal(tiny_sear
         assert ("warmup_epochs" in text) == (width == 200)  # two-line headers only where it must
 
 
+def test_trials_tied_on_the_metric_are_ranked_by_their_validation_loss_and_the_summary_says_so(tiny_search):
+    """Accuracies are multiples of 1 / validation images, so full-budget trials tie (two at 0.9610 in an extended
+    quickstart): the best went to the first row, and the table's unstable sort could list another first."""
+    from rich.console import Console
+
+    from vitsearch.report import best_trial, comparison_line, summary_table
+    from vitsearch.space import parse_space
+
+    trials = pd.read_parquet(tiny_search[0] / "trials.parquet")
+    space = parse_space(TINY)
+    row = trials[trials["status"] == "completed"].iloc[[0]]
+    tied = pd.concat([row.assign(optuna_number=n, final_val_acc=0.99, final_val_loss=loss, trial_id=f"t{n}",
+                                 is_defaults=False) for n, loss in ((20, 0.3), (21, 0.2), (22, 0.25))])
+    tied = tied.astype(trials.dtypes.to_dict())
+    ranked = pd.concat([trials, tied], ignore_index=True)
+    assert best_trial(ranked, space)["optuna_number"] == 21
+    assert "best #21: val_acc 0.9900 (tied with #22, #20: its final val_loss, 0.2000, is lower than 0.2500)" in \
+        comparison_line(ranked, space)
+    console = Console(width=200, record=True)
+    console.print(summary_table(ranked, space, width=console.width))
+    rows = [line.split("│")[1].strip() for line in console.export_text().splitlines() if line.count("│") > 2]
+    assert rows[:3] == ["#21", "#22", "#20"]
+    same = ranked.assign(final_val_loss=ranked["final_val_loss"].where(ranked["optuna_number"] != 22, 0.2))
+    assert "best #21: val_acc 0.9900 (tied with #22, #20: the earlier trial)" in comparison_line(same, space)
+    untied = ranked[ranked["optuna_number"] != 21]
+    assert "best #22: val_acc 0.9900 (tied with #20: its final val_loss, 0.2500, is lower than 0.3000)" in \
+        comparison_line(untied, space)
+    alone = ranked[~ranked["optuna_number"].isin([21, 22])]
+    assert "best #20: val_acc 0.9900;" in comparison_line(alone, space)
+
+
 def test_stopped_trials_are_pruned_in_the_stored_study(tiny_search):
     exp, _ = tiny_search
     trials = pd.read_parquet(exp / "trials.parquet")

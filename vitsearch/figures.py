@@ -25,7 +25,7 @@ import pandas as pd
 from .config import TrainConfig
 from .errors import UserError
 from .files import write_bytes
-from .report import STATUSES, best_trial, best_val_acc, chance_note
+from .report import STATUSES, best_trial, best_val_acc, chance_note, ranked
 from .space import SearchSpace, experiment_space
 
 STATUS_COLORS = {"completed": "#1b7837", "stopped_early": "#9e9e9e", "diverged": "#d73027", "failed": "#000000",
@@ -457,7 +457,7 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
                   _table([[k, v] for k, v in importances.items()], ["knob", "importance"])]
     else:
         parts.append(f"<p class='note'>Importance: none: {html.escape(none_why)}.</p>")
-    top = trials[trials["status"] == "completed"].sort_values(metric, ascending=space.mode == "min").head(10)
+    top = ranked(trials, space).head(10)
     parts += ["<h2>Top trials (full budget)</h2>",
               _table([[f"#{r['optuna_number']}", r[metric], r["best_epoch"], *(r[k] for k in space.search)]
                       for _, r in top.iterrows()], ["trial", metric, "best epoch", *space.search])]

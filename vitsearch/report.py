@@ -139,13 +139,45 @@ def _get(row, key: str) -> float:
     return float(row[key]) if row is not None else math.nan
 
 
+# a tie in the final metric (accuracies are multiples of 1 / validation images) goes to the better of these
+TIE_BREAK = {"val_acc": ("final_val_loss", "min"), "val_loss": ("final_val_acc", "max"),
+             "train_loss": ("final_val_loss", "min")}
+
+
+def ranked(trials: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
+    """The trials that reached the full budget, best first: by the final metric, a tie by the final validation
+    loss (the validation accuracy where the metric is val_loss), then by the earlier trial. Two trials at 0.9610
+    were ranked by the row order of an unstable sort, and the table could list first another than the best."""
+    second, mode = TIE_BREAK[space.metric]
+    return trials[trials["status"] == "completed"].sort_values(
+        [f"final_{space.metric}", second, "optuna_number"], ascending=[space.mode == "min", mode == "min", True],
+        kind="stable", na_position="last")
+
+
 def best_trial(trials: pd.DataFrame, space: SearchSpace) -> pd.Series | None:
-    """The best trial among those that reached the full budget, by its final metric."""
-    done = trials[trials["status"] == "completed"]
-    if done.empty:
-        return None
+    """The best trial among those that reached the full budget, by its final metric (`ranked`)."""
+    done = ranked(trials, space)
+    return None if done.empty else done.iloc[0]
+
+
+def tie_note(trials: pd.DataFrame, space: SearchSpace) -> str:
+    """' (tied with #17: its final val_loss, 0.2500, is higher)' where other trials reached the best's final
+    metric, saying what ranked the best first; else ''."""
+    done = ranked(trials, space)
     column = f"final_{space.metric}"
-    return done.loc[done[column].idxmax() if space.mode == "max" else done[column].idxmin()]
+    if done.empty:
+        return ""
+    rest = done.iloc[1:]
+    tied = rest[rest[column] == done.iloc[0][column]]
+    if tied.empty:
+        return ""
+    second, mode = TIE_BREAK[space.metric]
+    best, runner = done.iloc[0], tied.iloc[0]
+    names = ", ".join(f"#{n}" for n in tied["optuna_number"].head(3)) + (", ..." if len(tied) > 3 else "")
+    if best[second] == runner[second]:
+        return f" (tied with {names}: the earlier trial)"
+    word = "lower" if mode == "min" else "higher"
+    return f" (tied with {names}: its final {second[6:]}, {best[second]:.4f}, is {word} than {runner[second]:.4f})"
 
 
 def write_reports(exp_dir: Path, space: SearchSpace, outcomes: list[TrialOutcome], optuna_numbers: dict[str, int],
@@ -184,8 +216,7 @@ def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 5, width:
     would be wider than `width` (a terminal's columns), its headers take two lines and its columns one space
     apart, so that an 80-column terminal shows every value whole instead of cut short ("stopped_ea…")."""
     column = f"final_{space.metric}"
-    done = trials[trials["status"] == "completed"].sort_values(column, ascending=space.mode == "min")
-    shown = done.head(top)
+    shown = ranked(trials, space).head(top)
     defaults = trials[trials["is_defaults"]]
     if len(defaults) and defaults.index[0] not in shown.index:
         shown = pd.concat([shown, defaults.head(1)])
@@ -222,7 +253,7 @@ def comparison_line(trials: pd.DataFrame, space: SearchSpace) -> str:
     counts = trials["status"].value_counts().to_dict()
     parts = [", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if counts.get(s))]
     if best is not None:
-        parts.append(f"best #{best['optuna_number']}: {space.metric} {best[column]:.4f}")
+        parts.append(f"best #{best['optuna_number']}: {space.metric} {best[column]:.4f}{tie_note(trials, space)}")
     if len(defaults):
         d = defaults.iloc[0]
         if d["status"] in ("failed", "diverged"):
