@@ -137,6 +137,15 @@ BAD = [
     (variant(fixed__init_from="w.pt", fixed__model=..., search__model={"choice": ["vit_micro", "vit_small"]},
              search__freeze_blocks={"int": [0, 24]}),
      "search.freeze_blocks: int [0, 24] reaches 24, past the 12 blocks of the deepest model"),
+    # Optuna's step beside a range: "must be one distribution" did not say what was extra
+    (variant(search__batch_size={"int": [32, 128], "step": 32}),
+     "search.batch_size: unknown key 'step' beside int; a distribution takes only its [low, high] or its list of "
+     "choices (for steps, list the values as a choice; for a log scale, use loguniform or int-log)"),
+    # a bound of .nan: "must have low < high (empty or inverted range)"
+    (variant(search__lr={"loguniform": [float("nan"), 1e-2]}),
+     "search.lr.loguniform is [nan, 0.01], but its bounds must be finite numbers"),
+    (variant(search__aug_strength={"uniform": [0.0, float("inf")]}),
+     "search.aug_strength.uniform is [0.0, inf], but its bounds must be finite numbers"),
     # drop_path where every model has one block: timm's rates rise from 0 at the first block, so it is never dropped
     (variant(fixed__depth=1, search__drop_path={"uniform": [0.0, 0.3]}),
      "search.drop_path: has no effect where every trial's model has one block (depth 1): stochastic depth rises from 0 "

@@ -578,6 +578,11 @@ def _section(raw: dict, key: str, allowed: set[str] | None, fail) -> dict:
 
 
 def _distribution(key: str, spec: Any, fail) -> Distribution:
+    if isinstance(spec, dict) and len(spec) > 1 and len(kinds := [k for k in spec if k in DISTRIBUTIONS]) == 1:
+        # `{int: [32, 128], step: 32}` (Optuna's step, log): "must be one distribution" did not say what was extra
+        extra = next(k for k in spec if k not in DISTRIBUTIONS)
+        fail(f"search.{key}: unknown key {extra!r} beside {kinds[0]}; a distribution takes only its [low, high] or "
+             "its list of choices (for steps, list the values as a choice; for a log scale, use loguniform or int-log)")
     if not isinstance(spec, dict) or len(spec) != 1:
         fail(f"search.{key} must be one distribution like {{loguniform: [1.0e-4, 1.0e-2]}}; "
              f"one of {', '.join(DISTRIBUTIONS)}")
@@ -597,6 +602,8 @@ def _distribution(key: str, spec: Any, fail) -> Distribution:
     for bound in (low, high):
         if isinstance(bound, bool) or not isinstance(bound, numeric):
             fail(f"search.{key}.{kind} bound {bound!r} must be {'an integer' if numeric == (int,) else 'a number'}")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        fail(f"search.{key}.{kind} is [{low}, {high}], but its bounds must be finite numbers")
     if not low < high:
         fail(f"search.{key}.{kind} is [{low}, {high}], but must have low < high (empty or inverted range)")
     if kind in ("loguniform", "int-log") and low <= 0:
