@@ -160,13 +160,10 @@ def best_trial(trials: pd.DataFrame, space: SearchSpace) -> pd.Series | None:
     return None if done.empty else done.iloc[0]
 
 
-def tie_note(trials: pd.DataFrame, space: SearchSpace) -> str:
-    """' (tied with #17: its final val_loss, 0.2340, is lower than 0.2553)' where other trials reached the best's
-    final metric, saying what ranked the best first; else ''."""
-    done = ranked(trials, space)
+def tie_note(done: pd.DataFrame, space: SearchSpace) -> str:
+    """' (tied with #17: its final val_loss, 0.2340, is lower than 0.2553)' where other trials of `done` (`ranked`'s
+    frame) reached the best's final metric, saying what ranked the best first; else ''."""
     column = f"final_{space.metric}"
-    if done.empty:
-        return ""
     rest = done.iloc[1:]
     tied = rest[rest[column] == done.iloc[0][column]]
     if tied.empty:
@@ -247,13 +244,14 @@ def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 5, width:
 
 
 def comparison_line(trials: pd.DataFrame, space: SearchSpace) -> str:
-    best = best_trial(trials, space)
+    done = ranked(trials, space)
+    best = None if done.empty else done.iloc[0]
     defaults = trials[trials["is_defaults"]]
     column = f"final_{space.metric}"
     counts = trials["status"].value_counts().to_dict()
     parts = [", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if counts.get(s))]
     if best is not None:
-        parts.append(f"best #{best['optuna_number']}: {space.metric} {best[column]:.4f}{tie_note(trials, space)}")
+        parts.append(f"best #{best['optuna_number']}: {space.metric} {best[column]:.4f}{tie_note(done, space)}")
     if len(defaults):
         d = defaults.iloc[0]
         if d["status"] in ("failed", "diverged"):

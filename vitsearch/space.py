@@ -298,9 +298,8 @@ def parse_space(raw: Any, origin: str = "space", new: bool = True) -> SearchSpac
         _check_effect(base, fixed, search, fail)
         _check_metric(metric, search, fail)
         warmup = search.get("warmup_epochs")
-        top = max(warmup.choices) if warmup is not None and warmup.kind == "choice" else \
-            warmup.high if warmup is not None else None
-        if top is not None and top > max_epochs:  # the trainer cuts a warmup to the run: the rest trained alike
+        if warmup is not None and (top := max(_highest(base, search, "warmup_epochs"))) > max_epochs:
+            # the trainer cuts a warmup to the run: the rest trained alike
             fail(f"search.warmup_epochs: {warmup.describe()} reaches {top:g}, past the budget of {max_epochs} epochs "
                  f"(scheduler.max_epochs): a warmup longer than the run is cut to it, so every value from "
                  f"{max_epochs} on trains the same; search at most {max_epochs}")
