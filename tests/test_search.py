@@ -571,10 +571,16 @@ def test_a_search_in_which_no_trial_learned_says_so(tiny_search, tmp_path):
     assert reached == round(trials["best_val_acc"].max(), 4) and reached <= chance + margin
     assert "<p class='note'>No trial learned anything measurable: the highest val_acc" in \
         (tmp_path / "flat" / "report.html").read_text()
-    # tiny_search learns nothing either (8 trials of 4 epochs on 600 digits at 8 px); where a trial learned, or the
-    # validation images are of one class (which nothing beats), there is no note
+    # tiny_search (8 trials of 4 epochs on 600 digits at 8 px) mostly learns nothing, but where its trials finish in
+    # another order TPE proposes otherwise, and in one CI run a trial got past chance: the note is there exactly where
+    # the highest val_acc of its trials is within chance (42 of the 359 validation images are of the most common
+    # class); where a trial learned, or the validation images are of one class (which nothing beats), there is none
     exp, proc = tiny_search
-    assert "note: no trial learned anything measurable" in proc.stdout
+    reached = pd.read_parquet(exp / "trials.parquet")["best_val_acc"].max()
+    noted = re.search(r"note: no trial learned anything measurable: the highest val_acc any trial reached, (0\.\d{4})",
+                      " ".join(proc.stdout.split()))
+    assert (noted is not None) == (chance_note(reached, 42, 359) is not None), (reached, proc.stdout[-2000:])
+    assert noted is None or float(noted.group(1)) == round(reached, 4)
     assert chance_note(0.1170 + 0.0339, 42, 359) is not None and chance_note(0.1170 + 0.0340, 42, 359) is None
     assert chance_note(1.0, 1, 1) is None and chance_note(float("nan"), 42, 359) is None
 
