@@ -59,7 +59,11 @@ def test_a_warmup_that_fills_the_run_trains_without_timm_noise(tmp_path):
     proc = run("train", *MICRO, "--set", "epochs=2", "--set", "warmup_epochs=5", "--out", str(tmp_path), "--name", "w")
     assert proc.returncode == 0, proc.stderr
     assert "Cosine annealing" not in proc.stdout + proc.stderr
-    assert list(pd.read_parquet(tmp_path / "w" / "epochs.parquet")["epoch"]) == [1, 2]
+    epochs = pd.read_parquet(tmp_path / "w" / "epochs.parquet")
+    assert list(epochs["epoch"]) == [1, 2]
+    # `lr` is the rate of each epoch's last step: rising to the peak (1e-3 x 64 / 512) at the run's last step. It was
+    # the rate set after that step, for a next step never taken: the last epoch showed min_lr (1e-5).
+    assert epochs["lr"].iloc[0] < epochs["lr"].iloc[1] == pytest.approx(1e-3 * 64 / 512)
 
 
 def test_half_precision_on_a_cpu_and_a_subset_larger_than_the_data_are_said(tmp_path):

@@ -261,7 +261,7 @@ def _best_trial(space: SearchSpace, trials: pd.DataFrame, epochs: pd.DataFrame) 
         axes[2].set_title("monitors (probe batch)")
     else:
         axes[2].plot(rows["epoch"], rows["lr"])
-        axes[2].set_title("learning rate (end of epoch)")
+        axes[2].set_title("learning rate (each epoch's last step)")
     axes[0].set_title(f"best trial #{best['optuna_number']}")
     for ax in axes:
         ax.set_xlabel("epoch")

@@ -161,7 +161,7 @@ def train(cfg: TrainConfig, report: Report | None = None, *, data: ImageData | N
         train_time = time.perf_counter() - t0
         val_loss, val_acc = evaluate(model, feed.val_batches(2 * micro), len(data.val_y), run.dtype)
         metrics = {"epoch": epoch, "train_loss": stats["loss"], "val_loss": val_loss, "val_acc": val_acc,
-                   "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": stats["grad_norm"],
+                   "lr": stats["lr"], "grad_norm": stats["grad_norm"],
                    "grad_norm_max": stats["grad_norm_max"], "images_per_s": stats["images"] / train_time,
                    "epoch_time_s": time.perf_counter() - t0, "micro_batch_size": micro}
         if cfg.monitors:
@@ -266,6 +266,7 @@ def train_one_epoch(run: Trainer, feed: Feed, batch_size: int, epoch: int, steps
     clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else math.inf
     first_step = (epoch - 1) * steps + 1
     checked = first_step - 1
+    rate = optimizer.param_groups[0]["lr"]
     pace = threading.Semaphore(1) if run.prefetch == "paced" else None  # one batch now, one per backward
     batches = _prefetched(run, feed, order, batch_size, steps, pace) if run.prefetch else (
         _augmented(run, images, labels) for images, labels in feed.train_batches(order, batch_size, steps))
@@ -280,6 +281,7 @@ def train_one_epoch(run: Trainer, feed: Feed, batch_size: int, epoch: int, steps
                     pace.release()  # the thread makes the next batch while this backward pass runs
                 scaler.scale(loss).backward()
                 loss_sum += loss.detach().float()
+            rate = optimizer.param_groups[0]["lr"]  # the rate this step uses (step_update sets the next one's)
             _optimizer_step(run, params, clip, grad_sum, grad_max)
             step = first_step + i
             run.scheduler.step_update(step)
@@ -288,7 +290,7 @@ def train_one_epoch(run: Trainer, feed: Feed, batch_size: int, epoch: int, steps
                     raise NonFiniteLossError(epoch, checked + 1, step)
                 checked = step
     return {"loss": loss_sum.item() / steps, "grad_norm": grad_sum.item() / steps,
-            "grad_norm_max": grad_max.item(), "images": steps * batch_size}
+            "grad_norm_max": grad_max.item(), "images": steps * batch_size, "lr": rate}
 
 
 def _optimizer_step(run: Trainer, params: list[torch.Tensor], clip: float, grad_sum: torch.Tensor,
