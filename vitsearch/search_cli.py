@@ -566,8 +566,8 @@ COST_KEYS = {"depth": max, "embed_dim": max, "patch_size": min}
 
 
 def _model_ends(space, image_size: int | None) -> tuple[dict, dict]:
-    """The most and the least expensive model shapes the trials can draw, where model, depth, embed_dim or
-    patch_size is searched (empty dicts where none is). The probe timed TrainConfig's shape alone: with
+    """The most and the least expensive model shapes the trials can draw, where model, depth, embed_dim,
+    patch_size or stem is searched (empty dicts where none is). The probe timed TrainConfig's shape alone: with
     `depth: {int: [1, 200]}` on vit_micro it estimated 2 s for a search that took 72 s. An end that builds no
     model (a width no searched head count divides, a patch size that does not divide `image_size`) is left
     out, and its key keeps TrainConfig's value."""
@@ -589,6 +589,9 @@ def _model_ends(space, image_size: int | None) -> tuple[dict, dict]:
             values = [v for v in values if image_size % v == 0]
         if values:
             ends[0][key], ends[1][key] = (values[-1], values[0]) if costly is max else (values[0], values[-1])
+    stem = space.search.get("stem")  # the conv stem costs more per image (vit_micro, 16 px: 1,950 against 2,500)
+    if stem is not None and {"conv", "patch"} <= set(stem.choices):
+        ends[0]["stem"], ends[1]["stem"] = "conv", "patch"
     heads = space.search.get("num_heads")  # the most heads that divide a searched width end, largest first
     head_counts = [None] if heads is None else range(int(heads.high), int(heads.low) - 1, -1) \
         if heads.kind != "choice" else sorted((v for v in heads.choices if v is not None), reverse=True)
@@ -601,6 +604,11 @@ def _model_ends(space, image_size: int | None) -> tuple[dict, dict]:
                 del end["embed_dim"]
             elif fit is not None:
                 end["num_heads"] = fit
+        if end.get("stem") == "conv":
+            try:
+                space.trial_config(end)
+            except ConfigError:  # (a patch size that is no power of two: only the patchify stem builds there)
+                del end["stem"]
         try:
             space.trial_config(end)
         except ConfigError:
@@ -651,7 +659,7 @@ def _probe_points(space, data, device: str) -> list[dict]:
 def _probe_label(space, point: dict) -> str:
     """How the plan names a probed point: its batch, and its model's shape where that is searched."""
     cfg = space.trial_config(point)
-    shape = [f"{k} {point[k]}" for k in ("model", *COST_KEYS) if k in point]
+    shape = [f"{k} {point[k]}" for k in ("model", *COST_KEYS, "stem") if k in point]
     return f"batch {cfg.batch_size}" + (f" ({', '.join(shape)})" if shape else "")
 
 
