@@ -516,6 +516,34 @@ def test_html_report_shows_the_parquet_numbers(tiny_search, tmp_path):
     assert (exp / "report.html").read_text().count("data:image/png;base64,") == 6
 
 
+def test_html_report_writes_large_figures_whole_and_metrics_to_four_decimals(tiny_search, tmp_path):
+    """report.html wrote every float to 4 significant digits: a GPU's 12,346 images/s read "1.235e+04", and a
+    val_acc of 0.961 read "0.961" where the terminal says 0.9610. Now figures from 1,000 on are whole, with
+    thousands marked, and the metrics have 4 decimals, as in the terminal."""
+    import shutil
+
+    exp, _ = tiny_search
+    copy = tmp_path / exp.name
+    shutil.copytree(exp, copy, ignore=shutil.ignore_patterns("ray", "checkpoints"))
+    trials = pd.read_parquet(copy / "trials.parquet")
+    trials["images_per_s"] = 12345.6
+    trials["wall_time_s"] = 1234.4
+    trials.to_parquet(copy / "trials.parquet", index=False)
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "report", str(copy)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    page = re.sub(r"data:image/png;base64,[^\"']+", "", (copy / "report.html").read_text())
+    assert "e+0" not in page
+    assert f"<td>sum of trial wall times (s)</td><td>{1234.4 * len(trials):,.0f}</td>" in page
+    best, defaults = best_of(trials), trials[trials["is_defaults"]].iloc[0]
+    assert "<td>images_per_s</td><td>12,346</td><td>12,346</td><td>0</td>" in page
+    assert "<td>wall_time_s</td><td>1,234</td><td>1,234</td><td>0</td>" in page
+    for key in ("final_val_acc", "best_val_acc", "final_val_loss"):
+        diff = best[key] - defaults[key]
+        assert f"<td>{key}</td><td>{best[key]:.4f}</td><td>{defaults[key]:.4f}</td><td>{diff:+.4f}</td>" in page
+    assert f"<tr><td>#{best['optuna_number']}</td><td>{best['final_val_acc']:.4f}</td>" in page  # top trials
+
+
 def test_the_importance_estimate_says_how_many_completed_trials_it_rests_on(tiny_search, tmp_path):
     """Optuna's evaluator, given one completed trial, warns and calls every knob equally important; the
     report says there is no estimate instead, and prints no warning. Given no more completed trials than
@@ -860,6 +888,9 @@ def test_reproduce_compares_best_and_defaults_over_seeds(tiny_search, tmp_path):
     from vitsearch.figures import _reproduced
 
     assert "is trial #" not in _reproduced(runs, "val_acc", "digits", int(best))
+    for name, values in runs.groupby("config")["final_val_acc"]:  # to 4 decimals, as in the terminal
+        assert f"<td>{name}</td><td>{values.mean():.4f}</td><td>{values.std():.4f}</td>" in \
+            _reproduced(runs, "val_acc", "digits", int(best))
     assert f"The search best reproduced here is trial #{best}; the search's best is now #{best + 7}</b> (trials " \
         "were added since)" in _reproduced(runs, "val_acc", "digits", int(best) + 7)
 

@@ -399,11 +399,20 @@ def _table(rows: list[list], header: list[str]) -> str:
 
 
 def _fmt(value) -> str:
+    """A cell: a float to 4 significant digits, but whole from 1,000 on (a GPU's 12,346 images/s read
+    "1.235e+04"); a metric's value is passed as `_metric`'s text, to 4 decimals as in the terminal."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return str(value)
+
+
+def _metric(value, sign: bool = False) -> str:
+    """A metric (val_acc, a loss, their difference) to 4 decimals, as the terminal prints it: 0.9610, not 0.961."""
+    if value is None or value is pd.NA or not isinstance(value, numbers.Number) or math.isnan(value):
+        return _fmt(value)
+    return f"{value:+.4f}" if sign else f"{value:.4f}"
 
 
 def _img(name: str, data: bytes, alt: str) -> str:
@@ -427,7 +436,8 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
                ["sum of trial wall times (s)", float(trials["wall_time_s"].sum())]]
     if wall is not None:
         runs = len(run.get("run_walls", [wall]))
-        summary.append(["search wall time (s)" + (f", summed over its {runs} runs" if runs > 1 else ""), f"{wall:.0f}"])
+        summary.append(["search wall time (s)" + (f", summed over its {runs} runs" if runs > 1 else ""),
+                        f"{wall:,.0f}"])
     if best is not None:
         summary.append([f"best {space.metric} (full budget)", f"{best[metric]:.4f} (Optuna #{best['optuna_number']})"])
     parts += ["<h2>Outcome</h2>", _table(summary, ["", ""])]
@@ -459,7 +469,7 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
         parts.append(f"<p class='note'>Importance: none: {html.escape(none_why)}.</p>")
     top = ranked(trials, space).head(10)
     parts += ["<h2>Top trials (full budget)</h2>",
-              _table([[f"#{r['optuna_number']}", r[metric], r["best_epoch"], *(r[k] for k in space.search)]
+              _table([[f"#{r['optuna_number']}", _metric(r[metric]), r["best_epoch"], *(r[k] for k in space.search)]
                       for _, r in top.iterrows()], ["trial", metric, "best epoch", *space.search])]
     gpu_share = 1 / run["packing"]["trials_per_gpu"] if run.get("packing") else space.gpu
     from .cli import count
@@ -496,7 +506,7 @@ def _reproduced(runs: pd.DataFrame, metric: str, searched_on: str | None = None,
         metric = "val_acc"
     counts = summary(runs, metric)
     lost = bool(counts["diverged"].any())  # diverged runs have no final metric: left out, and counted
-    rows = [[name, *((r["mean"], r["std"]) if r["seeds"] else ("-", "-")), int(r["seeds"]),
+    rows = [[name, *((_metric(r["mean"]), _metric(r["std"])) if r["seeds"] else ("-", "-")), int(r["seeds"]),
              *([int(r["diverged"])] if lost else [])] for name, r in counts.iterrows()]
     text = _table(rows, ["config", f"mean final {metric}", "std", *(["finished", "diverged"] if lost else ["seeds"])])
     if set(runs["config"]) == {"search best", "recommended defaults"}:
@@ -521,6 +531,9 @@ def _reproduced(runs: pd.DataFrame, metric: str, searched_on: str | None = None,
     return text + "<p class='note'>Each seed draws its own split, initialisation, order and augmentation.</p>"
 
 
+METRIC_COLUMNS = ("final_val_acc", "best_val_acc", "final_val_loss", "best_val_loss", "final_train_loss")
+
+
 def _comparison(space: SearchSpace, best, defaults: pd.DataFrame) -> str:
     if best is None or defaults.empty:
         return "<p>No completed trial to compare.</p>"
@@ -532,7 +545,10 @@ def _comparison(space: SearchSpace, best, defaults: pd.DataFrame) -> str:
         pair = (best[key], d[key])
         numeric = all(isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_)) for v in pair)
         diff = best[key] - d[key] if numeric else ""
-        rows.append([key, best[key], d[key], diff])
+        if key in METRIC_COLUMNS:
+            rows.append([key, _metric(best[key]), _metric(d[key]), _metric(diff, sign=True) if numeric else diff])
+        else:
+            rows.append([key, best[key], d[key], diff])
     return _table(rows, ["", f"best (#{best['optuna_number']})", f"defaults (#{d['optuna_number']})",
                          "difference"])
 
