@@ -64,6 +64,14 @@ def test_a_warmup_that_fills_the_run_trains_without_timm_noise(tmp_path):
     # `lr` is the rate of each epoch's last step: rising to the peak (1e-3 x 64 / 512) at the run's last step. It was
     # the rate set after that step, for a next step never taken: the last epoch showed min_lr (1e-5).
     assert epochs["lr"].iloc[0] < epochs["lr"].iloc[1] == pytest.approx(1e-3 * 64 / 512)
+    # with layer_decay it is the schedule's rate (the head's): it was the first param group's, the embedding's,
+    # 0.5 ** (depth + 1) of it here
+    decayed = run("train", *MICRO, "--set", "epochs=2", "warmup_epochs=5", "layer_decay=0.5", "--out", str(tmp_path),
+                  "--name", "d")
+    assert decayed.returncode == 0, decayed.stderr
+    rates = pd.read_parquet(tmp_path / "d" / "epochs.parquet")["lr"]
+    assert list(rates) == pytest.approx(list(epochs["lr"]))
+    assert f"lr {rates.iloc[1]:.2e}" in decayed.stdout
 
 
 def test_half_precision_on_a_cpu_and_a_subset_larger_than_the_data_are_said(tmp_path):
