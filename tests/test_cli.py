@@ -74,6 +74,25 @@ def test_a_warmup_that_fills_the_run_trains_without_timm_noise(tmp_path):
     assert f"lr {rates.iloc[1]:.2e}" in decayed.stdout
 
 
+def test_a_fine_tuning_run_names_its_weights_and_what_is_frozen(tmp_path):
+    """The first line named a distillation's teacher, but not the init_from weights a run starts from, nor its
+    frozen blocks or layer_decay: a fine-tuning read like training from scratch."""
+    base = run("train", *MICRO, "--set", "epochs=1", "--out", str(tmp_path), "--name", "base")
+    assert base.returncode == 0, base.stderr
+    assert "weights from" not in base.stdout
+    lines = {}
+    for extra in (["freeze_blocks=2", "layer_decay=0.75"], ["freeze_blocks=4"], []):
+        proc = run("train", *MICRO, "--set", "epochs=1", f"init_from={tmp_path / 'base'}", *extra, "--out",
+                   str(tmp_path))
+        assert proc.returncode == 0, proc.stderr
+        lines[" ".join(extra)] = " ".join(proc.stdout.split("epoch ")[0].split())
+    source = f", weights from {tmp_path / 'base'}"
+    assert lines["freeze_blocks=2 layer_decay=0.75"].endswith(
+        f"{source} (the embeddings and the first 2 blocks frozen; layer_decay 0.75)"), lines
+    assert lines["freeze_blocks=4"].endswith(f"{source} (the embeddings and every block frozen)"), lines  # depth 4
+    assert lines[""].endswith(source), lines
+
+
 def test_half_precision_on_a_cpu_and_a_subset_larger_than_the_data_are_said(tmp_path):
     """fp16 trained at 66 images/s against fp32's 723 on a CPU, without a word (bf16: 389). A data_subset of
     100,000 on digits used its 1,617 training images, and only the count in the first line showed it. Keys set

@@ -202,6 +202,22 @@ def _yaml_value(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+def _start_from(cfg) -> str:
+    """Where the weights start, for a run's first line: it named the teacher of a distillation, but not the
+    init_from weights a fine-tuning starts from, nor what of them is frozen or decayed."""
+    from .config import model_depth
+
+    if not cfg.init_from:
+        return ""
+    depth = model_depth(cfg.model, cfg.depth)
+    frozen = cfg.freeze_blocks > 0 and "the embeddings and " + (
+        "every block" if depth and cfg.freeze_blocks >= depth else f"the first {count(cfg.freeze_blocks, 'block')}"
+    ) + " frozen"
+    decay = cfg.layer_decay is not None and cfg.layer_decay < 1 and f"layer_decay {cfg.layer_decay:g}"
+    told = "; ".join(part for part in (frozen, decay) if part)
+    return f", weights from {cfg.init_from}" + (f" ({told})" if told else "")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -291,7 +307,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   + (f"lr {cfg.scaled_lr:.3g} ({cfg.lr:g} at {cfg.lr_base_batch}, {cfg.lr_scaling} scaling)"
                      if cfg.lr_scaling != "none" else f"lr {cfg.lr:.3g} (not scaled by the batch)")
                   + (f", {cfg.distill_mode} distillation (weight {cfg.distill_share:g}) from {cfg.teacher}"
-                     if cfg.teacher else ""), highlight=False)
+                     if cfg.teacher else "") + _start_from(cfg), highlight=False)
     for note in (half_on_cpu_note(cfg.precision, resolve_device(args.device)), subset_note(cfg.data_subset, data),
                  untrained_note(data), idle_keys_note(cfg), warmup_note(cfg)):
         if note:
