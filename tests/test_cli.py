@@ -93,6 +93,22 @@ def test_a_fine_tuning_run_names_its_weights_and_what_is_frozen(tmp_path):
     assert lines[""].endswith(source), lines
 
 
+def test_a_run_with_monitors_prints_them_each_epoch(tmp_path):
+    """`monitors=true` wrote its figures to epochs.parquet alone: the epoch lines showed none of them. Now each
+    epoch's line ends with them, on one line in a log however long it is (it wrapped at 160 columns)."""
+    proc = run("train", *MICRO, "--set", "epochs=2", "monitors=true", "--out", str(tmp_path), "--name", "m")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    epochs = pd.read_parquet(tmp_path / "m" / "epochs.parquet")
+    assert len(lines) == 2 and all(line.split("  ")[-1].endswith("img/s") or "left" in line for line in lines)
+    for line, (_, row) in zip(lines, epochs.iterrows()):
+        assert f"grad_norm {row['grad_norm']:.3f}  cls_norm {row['cls_norm']:.2f}  attn_entropy " \
+            f"{row['attn_entropy_mean']:.3f} (min {row['attn_entropy_min']:.3f})  mlp_sparsity " \
+            f"{row['mlp_sparsity']:.3f}  {row['images_per_s']:.0f} img/s" in line, line
+    plain = run("train", *MICRO, "--set", "epochs=1", "--out", str(tmp_path), "--name", "p")
+    assert plain.returncode == 0 and "cls_norm" not in plain.stdout, plain.stderr
+
+
 def test_half_precision_on_a_cpu_and_a_subset_larger_than_the_data_are_said(tmp_path):
     """fp16 trained at 66 images/s against fp32's 723 on a CPU, without a word (bf16: 389). A data_subset of
     100,000 on digits used its 1,617 training images, and only the count in the first line showed it. Keys set
