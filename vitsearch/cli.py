@@ -49,6 +49,15 @@ class _Console(Console):
             stop_as_on_ctrl_c(signal.SIGPIPE)
 
 
+    def print(self, *objects, soft_wrap: bool | None = None, **kwargs) -> None:
+        """Lines of text whole in a log or a pipe: at its 160 columns a note went on over two lines ("... add
+        \nimages of them"), as did a fine-tuning's first line; tables keep the width. A terminal wraps as wide
+        as it is."""
+        if soft_wrap is None and not self.is_terminal and all(isinstance(o, str) for o in objects):
+            soft_wrap = True
+        super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+
+
 console = _Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes: whole lines and tables
 err_console = _Console(stderr=True)
 
