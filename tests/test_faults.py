@@ -355,8 +355,9 @@ def test_a_trial_that_dies_before_its_first_report_is_recorded_as_failed(tmp_pat
     assert (trials["status"] == "completed").sum() == 3
     # its progress line gives the same reason (Ray's error, not a bare "error")
     reason = " ".join(row["reason"].split())
-    line = [x for x in out.splitlines() if x.startswith(f"trial {row['trial_id']} ")]
-    assert f"trial {row['trial_id']} failed at epoch 0: {reason}; " in " ".join(out.split()), line
+    name = f"#{row['optuna_number']}" + (" defaults" if row["is_defaults"] else "")  # as the summary table has it
+    line = [x for x in out.splitlines() if x.startswith(f"trial {name} ")]
+    assert f"trial {name} failed at epoch 0: {reason}; " in " ".join(out.split()), line
 
 
 CLAIMED_MEANWHILE = """

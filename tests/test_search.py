@@ -1115,9 +1115,12 @@ def test_in_a_log_each_finished_trial_is_a_progress_line(tiny_search):
     """Piped output (nohup, CI, a cluster job) gets plain lines, not the terminal's live table: one per
     finished trial with its status as in trials.parquet, its last epoch and the search's progress."""
     exp, proc = tiny_search
-    trials = pd.read_parquet(exp / "trials.parquet").set_index("trial_id")
+    trials = pd.read_parquet(exp / "trials.parquet")
+    # named as in the summary table and report.html, by Optuna number: they were named by Ray's trial id
+    trials.index = [f"#{n}" + (" defaults" if d else "")
+                    for n, d in zip(trials["optuna_number"], trials["is_defaults"])]
     # Trials that failed or diverged say why (trials.parquet's reason) instead of their worst-by-rule metric.
-    pattern = re.compile(r"trial (\w+) (completed|stopped_early|diverged|failed) at epoch (\d+)"
+    pattern = re.compile(r"trial (#\d+(?: defaults)?) (completed|stopped_early|diverged|failed) at epoch (\d+)"
                          r"(?: \(val_acc [-.\d]+\)|: (.+)); (\d+)/8 trials finished, \d+ trial-epochs, \d+s elapsed")
     ended = [m.groups() for m in map(pattern.match, proc.stdout.splitlines()) if m]
     assert sorted(trial_id for trial_id, *_ in ended) == sorted(trials.index)
@@ -1157,7 +1160,7 @@ def test_a_config_the_data_cannot_take_fails_once_and_says_why(tmp_path):
     study = optuna.load_study(study_name="small", storage=f"sqlite:///{exp / 'study.db'}")
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
     out = " ".join(proc.stdout.split())
-    assert f"trial {defaults['trial_id']} failed at epoch 0: {reason}; " in out
+    assert f"trial #{defaults['optuna_number']} defaults failed at epoch 0: {reason}; " in out
     assert f"recommended defaults (#0) failed: {reason}" in out
 
 
@@ -1504,12 +1507,16 @@ def test_the_time_left_follows_the_trials_once_they_run_longer_than_the_plan_exp
     assert re.fullmatch(r"15/16 trials finished, 98 trial-epochs, 49s elapsed, ~10 s left", line), line  # was ~1 s
 
 
-def test_the_live_table_shows_the_statuses_of_trials_parquet(capsys):
-    """On a terminal the live table names an ended trial as trials.parquet will (not Tune's TERMINATED)."""
+def test_the_live_table_shows_the_statuses_of_trials_parquet(capsys, monkeypatch):
+    """On a terminal the live table names an ended trial as trials.parquet will (not Tune's TERMINATED), and a
+    trial by its Optuna number, as the summary table does (it showed Ray's trial id), where the searcher gave
+    it one."""
     from rich.console import Console
 
-    from vitsearch import search_cli
+    from vitsearch import search, search_cli
     from vitsearch.space import load_space
+
+    monkeypatch.setattr(search, "TRIAL_NUMBERS", {"full": (3, False), "on": (0, True)})
 
     class Trial:
         def __init__(self, trial_id, status):
@@ -1526,9 +1533,11 @@ def test_the_live_table_shows_the_statuses_of_trials_parquet(capsys):
     console = Console(record=True, width=100)
     console.print(view.render())
     rows = {line.split()[0]: line.split()[1:] for line in console.export_text().splitlines()[2:]}
-    assert rows == {"full": ["completed", "20/20", "0.9000"], "cut": ["stopped_early", "2/20", "0.2000"],
-                    "bad": ["failed", "0/20", "-"], "on": ["running", "3/20", "0.5000"]}
-    assert "trial bad failed at epoch 0: batch too large; 3/16 trials finished" in capsys.readouterr().out
+    assert rows == {"#3": ["completed", "20/20", "0.9000"], "cut": ["stopped_early", "2/20", "0.2000"],
+                    "bad": ["failed", "0/20", "-"], "#0": ["defaults", "running", "3/20", "0.5000"]}
+    out = capsys.readouterr().out
+    assert "trial bad failed at epoch 0: batch too large; 3/16 trials finished" in out
+    assert "trial #3 completed at epoch 20 (val_acc 0.9000); 1/16 trials finished" in out
 
 
 PRESTART_PROBE = r"""

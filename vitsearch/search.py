@@ -282,6 +282,7 @@ def _searcher_class():
             params = super().suggest(trial_id)
             if params is not None:
                 self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+                TRIAL_NUMBERS[trial_id] = (self._ot_trials[trial_id].number, False)
             return params
 
         def _next_orphan(self):
@@ -298,6 +299,7 @@ def _searcher_class():
         def _reissue(self, trial_id: str, frozen) -> dict[str, Any]:
             ot_trial = optuna.trial.Trial(self._ot_study, frozen._trial_id)
             self._ot_trials[trial_id] = ot_trial
+            TRIAL_NUMBERS[trial_id] = (frozen.number, bool(frozen.user_attrs.get("recommended_defaults")))
             if frozen.user_attrs.get("recommended_defaults"):
                 self.defaults = None
             outside = {k.split(".", 1)[1]: v for k, v in frozen.user_attrs.items() if k.startswith("outside_space.")}
@@ -320,6 +322,7 @@ def _searcher_class():
             ot_trial = self._ot_study.ask(fixed_distributions={k: self._space[k] for k in inside})
             ot_trial.set_user_attr("ray_trial_id", trial_id)
             ot_trial.set_user_attr("recommended_defaults", True)
+            TRIAL_NUMBERS[trial_id] = (ot_trial.number, True)
             for key, value in point.items():
                 if key not in inside:
                     ot_trial.set_user_attr(f"outside_space.{key}", value)
@@ -883,6 +886,11 @@ def run_search(space: SearchSpace, exp_dir: Path, *, data, device: str = "auto",
         {"cpu": space.cpu, "gpu": space.gpu})
     callbacks = _callbacks(exp_dir, live, ray_root, space.max_epochs)
     if resume:
+        for frozen in optuna.load_study(study_name=study_name(exp_dir), storage=study_storage(exp_dir)).get_trials(
+                deepcopy=False):  # the trials Tune continues are not proposed again
+            if "ray_trial_id" in frozen.user_attrs:
+                TRIAL_NUMBERS[frozen.user_attrs["ray_trial_id"]] = (
+                    frozen.number, bool(frozen.user_attrs.get("recommended_defaults")))
         tuner = _restore_tuner(_join(ray_root, ray_dir), trainable, exp_dir)
         # callbacks are not part of the saved state; put ours back
         tuner._local_tuner._run_config.callbacks = callbacks
@@ -964,6 +972,10 @@ def _actors_on_prestarted_workers():
 
 STOP_SIGNALS: list[int] = []  # the signals that stopped this process's command early (SIGTERM, SIGPIPE)
 DISK_FULL: list[str] = []  # why a full device stopped this process's search (a trial's or the driver's write)
+# Ray's trial id -> (its Optuna number, whether it is the recommended defaults' trial), in the driver, for the
+# progress lines: they named trials by Ray's id ("trial 0f43cdbb completed"), the summary and report.html by
+# Optuna's number ("best #3", "#0 defaults"), and nothing printed tied one to the other.
+TRIAL_NUMBERS: dict[str, tuple[int, bool]] = {}
 SEARCH_STARTED: list[bool] = []  # [True] once tuner.fit() has been called in this process
 _TUNE_RUNNING: list[bool] = []  # [True] while tuner.fit() runs
 

@@ -101,11 +101,12 @@ class LiveView:
         if status is not None:
             row = self.rows[trial_id]
             ended, reason = self._ended(trial_id, row)
+            name = _trial_name(trial_id)
             if ended in ("failed", "diverged"):  # its metric is the worst by rule; why it ended says more
-                line = f"trial {trial_id} {ended} at epoch {row['epoch']}: {reason or 'no reason given'}; {line}"
+                line = f"trial {name} {ended} at epoch {row['epoch']}: {reason or 'no reason given'}; {line}"
             else:
                 metric = "-" if row["metric"] is None else f"{row['metric']:.4f}"
-                line = f"trial {trial_id} {ended} at epoch {row['epoch']} ({self.space.metric} {metric}); {line}"
+                line = f"trial {name} {ended} at epoch {row['epoch']} ({self.space.metric} {metric}); {line}"
         console.print(line, highlight=False, soft_wrap=True)
 
     def _ended(self, trial_id: str, row: dict) -> tuple[str, str]:
@@ -171,8 +172,19 @@ class LiveView:
             r = self.rows[key]
             status = self._ended(key, r)[0] if r["status"] in ("TERMINATED", "ERROR") else r["status"].lower()
             metric = "-" if r["metric"] is None or status in ("failed", "diverged") else f"{r['metric']:.4f}"
-            table.add_row(key, status, f"{r['epoch']}/{self.space.max_epochs}", metric)
+            table.add_row(_trial_name(key), status, f"{r['epoch']}/{self.space.max_epochs}", metric)
         return Group(head, table)
+
+
+def _trial_name(trial_id: str) -> str:
+    """A trial as the summary table and report.html name it, by its Optuna number ("#3", "#0 defaults"); by
+    Ray's id where the searcher has not numbered it."""
+    from .search import TRIAL_NUMBERS
+
+    if trial_id not in TRIAL_NUMBERS:
+        return trial_id
+    number, defaults = TRIAL_NUMBERS[trial_id]
+    return f"#{number}" + (" defaults" if defaults else "")
 
 
 def _error_line(trial) -> str:
