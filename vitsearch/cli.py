@@ -48,7 +48,6 @@ class _Console(Console):
 
             stop_as_on_ctrl_c(signal.SIGPIPE)
 
-
     def print(self, *objects, soft_wrap: bool | None = None, **kwargs) -> None:
         """Lines of text whole in a log or a pipe: at its 160 columns a note went on over two lines ("... add
         \nimages of them"), as did a fine-tuning's first line; tables keep the width. A terminal wraps as wide
