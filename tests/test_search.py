@@ -1252,11 +1252,11 @@ def test_batch_sizes_larger_than_the_data_are_not_sampled(tmp_path):
     (tmp_path / "big.yaml").write_text(yaml.safe_dump(space))
     proc = search("--space", str(tmp_path / "big.yaml"), "--out", str(tmp_path), "--name", "big")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "training images/s per trial (1 CPU thread(s)," in proc.stdout  # half a CPU trains on 1, not "0"
+    assert "training images/s per trial (1 CPU thread," in proc.stdout  # half a CPU trains on 1, not "0"
     # 3 one-thread trials at once on fewer CPUs: each runs slower than the probe measured it alone, and the
     # estimate assumed the probed speed
     cpus = len(os.sched_getaffinity(0))
-    crowded = re.search(r"; 3 trials of 1 thread\(s\) share (\d+) CPUs, so each runs at ~1/([\d.]+) of the probed "
+    crowded = re.search(r"; 3 trials of 1 thread share (\d+) CPUs, so each runs at ~1/([\d.]+) of the probed "
                         r"speed", " ".join(proc.stdout.split()))
     if cpus < 3:
         assert crowded and int(crowded.group(1)) == cpus and float(crowded.group(2)) == pytest.approx(3 / cpus,
@@ -1325,7 +1325,7 @@ def test_a_search_folder_given_as_init_from_or_teacher_names_its_best_trials_wei
 def test_the_plan_probes_the_largest_and_the_smallest_batch(tiny_search):
     exp, proc = tiny_search
     assert re.search(r"probe: [\d,]+ at batch 64 and [\d,]+ at batch 32 training images/s per trial "
-                     r"\(1 CPU thread\(s\), device auto\); ~\d+ trial-epochs expected with ASHA, \d at a time -> "
+                     r"\(1 CPU thread, device auto\); ~\d+ trial-epochs expected with ASHA, \d at a time -> "
                      r"estimated \d+ s", proc.stdout), proc.stdout[:1000]
 
 

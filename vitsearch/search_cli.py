@@ -829,11 +829,11 @@ def _print_plan(space, data, device: str, probes: list[tuple[str, float]], note:
     everything = math.ceil(space.num_samples / slots) * space.max_epochs * epoch_s  # no trial stopped early
     labelled = len(probes) > 1 or any(k in space.search for k in ("model", *COST_KEYS))  # or the largest alone
     speeds = " and ".join(f"{rate:,.0f} at {label}" for label, rate in probes) if labelled else f"{probes[0][1]:,.0f}"
-    console.print(f"probe: {speeds} training images/s per trial ({max(1, int(space.cpu))} CPU thread(s), "
+    console.print(f"probe: {speeds} training images/s per trial ({count(max(1, int(space.cpu)), 'CPU thread')}, "
                   f"device {device}); ~{epochs:,.0f} trial-epochs expected with ASHA, {slots} at a time -> "
                   f"estimated {duration(epoch_times * epoch_s)} (all {space.num_samples * space.max_epochs:,} "
                   f"trial-epochs: {duration(everything)})"
-                  + (f"; {slots} trials of {max(1, int(space.cpu))} thread(s) share {cpus:g} CPUs, so each "
+                  + (f"; {slots} trials of {count(max(1, int(space.cpu)), 'thread')} share {cpus:g} CPUs, so each "
                      f"runs at ~1/{crowd:.3g} of the probed speed" if crowd > 1 else ""),
                   highlight=False, soft_wrap=True)
     return epochs
