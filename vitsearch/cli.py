@@ -315,7 +315,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   + (f"lr {cfg.scaled_lr:.3g} ({cfg.lr:g} at {cfg.lr_base_batch}, {cfg.lr_scaling} scaling)"
                      if cfg.lr_scaling != "none" else f"lr {cfg.lr:.3g} (not scaled by the batch)")
                   + (f", {cfg.distill_mode} distillation (weight {cfg.distill_share:g}) from {cfg.teacher}"
-                     if cfg.teacher else "") + _start_from(cfg), highlight=False, soft_wrap=True)
+                     if cfg.teacher else "") + _start_from(cfg), highlight=False)
     for note in (half_on_cpu_note(cfg.precision, resolve_device(args.device)), subset_note(cfg.data_subset, data),
                  untrained_note(data), idle_keys_note(cfg), warmup_note(cfg)):
         if note:
@@ -336,7 +336,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"{metrics['attn_entropy_min']:.3f})  mlp_sparsity {metrics['mlp_sparsity']:.3f}  "
                          if cfg.monitors else "")  # (they went to epochs.parquet alone, unseen while the run went on)
                       + f"{metrics['images_per_s']:.0f} img/s" + (f"  ~{duration(left)} left" if left > 0 else ""),
-                      highlight=False, soft_wrap=True)  # (one line in a log, whatever its length)
+                      highlight=False)
 
     try:
         result = train(cfg, report, data=data, device=args.device, checkpoint_dir=run_dir,

@@ -25,7 +25,7 @@ import pandas as pd
 from .config import TrainConfig
 from .errors import UserError
 from .files import write_bytes
-from .report import STATUSES, best_trial, best_val_acc, chance_note, ranked
+from .report import STATUSES, best_trial, best_val_acc, chance_note, metric_text, ranked
 from .space import SearchSpace, experiment_space
 
 STATUS_COLORS = {"completed": "#1b7837", "stopped_early": "#9e9e9e", "diverged": "#d73027", "failed": "#000000",
@@ -400,19 +400,12 @@ def _table(rows: list[list], header: list[str]) -> str:
 
 def _fmt(value) -> str:
     """A cell: a float to 4 significant digits, but whole from 1,000 on (a GPU's 12,346 images/s read
-    "1.235e+04"); a metric's value is passed as `_metric`'s text, to 4 decimals as in the terminal."""
+    "1.235e+04"); a metric's value is passed as `metric_text`'s, to 4 decimals as in the terminal."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return str(value)
-
-
-def _metric(value, sign: bool = False) -> str:
-    """A metric (val_acc, a loss, their difference) to 4 decimals, as the terminal prints it: 0.9610, not 0.961."""
-    if value is None or value is pd.NA or not isinstance(value, numbers.Number) or math.isnan(value):
-        return _fmt(value)
-    return f"{value:+.4f}" if sign else f"{value:.4f}"
 
 
 def _img(name: str, data: bytes, alt: str) -> str:
@@ -469,7 +462,7 @@ def _html(exp_dir: Path, space: SearchSpace, trials: pd.DataFrame, epochs: pd.Da
         parts.append(f"<p class='note'>Importance: none: {html.escape(none_why)}.</p>")
     top = ranked(trials, space).head(10)
     parts += ["<h2>Top trials (full budget)</h2>",
-              _table([[f"#{r['optuna_number']}", _metric(r[metric]), r["best_epoch"], *(r[k] for k in space.search)]
+              _table([[f"#{r['optuna_number']}", metric_text(r[metric]), r["best_epoch"], *(r[k] for k in space.search)]
                       for _, r in top.iterrows()], ["trial", metric, "best epoch", *space.search])]
     gpu_share = 1 / run["packing"]["trials_per_gpu"] if run.get("packing") else space.gpu
     from .cli import count
@@ -506,7 +499,7 @@ def _reproduced(runs: pd.DataFrame, metric: str, searched_on: str | None = None,
         metric = "val_acc"
     counts = summary(runs, metric)
     lost = bool(counts["diverged"].any())  # diverged runs have no final metric: left out, and counted
-    rows = [[name, *((_metric(r["mean"]), _metric(r["std"])) if r["seeds"] else ("-", "-")), int(r["seeds"]),
+    rows = [[name, *((metric_text(r["mean"]), metric_text(r["std"])) if r["seeds"] else ("-", "-")), int(r["seeds"]),
              *([int(r["diverged"])] if lost else [])] for name, r in counts.iterrows()]
     text = _table(rows, ["config", f"mean final {metric}", "std", *(["finished", "diverged"] if lost else ["seeds"])])
     if set(runs["config"]) == {"search best", "recommended defaults"}:
@@ -546,7 +539,8 @@ def _comparison(space: SearchSpace, best, defaults: pd.DataFrame) -> str:
         numeric = all(isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_)) for v in pair)
         diff = best[key] - d[key] if numeric else ""
         if key in METRIC_COLUMNS:
-            rows.append([key, _metric(best[key]), _metric(d[key]), _metric(diff, sign=True) if numeric else diff])
+            rows.append([key, metric_text(best[key]), metric_text(d[key]),
+                         metric_text(diff, sign=True) if numeric else diff])
         else:
             rows.append([key, best[key], d[key], diff])
     return _table(rows, ["", f"best (#{best['optuna_number']})", f"defaults (#{d['optuna_number']})",

@@ -221,7 +221,7 @@ def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 5, width:
 
     def rows(digits: int) -> list[list[str]]:
         return [[f"#{row['optuna_number']}" + (" defaults" if row["is_defaults"] else ""), row["status"],
-                 str(row["epochs_run"]), _metric(row[column]), *(_fmt(row[k], digits) for k in space.search)]
+                 str(row["epochs_run"]), metric_text(row[column]), *(_fmt(row[k], digits) for k in space.search)]
                 for _, row in shown.iterrows()]
 
     title = f"top trials by final {space.metric} (full budget: {space.max_epochs} epochs)"
@@ -258,7 +258,7 @@ def comparison_line(trials: pd.DataFrame, space: SearchSpace) -> str:
             parts.append(f"recommended defaults (#{d['optuna_number']}) {d['status']}: {d['reason']}")
         else:
             parts.append(f"recommended defaults (#{d['optuna_number']}, {d['status']}): {space.metric} "
-                         f"{_metric(d[column])}")
+                         f"{metric_text(d[column])}")
         if best is not None and d["status"] == "completed":
             parts.append(f"difference {best[column] - d[column]:+.4f}" + (" (lower is better)" if space.mode == "min"
                                                                           else ""))
@@ -297,9 +297,12 @@ def best_val_acc(trials: pd.DataFrame) -> float:
     return float(trials["best_val_acc"].max()) if "best_val_acc" in trials and len(trials) else float("nan")
 
 
-def _metric(value: Any) -> str:
-    """A trial's metric to 4 decimals, as the progress lines and the best trial's: 0.2400, not 0.24."""
-    return _fmt(value) if value is None or value is pd.NA or math.isnan(value) else f"{value:.4f}"
+def metric_text(value: Any, sign: bool = False) -> str:
+    """A metric (or, with `sign`, a difference of two) to 4 decimals, as the progress lines and the best trial's:
+    0.2400, not 0.24; report.html's tables too."""
+    if value is None or value is pd.NA or math.isnan(value):
+        return _fmt(value)
+    return f"{value:+.4f}" if sign else f"{value:.4f}"
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
